@@ -26,6 +26,8 @@ __all__ = [
     "encode",
     "decode",
     "to_uint8",
+    "synthetic_images",
+    "build_data",
 ]
 
 RAW_FILES = (
@@ -124,6 +126,13 @@ class DeviceData:
         self.images = images.to(self.device)
         self.labels = labels.to(self.device)
 
+    def to(self, device) -> DeviceData:
+        """Move the images (and labels) to ``device``; indices stay on the host."""
+        self.device = torch.device(device)
+        self.images = self.images.to(self.device)
+        self.labels = self.labels.to(self.device)
+        return self
+
     @property
     def shape(self) -> tuple[int, int, int]:
         h, w = self.images.shape[-2:]
@@ -144,3 +153,34 @@ class DeviceData:
             n += x.numel()
         mean = s / n
         return (s2 / n - mean * mean) ** 0.5
+
+
+def synthetic_images(n: int, seed: int = 0, size: int = 28) -> tuple[Tensor, Tensor]:
+    """``n`` deterministic uint8 images of one or two soft bright blobs on black (label = blob
+    count - 1): a stand-in data set with structure, for tests and smoke runs."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+    labels = torch.randint(0, 2, (n,), generator=g)
+    img = torch.zeros(n, size, size)
+    for k in range(2):
+        c = torch.rand(n, 2, generator=g) * (size * 0.5) + size * 0.25
+        r = torch.rand(n, generator=g) * 3 + 3
+        blob = torch.exp(-((yy - c[:, 0, None, None]) ** 2 + (xx - c[:, 1, None, None]) ** 2)
+                         / (2 * r[:, None, None] ** 2))
+        img += blob * ((labels >= k).float()[:, None, None])
+    return (img.clamp(0, 1) * 255).round().to(torch.uint8), labels
+
+
+def build_data(data_cfg: dict, *, train: bool = True) -> DeviceData:
+    """A :class:`DeviceData` from the ``data`` config group (kept on the CPU until moved)."""
+    if data_cfg["name"] == "synthetic":
+        images, labels = synthetic_images(int(data_cfg["subset"] or 256),
+                                          seed=data_cfg["split_seed"] + (0 if train else 1))
+    else:
+        images, labels = load_fashion_mnist(data_cfg.get("root"), train=train,
+                                            download=data_cfg.get("download", True))
+        if train and data_cfg.get("subset"):
+            images, labels = images[:data_cfg["subset"]], labels[:data_cfg["subset"]]
+    return DeviceData(images, labels, pad=data_cfg["pad"], scale=data_cfg["scale"],
+                      val_size=data_cfg["val_size"] if train else 0,
+                      split_seed=data_cfg["split_seed"])

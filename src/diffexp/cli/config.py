@@ -1,0 +1,375 @@
+"""Typed schemas for every config group and the checks that run before any work.
+
+``validate_train_config(cfg)`` raises :class:`ConfigError` whose message is one line naming the
+offending key and what is allowed. Types and unknown keys are checked by merging each group into
+an OmegaConf structured schema (a dataclass per option); values by the rules below.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+__all__ = ["ConfigError", "validate_train_config", "check_group_choices", "CONF_DIR"]
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+class ConfigError(ValueError):
+    """A setting is wrong; the message is one line naming it."""
+
+
+# ----------------------------------------------------------------------------- schemas
+@dataclass
+class DataCfg:
+    name: str = "fashion_mnist"
+    root: Optional[str] = None
+    download: bool = True
+    pad: int = 2
+    scale: float = 1.0
+    val_size: int = 2000
+    split_seed: int = 0
+    subset: Optional[int] = None
+
+
+@dataclass
+class ModelCfg:
+    name: str = "unet_tiny"
+    widths: list[int] = field(default_factory=lambda: [32, 64, 64])
+    blocks: int = 1
+    attn_levels: list[int] = field(default_factory=lambda: [2])
+    head_dim: int = 32
+    channels_last: bool = False
+    compile: bool = False
+
+
+@dataclass
+class LinearCfg:
+    name: str = "linear"
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    t_min: float = 1e-3
+    t_max: float = 1.0
+
+
+@dataclass
+class CosineCfg:
+    name: str = "cosine"
+    start: float = 0.0
+    end: float = 1.0
+    tau: float = 1.0
+    t_min: float = 1e-3
+    t_max: float = 0.999
+
+
+@dataclass
+class SigmoidCfg:
+    name: str = "sigmoid"
+    start: float = -3.0
+    end: float = 3.0
+    tau: float = 1.0
+    t_min: float = 1e-3
+    t_max: float = 0.999
+
+
+@dataclass
+class KarrasCfg:
+    name: str = "karras"
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    p_mean: float = -1.2
+    p_std: float = 1.2
+
+
+SCHEDULE_SCHEMAS = {"linear": LinearCfg, "cosine": CosineCfg, "sigmoid": SigmoidCfg,
+                    "karras": KarrasCfg}
+
+
+@dataclass
+class ObjectiveCfg:
+    name: str = "eps"
+    sigma_data: Any = None  # karras only: "auto" or a positive number
+
+
+@dataclass
+class NoTObjectiveCfg:
+    name: str = "no_t"
+    noise_level_ckpt: Optional[str] = None
+    use_predicted_noise_level: bool = True
+    clamp_factor: float = 2.0
+
+
+@dataclass
+class OptimCfg:
+    name: str = "adam"
+    lr: float = 4e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-5
+    weight_decay: float = 0.0
+    lr_schedule: str = "onecycle"
+    pct_start: float = 0.25
+
+
+@dataclass
+class TrainerCfg:
+    accelerator: str = "auto"
+    devices: Any = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "auto"
+    log_every_n_steps: int = 10
+    limit_train_batches: Optional[float] = None
+    limit_val_batches: Optional[float] = None
+    deterministic: bool = False
+
+
+@dataclass
+class LoggerCfg:
+    name: str = "none"
+    project: str = "diffexp"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+    mode: str = "auto"
+
+
+@dataclass
+class TrainCfg:
+    batch_size: int = 256
+    epochs: int = 5
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    sample_every_n_epochs: int = 1
+    n_sample_images: int = 64
+    checkpoint_every_n_epochs: int = 1
+    val_every_n_epochs: int = 1
+
+
+# ----------------------------------------------------------------------------- helpers
+def _typed(node, schema, prefix: str):
+    """Merge ``node`` into the schema: unknown keys and wrong types become a ConfigError."""
+    try:
+        return OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(schema), node),
+                                      resolve=True)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or getattr(e, "key", None) or ""
+        msg = str(e).strip().splitlines()[0]
+        if "Key '" in msg and "not in" in msg:
+            valid = ", ".join(f.name for f in schema.__dataclass_fields__.values())
+            raise ConfigError(f"{prefix}.{key}: unknown setting; valid keys: {valid}") from None
+        raise ConfigError(f"{prefix}.{key}: {msg}") from None
+
+
+def _require(cond: bool, key: str, rule: str, value) -> None:
+    if not cond:
+        raise ConfigError(f"{key} {rule} (got {value!r})")
+
+
+def _choice(value, key: str, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is not one of: {', '.join(map(str, choices))}")
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+# ----------------------------------------------------------------------------- groups
+def validate_data(d) -> dict:
+    d = _typed(d, DataCfg, "data")
+    _choice(d["name"], "data.name", ["fashion_mnist", "synthetic"])
+    _require(d["pad"] >= 0, "data.pad", "must be >= 0", d["pad"])
+    _require(d["scale"] > 0 and math.isfinite(d["scale"]), "data.scale", "must be > 0", d["scale"])
+    _require(d["val_size"] >= 0, "data.val_size", "must be >= 0", d["val_size"])
+    if d["subset"] is not None:
+        _require(d["subset"] > d["val_size"], "data.subset", "must exceed data.val_size",
+                 d["subset"])
+    return d
+
+
+def validate_model(m) -> dict:
+    m = _typed(m, ModelCfg, "model")
+    _require(len(m["widths"]) >= 1 and all(w > 0 for w in m["widths"]), "model.widths",
+             "must be a non-empty list of positive ints", m["widths"])
+    _require(len(m["widths"]) <= 4, "model.widths", "supports at most 4 levels for 32x32 images",
+             m["widths"])
+    _require(m["blocks"] >= 1, "model.blocks", "must be >= 1", m["blocks"])
+    _require(m["head_dim"] >= 1, "model.head_dim", "must be >= 1", m["head_dim"])
+    _require(all(0 <= a < len(m["widths"]) for a in m["attn_levels"]), "model.attn_levels",
+             f"must be level indices in [0, {len(m['widths'])})", m["attn_levels"])
+    for w in m["widths"]:
+        _require(w % m["head_dim"] == 0 or not m["attn_levels"], "model.widths",
+                 f"must be multiples of model.head_dim={m['head_dim']}", m["widths"])
+    return m
+
+
+def validate_schedule(s) -> dict:
+    name = s.get("name") if isinstance(s, (dict, DictConfig)) else None
+    _choice(name, "schedule.name", sorted(SCHEDULE_SCHEMAS))
+    s = _typed(s, SCHEDULE_SCHEMAS[name], "schedule")
+    if name == "karras":
+        _require(s["sigma_min"] > 0, "schedule.sigma_min", "must be > 0", s["sigma_min"])
+        _require(s["sigma_max"] > s["sigma_min"], "schedule.sigma_max",
+                 f"must be > schedule.sigma_min={s['sigma_min']}", s["sigma_max"])
+        _require(s["rho"] > 0, "schedule.rho", "must be > 0", s["rho"])
+        _require(s["p_std"] > 0, "schedule.p_std", "must be > 0", s["p_std"])
+        return s
+    _require(0 <= s["t_min"] < s["t_max"] <= 1, "schedule.t_min/t_max",
+             "must satisfy 0 <= t_min < t_max <= 1", (s["t_min"], s["t_max"]))
+    if name == "linear":
+        _require(s["beta_min"] > 0, "schedule.beta_min", "must be > 0", s["beta_min"])
+        _require(s["beta_max"] >= s["beta_min"], "schedule.beta_max",
+                 f"must be >= schedule.beta_min={s['beta_min']}", s["beta_max"])
+    else:
+        _require(s["start"] < s["end"], "schedule.start",
+                 f"must be < schedule.end={s['end']}", s["start"])
+        _require(s["tau"] > 0, "schedule.tau", "must be > 0", s["tau"])
+        if name == "cosine":
+            _require(0 <= s["start"] and s["end"] <= 1, "schedule.start/end",
+                     "must lie in [0, 1] for the cosine schedule", (s["start"], s["end"]))
+    from ..schedules import build_schedule
+
+    sched = build_schedule(name, **{k: v for k, v in s.items() if k != "name"})
+    smax = sched.sigma_max
+    _require(math.isfinite(smax) and smax > sched.sigma_min, "schedule.t_max",
+             "gives no finite noise level above t_min (alpha_bar reaches 0); lower it", s["t_max"])
+    return s
+
+
+def validate_objective(o) -> dict:
+    name = o.get("name") if isinstance(o, (dict, DictConfig)) else None
+    _choice(name, "objective.name", ["eps", "x0", "v", "karras", "no_t"])
+    o = _typed(o, NoTObjectiveCfg if name == "no_t" else ObjectiveCfg, "objective")
+    if name == "karras":
+        sd = o["sigma_data"]
+        ok = sd == "auto" or (isinstance(sd, (int, float)) and not isinstance(sd, bool) and sd > 0)
+        _require(ok, "objective.sigma_data", "must be 'auto' or a number > 0", sd)
+    elif name == "no_t":
+        _require(o["clamp_factor"] >= 1, "objective.clamp_factor", "must be >= 1",
+                 o["clamp_factor"])
+    elif o.get("sigma_data") is not None:
+        raise ConfigError(f"objective.sigma_data applies to objective=karras only "
+                          f"(objective={name})")
+    return o
+
+
+def validate_optim(o) -> dict:
+    o = _typed(o, OptimCfg, "optim")
+    _choice(o["name"], "optim.name", ["adam", "adamw"])
+    _choice(o["lr_schedule"], "optim.lr_schedule", ["onecycle", "cosine", "constant"])
+    _require(o["lr"] > 0, "optim.lr", "must be > 0", o["lr"])
+    _require(o["eps"] > 0, "optim.eps", "must be > 0", o["eps"])
+    _require(o["weight_decay"] >= 0, "optim.weight_decay", "must be >= 0", o["weight_decay"])
+    _require(len(o["betas"]) == 2 and all(0 <= b < 1 for b in o["betas"]), "optim.betas",
+             "must be two numbers in [0, 1)", o["betas"])
+    _require(0 < o["pct_start"] < 1, "optim.pct_start", "must be in (0, 1)", o["pct_start"])
+    return o
+
+
+def validate_trainer(t) -> dict:
+    t = _typed(t, TrainerCfg, "trainer")
+    _choice(t["accelerator"], "trainer.accelerator", ["auto", "cpu", "gpu", "cuda", "mps"])
+    _choice(t["precision"], "trainer.precision",
+            ["auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true"])
+    for k in ("limit_train_batches", "limit_val_batches"):
+        if t[k] is not None:
+            _require(t[k] >= 0, f"trainer.{k}", "must be >= 0", t[k])
+    _require(t["log_every_n_steps"] >= 1, "trainer.log_every_n_steps", "must be >= 1",
+             t["log_every_n_steps"])
+    return t
+
+
+def validate_logger(lg) -> dict:
+    lg = _typed(lg, LoggerCfg, "logger")
+    _choice(lg["name"], "logger.name", ["wandb", "csv", "none"])
+    _choice(lg["mode"], "logger.mode", ["auto", "online", "offline"])
+    return lg
+
+
+def validate_train(t) -> dict:
+    t = _typed(t, TrainCfg, "train")
+    for k in ("batch_size", "epochs", "n_sample_images"):
+        _require(t[k] >= 1, f"train.{k}", "must be >= 1", t[k])
+    for k in ("sample_every_n_epochs", "checkpoint_every_n_epochs", "val_every_n_epochs"):
+        _require(t[k] >= 0, f"train.{k}", "must be >= 0 (0 disables)", t[k])
+    _require(0 <= t["ema_decay"] < 1, "train.ema_decay", "must be in [0, 1)", t["ema_decay"])
+    _require(t["grad_clip"] >= 0, "train.grad_clip", "must be >= 0 (0 disables)", t["grad_clip"])
+    return t
+
+
+def validate_sampler(s) -> dict:
+    from .. import sampling
+
+    s = OmegaConf.to_container(s, resolve=True) if isinstance(s, DictConfig) else dict(s)
+    try:
+        sampling.validate_sampler_config(s)
+    except ValueError as e:
+        raise ConfigError(str(e).strip().splitlines()[0]) from None
+    return s
+
+
+TOP_KEYS = {"defaults", "task", "seed", "name", "ckpt_path", "train", "data", "model", "schedule",
+            "objective", "sampler", "optim", "trainer", "logger", "hydra"}
+
+
+def validate_train_config(cfg: DictConfig) -> dict:
+    """Check every group; return the resolved config as a plain dict (validated values)."""
+    unknown = sorted(set(cfg.keys()) - TOP_KEYS)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown top-level setting; valid: "
+                          f"{', '.join(sorted(TOP_KEYS - {'defaults', 'hydra'}))}")
+    out = {
+        "task": cfg.get("task", "diffusion"),
+        "seed": cfg.seed,
+        "name": cfg.name,
+        "ckpt_path": cfg.get("ckpt_path"),
+    }
+    _choice(out["task"], "task", ["diffusion"])
+    _require(isinstance(out["seed"], int) and out["seed"] >= 0, "seed", "must be an int >= 0",
+             out["seed"])
+    out["data"] = validate_data(cfg.data)
+    out["model"] = validate_model(cfg.model)
+    out["schedule"] = validate_schedule(cfg.schedule)
+    out["objective"] = validate_objective(cfg.objective)
+    out["sampler"] = validate_sampler(cfg.sampler)
+    out["optim"] = validate_optim(cfg.optim)
+    out["trainer"] = validate_trainer(cfg.trainer)
+    out["logger"] = validate_logger(cfg.logger)
+    out["train"] = validate_train(cfg.train)
+    if out["ckpt_path"] is not None and not Path(out["ckpt_path"]).is_file():
+        raise ConfigError(f"ckpt_path={out['ckpt_path']!r}: no such checkpoint file")
+    return out
+
+
+# ----------------------------------------------------------------------------- CLI pre-check
+def check_group_choices(argv: list[str], groups: dict[str, list[str]] | None = None) -> None:
+    """Before Hydra runs: ``group=option`` overrides naming an option that does not exist get a
+    one-line error listing the options (Hydra's own message spans many lines)."""
+    if groups is None:
+        groups = {p.name: group_options(p.name) for p in CONF_DIR.iterdir() if p.is_dir()}
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, _, value = arg.partition("=")
+        key = key.lstrip("+~")
+        if key not in groups:
+            continue
+        if value.startswith(("choice(", "range(", "glob(")):
+            continue
+        for v in value.split(","):
+            v = v.strip()
+            if v and v != "null" and v not in groups[key]:
+                raise ConfigError(f"{key}={v!r} is not an option of config group '{key}'; "
+                                  f"choose one of: {', '.join(groups[key])}")
+
+
+def fail(msg: str, code: int = 2):
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(code)

@@ -1,0 +1,241 @@
+"""``diffexp-train`` / ``python train.py``: compose a config, validate it, train, write the run folder.
+
+The run folder (Hydra's output dir) receives: ``config.yaml`` (the whole resolved config, with
+measured values such as sigma_data filled in), ``checkpoints/`` (``last.ckpt`` and one per
+``train.checkpoint_every_n_epochs``), ``samples/*.png``, ``losses.csv`` and ``loss.png``,
+``summary.json``, and the logger's own files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .config import ConfigError, check_group_choices, fail, validate_train_config
+
+
+def _accelerator(tcfg: dict) -> str:
+    acc = tcfg["accelerator"]
+    if acc == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if acc in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={acc!r} but no CUDA GPU is visible; "
+                          f"use trainer.accelerator=cpu or auto")
+    return "gpu" if acc == "cuda" else acc
+
+
+def _precision(tcfg: dict, accelerator: str) -> str:
+    p = tcfg["precision"]
+    if p == "auto":
+        return "bf16-mixed" if accelerator == "gpu" else "32-true"
+    return p
+
+
+def _wandb_logged_in() -> bool:
+    """True when an API key is available without prompting: WANDB_API_KEY or a netrc entry."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    import netrc
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
+    try:
+        return netrc.netrc(path).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def make_logger(c: dict, run_dir: Path):
+    lg = c["logger"]
+    if lg["name"] == "none":
+        return False
+    if lg["name"] == "csv":
+        from pytorch_lightning.loggers import CSVLogger
+
+        return CSVLogger(save_dir=str(run_dir), name="", version="csv")
+    from pytorch_lightning.loggers import WandbLogger
+
+    mode = lg["mode"]
+    if mode == "auto":
+        mode = os.environ.get("WANDB_MODE") or ("online" if _wandb_logged_in() else "offline")
+    id_file = run_dir / "wandb_id.txt"
+    run_id = id_file.read_text().strip() if id_file.exists() else None
+    logger = WandbLogger(project=lg["project"], entity=lg["entity"], group=lg["group"],
+                         tags=list(lg["tags"]), name=c["name"], save_dir=str(run_dir), mode=mode,
+                         id=run_id, resume="allow" if run_id else None, config=c,
+                         anonymous="never" if mode == "online" else None)
+    return logger
+
+
+class LossHistory:
+    """Keeps the per-step training loss without a device sync per step (tensors are gathered at
+    epoch end), and writes losses.csv and loss.png into the run folder."""
+
+    def __init__(self):
+        import pytorch_lightning as pl
+
+        class _CB(pl.Callback):
+            def __init__(cb):
+                cb.pending: list[tuple[int, torch.Tensor]] = []
+                cb.rows: list[tuple[int, int, float]] = []
+                cb.val: list[tuple[int, int, float]] = []
+
+            def on_train_batch_end(cb, trainer, module, outputs, batch, batch_idx):
+                loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+                cb.pending.append((trainer.global_step, loss.detach()))
+
+            def on_train_epoch_end(cb, trainer, module):
+                if cb.pending:
+                    vals = torch.stack([v for _, v in cb.pending]).float().cpu().tolist()
+                    cb.rows += [(s, trainer.current_epoch, v)
+                                for (s, _), v in zip(cb.pending, vals)]
+                    cb.pending.clear()
+
+            def on_validation_epoch_end(cb, trainer, module):
+                v = trainer.callback_metrics.get("val/loss")
+                if v is not None and not trainer.sanity_checking:
+                    cb.val.append((trainer.global_step, trainer.current_epoch, float(v)))
+
+        self.callback = _CB()
+
+    def write(self, run_dir: Path) -> dict:
+        rows, val = self.callback.rows, self.callback.val
+        with open(run_dir / "losses.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["split", "step", "epoch", "loss"])
+            w.writerows(("train", *r) for r in rows)
+            w.writerows(("val", *r) for r in val)
+        if rows:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            from ..viz import save_figure
+
+            fig, ax = plt.subplots(figsize=(6, 3.5))
+            steps = [r[0] for r in rows]
+            losses = [r[2] for r in rows]
+            ax.plot(steps, losses, lw=0.6, alpha=0.5, label="train (per step)")
+            k = max(1, len(losses) // 50)
+            if len(losses) > k:
+                sm = [sum(losses[i:i + k]) / k for i in range(0, len(losses) - k + 1, k)]
+                ax.plot(steps[k - 1::k][:len(sm)], sm, lw=1.5, label=f"train (mean of {k})")
+            if val:
+                ax.plot([v[0] for v in val], [v[2] for v in val], "o-", label="val")
+            ax.set_xlabel("step")
+            ax.set_ylabel("loss")
+            ax.set_yscale("log")
+            ax.legend()
+            save_figure(fig, run_dir / "loss.png")
+        last = rows[-max(1, len(rows) // 20):] if rows else []
+        return {"final_train_loss": sum(r[2] for r in last) / len(last) if last else None,
+                "final_val_loss": val[-1][2] if val else None, "steps": rows[-1][0] + 1
+                if rows else 0}
+
+
+def write_config(c: dict, run_dir: Path) -> Path:
+    path = run_dir / "config.yaml"
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(c)))
+    os.replace(tmp, path)
+    return path
+
+
+def train(c: dict, run_dir: str | Path) -> dict:
+    """Train from a validated config dict; return the summary written to summary.json."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from ..data import DataError, build_data
+    from ..module import DiffusionModule, describe
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    accelerator = _accelerator(c["trainer"])
+    precision = _precision(c["trainer"], accelerator)
+    c["trainer"]["precision"] = precision
+    pl.seed_everything(c["seed"], workers=True, verbose=False)
+    try:
+        data = build_data(c["data"], train=True)
+    except DataError as e:
+        raise ConfigError(str(e)) from None
+    if c["objective"]["name"] == "karras" and c["objective"]["sigma_data"] == "auto":
+        sd = data.measured_std()
+        c["objective"]["sigma_data"] = sd
+        print(f"[diffexp] objective.sigma_data=auto -> {sd:.4f} (measured std of the training "
+              f"data, scale={c['data']['scale']}, pad={c['data']['pad']})")
+    write_config(c, run_dir)
+
+    module = DiffusionModule(c)
+    module.attach_data(data, run_dir)
+    print(f"[diffexp] {describe(module)}; run folder {run_dir}")
+    logger = make_logger(c, run_dir)
+    if logger and hasattr(logger, "experiment") and c["logger"]["name"] == "wandb":
+        (run_dir / "wandb_id.txt").write_text(logger.version or "")
+    history = LossHistory()
+    t = c["train"]
+    ckpt_cb = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="epoch{epoch:03d}",
+                              auto_insert_metric_name=False, save_last=True, save_top_k=-1,
+                              every_n_epochs=t["checkpoint_every_n_epochs"] or None)
+    tr = c["trainer"]
+    trainer = pl.Trainer(
+        max_epochs=t["epochs"], accelerator=accelerator, devices=tr["devices"],
+        strategy=tr["strategy"], num_nodes=tr["num_nodes"], precision=precision,
+        gradient_clip_val=t["grad_clip"] or None, logger=logger,
+        callbacks=[ckpt_cb, history.callback], default_root_dir=str(run_dir),
+        log_every_n_steps=tr["log_every_n_steps"],
+        limit_train_batches=tr["limit_train_batches"], limit_val_batches=tr["limit_val_batches"],
+        check_val_every_n_epoch=t["val_every_n_epochs"] or None,
+        num_sanity_val_steps=0, deterministic=tr["deterministic"], enable_model_summary=False,
+        enable_progress_bar=sys.stderr.isatty())
+    t0 = time.perf_counter()
+    trainer.fit(module, ckpt_path=c["ckpt_path"])
+    wall = time.perf_counter() - t0
+    summary = {"name": c["name"], "wall_time_s": round(wall, 2), "epochs": trainer.current_epoch,
+               "global_step": trainer.global_step, "device": accelerator, "precision": precision,
+               "parameters": sum(p.numel() for p in module.net.parameters()),
+               "sigma_data": c["objective"].get("sigma_data"),
+               "checkpoint": str(run_dir / "checkpoints" / "last.ckpt")}
+    if trainer.is_global_zero:
+        summary.update(history.write(run_dir))
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        print(f"[diffexp] done in {wall:.1f}s: final train loss {summary['final_train_loss']}, "
+              f"val loss {summary['final_val_loss']}; {run_dir}")
+    return summary
+
+
+def _run_dir_from_hydra() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def _hydra_main(cfg: DictConfig):
+    try:
+        c = validate_train_config(cfg)
+        return train(c, _run_dir_from_hydra())
+    except ConfigError as e:
+        fail(str(e))
+
+
+def main() -> None:
+    try:
+        check_group_choices(sys.argv[1:])
+    except ConfigError as e:
+        fail(str(e))
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

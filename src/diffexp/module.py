@@ -1,0 +1,237 @@
+"""The LightningModule: training step, EMA, validation loss, periodic sample grids.
+
+The module is built from a plain resolved config dict (the Hydra config as a container), which is
+also stored in every checkpoint, so a checkpoint alone rebuilds its model, schedule and objective
+(see :func:`load_module`)."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from . import sampling
+from .data import DeviceData, decode
+from .ema import EMA
+from .models.unet import UNet, count_parameters
+from .objectives import Objective, build_objective, make_denoiser
+from .schedules import Schedule, build_schedule
+from .viz import save_grid
+
+__all__ = ["DiffusionModule", "IndexBatches", "build_schedule_from_cfg", "build_net",
+           "load_module"]
+
+
+def build_schedule_from_cfg(sched_cfg: dict) -> Schedule:
+    params = {k: v for k, v in sched_cfg.items() if k != "name"}
+    return build_schedule(sched_cfg["name"], **params)
+
+
+def build_net(model_cfg: dict, conditioned: bool = True) -> UNet:
+    return UNet(in_channels=1, out_channels=1, widths=tuple(model_cfg["widths"]),
+                blocks=int(model_cfg["blocks"]), attn_levels=tuple(model_cfg["attn_levels"]),
+                head_dim=int(model_cfg["head_dim"]), cond_embedding=conditioned)
+
+
+def build_objective_from_cfg(obj_cfg: dict, schedule: Schedule) -> Objective:
+    return build_objective(obj_cfg["name"], schedule, obj_cfg.get("sigma_data"))
+
+
+class IndexBatches:
+    """An iterable of int64 index batches over ``indices``: a fresh seeded permutation per epoch
+    (``seed + epoch``), so the order is reproducible and resumable. Only indices travel; the images
+    are gathered on the device by :meth:`DeviceData.batch`.
+
+    ``rank`` / ``world_size`` give each process a disjoint, equally sized share of every epoch."""
+
+    def __init__(self, indices: Tensor, batch_size: int, *, shuffle: bool = True, seed: int = 0,
+                 drop_last: bool = True, rank: int = 0, world_size: int = 1):
+        self.indices, self.batch_size = indices, int(batch_size)
+        self.shuffle, self.seed, self.drop_last = shuffle, int(seed), drop_last
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def _share(self) -> int:
+        return len(self.indices) // self.world_size
+
+    def __len__(self) -> int:
+        n = self._share()
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self):
+        idx = self.indices
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            idx = idx[torch.randperm(len(idx), generator=g)]
+        n = self._share()
+        idx = idx[self.rank * n:(self.rank + 1) * n]
+        for b in range(len(self)):
+            yield idx[b * self.batch_size:(b + 1) * self.batch_size]
+
+
+class DiffusionModule(pl.LightningModule):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.save_hyperparameters({"cfg": cfg})
+        self.cfg = cfg
+        self.schedule = build_schedule_from_cfg(cfg["schedule"])
+        self.objective = build_objective_from_cfg(cfg["objective"], self.schedule)
+        self.net = build_net(cfg["model"], conditioned=self.objective.conditioned)
+        self.ema = EMA(self.net, cfg["train"]["ema_decay"])
+        self.data: DeviceData | None = None
+        self.run_dir: Path | None = None
+        self._train_loader: IndexBatches | None = None
+
+    # ------------------------------------------------------------------ data
+    def attach_data(self, data: DeviceData, run_dir: str | Path | None = None) -> None:
+        self.data = data
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+
+    def setup(self, stage: str) -> None:
+        if self.data is not None:
+            self.data.to(self.device)
+
+    def train_dataloader(self):
+        t = self.cfg["train"]
+        self._train_loader = IndexBatches(
+            self.data.train_index, t["batch_size"], shuffle=True, seed=self.cfg["seed"],
+            rank=self.global_rank, world_size=self.trainer.world_size if self._trainer else 1)
+        return self._train_loader
+
+    def val_dataloader(self):
+        if len(self.data.val_index) == 0:
+            return []
+        return IndexBatches(self.data.val_index, self.cfg["train"]["batch_size"], shuffle=False,
+                            drop_last=False, rank=self.global_rank,
+                            world_size=self.trainer.world_size if self._trainer else 1)
+
+    def on_train_epoch_start(self) -> None:
+        if self._train_loader is not None:
+            self._train_loader.epoch = self.current_epoch
+
+    # ------------------------------------------------------------------ steps
+    def diffusion_loss(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Mean over the batch of loss_weight(sigma) * mean-squared error on the objective's target."""
+        b = x0.shape[0]
+        sigma = self.schedule.sample_training_sigma(b, generator=generator, device=x0.device)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device)
+        x = x0 + sigma.view(-1, 1, 1, 1) * noise
+        inp, cond = self.objective.net_input(x, sigma)
+        out = self.net(inp, cond).float()
+        target = self.objective.target(x0, noise, sigma)
+        per_image = (out - target).pow(2).mean(dim=(1, 2, 3))
+        return (self.objective.loss_weight(sigma) * per_image).mean()
+
+    def training_step(self, idx: Tensor, batch_idx: int) -> Tensor:
+        loss = self.diffusion_loss(self.data.batch(idx))
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
+                 batch_size=len(idx))
+        return loss
+
+    def validation_step(self, idx: Tensor, batch_idx: int) -> None:
+        # fixed noise per validation batch: the val loss is comparable across epochs
+        g = torch.Generator(device=self.device).manual_seed(10_000 + batch_idx)
+        loss = self.diffusion_loss(self.data.batch(idx), generator=g)
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(idx),
+                 sync_dist=True)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self.ema.update(self.net)
+
+    def configure_optimizers(self):
+        o = self.cfg["optim"]
+        name = o["name"]
+        params = self.net.parameters()
+        kw = dict(lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"], weight_decay=o["weight_decay"])
+        if torch.cuda.is_available():
+            kw["fused"] = True
+        else:
+            kw["foreach"] = True
+        opt = (torch.optim.AdamW if name == "adamw" else torch.optim.Adam)(params, **kw)
+        sched = o["lr_schedule"]
+        if sched == "constant":
+            return opt
+        total = self.trainer.estimated_stepping_batches
+        if sched == "onecycle":
+            s = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=o["lr"], total_steps=total,
+                                                    pct_start=o["pct_start"])
+        else:  # cosine
+            s = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": s, "interval": "step"}}
+
+    # ------------------------------------------------------------------ sampling
+    def denoiser(self, use_ema: bool = True):
+        net = self.ema.shadow if use_ema else self.net
+        return make_denoiser(net, self.objective)
+
+    @torch.no_grad()
+    def generate(self, n: int, seed: int = 0, sampler_cfg: dict | None = None,
+                 use_ema: bool = True, batch_size: int | None = None, callback=None):
+        """Sample ``n`` images; returns ``(x0 in the data range, uint8 images, nfe)``."""
+        scfg = dict(sampler_cfg or self.cfg["sampler"])
+        grid_kw, options = sampling.split_sampler_config(scfg)
+        was_training = self.training
+        self.eval()
+        with self._autocast():
+            res = sampling.sample(self.denoiser(use_ema), self.schedule, n=n,
+                                  shape=self.image_shape, seed=seed,
+                                  batch_size=batch_size or self.cfg["train"]["batch_size"],
+                                  device=self.device, callback=callback, **grid_kw, **options)
+        self.train(was_training)
+        d = self.cfg["data"]
+        return res.x0, decode(res.x0, d["pad"], d["scale"]), res.nfe
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        d = self.cfg["data"]
+        return (1, 28 + 2 * d["pad"], 28 + 2 * d["pad"])
+
+    def _autocast(self):
+        if self.device.type == "cuda" and str(self.cfg["trainer"].get("precision", "")).startswith(
+                "bf16"):
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast(self.device.type, enabled=False)
+
+    def on_train_epoch_end(self) -> None:
+        t = self.cfg["train"]
+        every = t.get("sample_every_n_epochs") or 0
+        last = self.current_epoch + 1 >= self.trainer.max_epochs
+        if (every and (self.current_epoch + 1) % every == 0) or last:
+            self.log_sample_grid(tag="final" if last else f"epoch_{self.current_epoch + 1:03d}")
+
+    def log_sample_grid(self, tag: str) -> Path | None:
+        if self.run_dir is None or not self.trainer.is_global_zero:
+            return None
+        t0 = time.perf_counter()
+        n = self.cfg["train"]["n_sample_images"]
+        _, u8, nfe = self.generate(n, seed=self.cfg["seed"])
+        path = self.run_dir / "samples" / f"{tag}.png"
+        save_grid(u8, path)
+        for lg in self.loggers:
+            if hasattr(lg, "log_image"):
+                lg.log_image(key="samples", images=[str(path)], caption=[f"{tag} (nfe={nfe})"],
+                             step=self.global_step)
+        self.print(f"[diffexp] sample grid {path} ({n} images, {nfe} NFE, "
+                   f"{time.perf_counter() - t0:.1f}s)")
+        return path
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["diffexp_version"] = 1
+
+
+def load_module(path: str | Path, map_location="cpu") -> DiffusionModule:
+    """Rebuild a module from a checkpoint written by training (config from the checkpoint)."""
+    ckpt = torch.load(str(path), map_location=map_location, weights_only=False)
+    cfg = ckpt["hyper_parameters"]["cfg"]
+    module = DiffusionModule(cfg)
+    module.load_state_dict(ckpt["state_dict"])
+    return module
+
+
+def describe(module: DiffusionModule) -> str:
+    return (f"model {module.cfg['model']['name']}: {count_parameters(module.net):,} parameters; "
+            f"schedule {module.schedule.name}, objective {module.objective.name}")

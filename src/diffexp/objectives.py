@@ -1,0 +1,183 @@
+"""Training objectives: what the network sees, what it learns, and how its output becomes x0_hat.
+
+All objectives work in sigma space (``x = x0 + sigma * n``) and meet at one interface,
+``denoiser(x, sigma) -> x0_hat`` (see :func:`make_denoiser`). For a network ``F`` an objective
+defines
+
+* ``c_in(sigma)``: the input scaling, the network sees ``c_in * x``;
+* ``cond(sigma)``: the conditioning value handed to the network (t, log sigma, or None);
+* ``target(x0, noise, sigma)``: the training target for ``F``;
+* ``loss_weight(sigma)``: per-image weight of the squared error;
+* ``to_x0(x, F, sigma)``: network output -> x0_hat.
+
+The VP objectives (eps, x0, v) feed the network the VP image ``x / sqrt(1 + sigma^2)`` and
+condition on the schedule's t. With ``abar = 1 / (1 + sigma^2)``:
+
+* eps: target n,                        x0_hat = x - sigma F
+* x0:  target x0,                       x0_hat = F
+* v:   target sqrt(abar) n - sqrt(1-abar) x0 (Salimans & Ho 2022),
+       x0_hat = sqrt(abar) x_vp - sqrt(1 - abar) F = x / (1 + sigma^2) - sigma F / sqrt(1 + sigma^2)
+
+karras (Karras et al. 2022, Table 1, "EDM" column), with sd = sigma_data:
+c_skip = sd^2 / (sigma^2 + sd^2), c_out = sigma sd / sqrt(sigma^2 + sd^2),
+c_in = 1 / sqrt(sigma^2 + sd^2), c_noise = ln(sigma) / 4; the target is
+``(x0 - c_skip x) / c_out`` so that ``x0_hat = c_skip x + c_out F``; EDM's loss weight
+``lambda = 1 / c_out^2`` times the c_out^2 of the change of variables is 1.
+
+All loss weights are 1 for the MSE on each objective's own target (the lesson's losses); they are
+kept as a method so a weighting can be added in one place.
+
+Pure torch; no Lightning, no Hydra.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .schedules import Schedule
+
+__all__ = ["Objective", "EpsObjective", "X0Objective", "VObjective", "KarrasObjective",
+           "NoTObjective", "OBJECTIVES", "build_objective", "make_denoiser"]
+
+
+def _b(v: Tensor, x: Tensor) -> Tensor:
+    """Broadcast a per-image [B] tensor against an image batch."""
+    return v.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
+
+
+class Objective:
+    name = "base"
+    #: does the network receive a conditioning value at all?
+    conditioned = True
+
+    def __init__(self, schedule: Schedule):
+        self.schedule = schedule
+
+    def c_in(self, sigma: Tensor) -> Tensor:
+        return (1.0 + sigma * sigma).rsqrt()
+
+    def cond(self, sigma: Tensor) -> Tensor | None:
+        """The schedule's t, as a float32 [B] tensor."""
+        return self.schedule.t_from_sigma(sigma.double()).float()
+
+    def target(self, x0: Tensor, noise: Tensor, sigma: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def to_x0(self, x: Tensor, out: Tensor, sigma: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def loss_weight(self, sigma: Tensor) -> Tensor:
+        return torch.ones_like(sigma)
+
+    # the pieces a training step needs, in one call
+    def net_input(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor | None]:
+        return _b(self.c_in(sigma), x) * x, self.cond(sigma)
+
+
+class EpsObjective(Objective):
+    name = "eps"
+
+    def target(self, x0, noise, sigma):
+        return noise
+
+    def to_x0(self, x, out, sigma):
+        return x - _b(sigma, x) * out
+
+
+class X0Objective(Objective):
+    name = "x0"
+
+    def target(self, x0, noise, sigma):
+        return x0
+
+    def to_x0(self, x, out, sigma):
+        return out
+
+
+class VObjective(Objective):
+    name = "v"
+
+    def target(self, x0, noise, sigma):
+        s = _b((1.0 + sigma * sigma).rsqrt(), x0)  # sqrt(abar)
+        return s * noise - s * _b(sigma, x0) * x0  # sqrt(1-abar) = sigma sqrt(abar)
+
+    def to_x0(self, x, out, sigma):
+        s2 = _b(1.0 + sigma * sigma, x)
+        return x / s2 - _b(sigma, x) * out / s2.sqrt()
+
+
+class KarrasObjective(Objective):
+    name = "karras"
+
+    def __init__(self, schedule: Schedule, sigma_data: float):
+        super().__init__(schedule)
+        if not sigma_data > 0:
+            raise ValueError(f"objective.sigma_data must be > 0 (got {sigma_data})")
+        self.sigma_data = float(sigma_data)
+
+    def scalings(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        sd2 = self.sigma_data ** 2
+        s2 = sigma * sigma
+        c_skip = sd2 / (s2 + sd2)
+        c_out = sigma * self.sigma_data * (s2 + sd2).rsqrt()
+        c_in = (s2 + sd2).rsqrt()
+        return c_skip, c_out, c_in
+
+    def c_in(self, sigma):
+        return self.scalings(sigma)[2]
+
+    def cond(self, sigma):
+        return sigma.float().log() / 4
+
+    def target(self, x0, noise, sigma):
+        c_skip, c_out, _ = self.scalings(sigma)
+        x = x0 + _b(sigma, x0) * noise
+        return (x0 - _b(c_skip, x0) * x) / _b(c_out, x0)
+
+    def to_x0(self, x, out, sigma):
+        c_skip, c_out, _ = self.scalings(sigma)
+        return _b(c_skip, x) * x + _b(c_out, x) * out
+
+
+class NoTObjective(EpsObjective):
+    """An eps model that is never told its noise level: the network gets no conditioning input.
+
+    At sampling time the noise level comes from the schedule or from a noise-level predictor
+    (see :mod:`diffexp.noise_level`)."""
+
+    name = "no_t"
+    conditioned = False
+
+    def cond(self, sigma):
+        return None
+
+
+OBJECTIVES = {"eps": EpsObjective, "x0": X0Objective, "v": VObjective, "karras": KarrasObjective,
+              "no_t": NoTObjective}
+
+
+def build_objective(name: str, schedule: Schedule, sigma_data: float | None = None) -> Objective:
+    if name not in OBJECTIVES:
+        raise ValueError(f"objective.name={name!r} is not one of {sorted(OBJECTIVES)}")
+    if name == "karras":
+        return KarrasObjective(schedule, sigma_data)
+    return OBJECTIVES[name](schedule)
+
+
+def make_denoiser(net, objective: Objective):
+    """Wrap a network as ``denoiser(x, sigma) -> x0_hat`` in sigma space.
+
+    ``sigma`` is a [B] tensor (a scalar is broadcast). The objective's arithmetic runs in fp32
+    whatever precision the network computes in."""
+
+    def denoiser(x: Tensor, sigma: Tensor) -> Tensor:
+        sigma = torch.as_tensor(sigma, device=x.device, dtype=torch.float32)
+        if sigma.dim() == 0:
+            sigma = sigma.expand(x.shape[0])
+        x = x.float()
+        inp, cond = objective.net_input(x, sigma)
+        out = net(inp, cond).float()
+        return objective.to_x0(x, out, sigma)
+
+    return denoiser

@@ -1,0 +1,64 @@
+"""Grids and plots: pure functions returning tensors or matplotlib figures, plus PNG writers."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+__all__ = ["make_grid", "save_grid", "save_png", "save_figure"]
+
+
+def make_grid(u8: Tensor, ncol: int | None = None, pad: int = 2, pad_value: int = 255) -> Tensor:
+    """uint8 [N, 1, H, W] -> uint8 [H', W'] tiled grid (``ncol`` defaults to ceil(sqrt(N)))."""
+    n, _, h, w = u8.shape
+    ncol = ncol or math.ceil(math.sqrt(n))
+    nrow = math.ceil(n / ncol)
+    grid = torch.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad), pad_value,
+                      dtype=torch.uint8)
+    for k in range(n):
+        r, c = divmod(k, ncol)
+        y, x = pad + r * (h + pad), pad + c * (w + pad)
+        grid[y:y + h, x:x + w] = u8[k, 0].cpu()
+    return grid
+
+
+def _atomic_target(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    return tmp
+
+
+def save_png(img: Tensor, path: str | Path, upscale: int = 1) -> Path:
+    """Write a uint8 [H, W] image as PNG (written to a temporary file, then renamed)."""
+    from PIL import Image
+
+    path = Path(path)
+    im = Image.fromarray(img.cpu().numpy(), mode="L") if img.dim() == 2 else Image.fromarray(
+        img.cpu().numpy())
+    if upscale > 1:
+        im = im.resize((im.width * upscale, im.height * upscale), Image.NEAREST)
+    tmp = _atomic_target(path)
+    im.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
+def save_grid(u8: Tensor, path: str | Path, ncol: int | None = None, upscale: int = 2) -> Path:
+    return save_png(make_grid(u8, ncol), path, upscale=upscale)
+
+
+def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    tmp = _atomic_target(path)
+    fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+    os.replace(tmp, path)
+    plt.close(fig)
+    return path
