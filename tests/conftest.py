@@ -1,0 +1,26 @@
+"""Shared test fixtures: the real data folder and a temporary run/caches location."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("DIFFEXP_DATA_ROOT", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    if not (SHARED_DATA / "FashionMNIST" / "raw").is_dir():
+        pytest.skip(f"Fashion-MNIST not found under {SHARED_DATA} (set DIFFEXP_DATA_ROOT)")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _isolated_caches(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFEXP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
