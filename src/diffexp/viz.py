@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["make_grid", "save_grid", "save_png", "save_figure"]
+__all__ = ["make_grid", "save_grid", "save_png", "save_figure", "image_table", "noise_level_figure"]
 
 
 def make_grid(u8: Tensor, ncol: int | None = None, pad: int = 2, pad_value: int = 255) -> Tensor:
@@ -62,3 +62,50 @@ def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
     os.replace(tmp, path)
     plt.close(fig)
     return path
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def image_table(rows: list[Tensor], row_names: list[str], col_titles: list[str],
+                suptitle: str | None = None):
+    """A figure of uint8 images: ``rows[r]`` is [K, 1, H, W], one panel per column."""
+    plt = _plt()
+    nr, nc = len(rows), max(len(r) for r in rows)
+    fig, axes = plt.subplots(nr, nc, figsize=(1.3 * nc, 1.35 * nr + (0.4 if suptitle else 0)),
+                             squeeze=False)
+    for r, imgs in enumerate(rows):
+        for c in range(nc):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(imgs):
+                ax.imshow(imgs[c, 0].cpu().numpy(), cmap="gray", vmin=0, vmax=255)
+            if r == 0 and c < len(col_titles):
+                ax.set_title(col_titles[c], fontsize=7)
+            if c == 0 and r < len(row_names):
+                ax.set_ylabel(row_names[r], fontsize=7)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def noise_level_figure(sigma: Tensor, t: Tensor, schedule_name: str):
+    """Histograms of the training noise levels: log10 sigma and the schedule's t."""
+    plt = _plt()
+    fig, ax = plt.subplots(1, 2, figsize=(8, 3))
+    ax[0].hist(sigma.double().log10().numpy(), bins=100, density=True)
+    ax[0].set_xlabel("log10 sigma")
+    ax[0].set_ylabel("density")
+    ax[1].hist(t.double().numpy(), bins=100, density=True)
+    ax[1].set_xlabel("t")
+    fig.suptitle(f"training noise levels ({schedule_name})", fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -19,7 +19,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError, check_group_choices, fail, validate_train_config
+from .config import CONF_DIR, ConfigError, check_group_choices, fail, validate_train_config
 
 
 def _accelerator(tcfg: dict) -> str:
@@ -220,12 +220,33 @@ def _run_dir_from_hydra() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def discard_empty_run_dir(run_dir: Path) -> None:
+    """After a config error: remove the folder Hydra created if it holds nothing but Hydra's own
+    files, and the parents that are left empty, so a rejected command leaves nothing behind."""
+    if not run_dir.is_dir():
+        return
+    if any(p.name not in {".hydra"} and p.suffix != ".log" for p in run_dir.iterdir()):
+        return
+    import logging
+    import shutil
+
+    logging.shutdown()
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for parent in list(run_dir.parents)[:2]:
+        try:
+            parent.rmdir()  # only if empty
+        except OSError:
+            break
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig):
+    run_dir = _run_dir_from_hydra()
     try:
         c = validate_train_config(cfg)
-        return train(c, _run_dir_from_hydra())
+        return train(c, run_dir)
     except ConfigError as e:
+        discard_empty_run_dir(run_dir)
         fail(str(e))
 
 

@@ -1,0 +1,48 @@
+# diffexp: `make run` trains the quickstart recipe; `make test` runs the test suite.
+# `make install` creates and uses .venv unless a virtual/conda environment is already active.
+SHELL := /bin/bash
+VENV ?= .venv
+ifneq ($(VIRTUAL_ENV)$(CONDA_PREFIX),)
+  PY := python
+  STAMP := .installed-$(notdir $(VIRTUAL_ENV)$(CONDA_PREFIX))
+else
+  PY := $(VENV)/bin/python
+  STAMP := $(VENV)/.installed
+endif
+ARGS ?=
+
+.PHONY: install run test test-slow test-all lint bench clean help
+
+help:
+	@echo "make install | run | test | test-slow | test-all | lint | bench | clean"
+
+$(STAMP): pyproject.toml
+	@if [ "$(PY)" = "$(VENV)/bin/python" ] && [ ! -x $(PY) ]; then python3 -m venv $(VENV); fi
+	$(PY) -m pip install --upgrade pip >/dev/null
+	$(PY) -m pip install -e ".[dev]"
+	@touch $@
+
+install: $(STAMP)
+
+run: install
+	$(PY) train.py experiment=quickstart $(ARGS)
+	@echo "Samples: $$(ls -td runs/train/*/ | head -1)samples/final.png"
+
+test: install
+	$(PY) -m pytest -q $(ARGS)
+
+test-slow: install
+	$(PY) -m pytest -q -m slow $(ARGS)
+
+test-all: install
+	$(PY) -m pytest -q -m "slow or not slow" $(ARGS)
+
+lint: install
+	$(PY) -m ruff check src tests scripts train.py eval.py
+
+bench: install
+	$(PY) scripts/bench.py $(ARGS)
+
+clean:
+	rm -rf build dist src/*.egg-info .pytest_cache .ruff_cache $(STAMP)
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

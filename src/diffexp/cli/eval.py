@@ -1,0 +1,240 @@
+"""``diffexp-eval`` / ``python eval.py ckpt=PATH ...``: FID/KID of a checkpoint with any sampler.
+
+Writes into its run folder: ``metrics.json`` (fid, kid_mean, kid_std, the floor, n, nfe, seed,
+sampler settings, wall time, images/s, protocol), ``samples.png``, ``per_step.csv`` /
+``per_step.png`` with ``eval.per_step=true``, ``diagnostics/*.png``, and logs the same to the
+logger. Works with ``-m`` sweeps over samplers, steps and rho on one checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .config import CONF_DIR, ConfigError, _choice, _require, _typed, check_group_choices, fail
+from .train import discard_empty_run_dir, make_logger
+
+
+@dataclass
+class EvalCfg:
+    n_samples: int = 2048
+    batch_size: int = 512
+    use_ema: bool = True
+    features: str = "fashion"
+    kid_subset_size: int = 1000
+    kid_subsets: int = 100
+    floor: bool = True
+    per_step: bool = False
+    diagnostics: bool = True
+    n_grid: int = 64
+    device: str = "auto"
+
+
+EVAL_TOP_KEYS = {"defaults", "ckpt", "seed", "name", "data_root", "eval", "sampler", "logger",
+                 "hydra"}
+
+
+def resolve_sampler(ckpt_sampler: dict, requested: dict) -> dict:
+    """``sampler=ckpt`` (default): the checkpoint's sampler with every non-null key of the request
+    laid over it; any other sampler: the request as it is."""
+    requested = {k: v for k, v in requested.items()}
+    if requested.get("name") == "ckpt":
+        out = dict(ckpt_sampler)
+        out.update({k: v for k, v in requested.items() if k != "name" and v is not None})
+        return out
+    return requested
+
+
+def validate_eval_config(cfg: DictConfig) -> dict:
+    from .. import sampling
+    from .config import validate_logger
+
+    unknown = sorted(set(cfg.keys()) - EVAL_TOP_KEYS)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown top-level setting; valid: "
+                          f"{', '.join(sorted(EVAL_TOP_KEYS - {'defaults', 'hydra'}))}")
+    if OmegaConf.is_missing(cfg, "ckpt"):
+        raise ConfigError("ckpt is required: ckpt=PATH to a training checkpoint (.ckpt)")
+    c = {"ckpt": str(cfg.ckpt), "seed": cfg.seed, "name": cfg.name,
+         "data_root": cfg.get("data_root")}
+    _require(isinstance(c["seed"], int) and c["seed"] >= 0, "seed", "must be an int >= 0",
+             c["seed"])
+    if not Path(c["ckpt"]).is_file():
+        raise ConfigError(f"ckpt={c['ckpt']!r}: no such checkpoint file")
+    e = _typed(cfg.eval, EvalCfg, "eval")
+    _require(e["n_samples"] >= 2, "eval.n_samples", "must be >= 2", e["n_samples"])
+    _require(e["batch_size"] >= 1, "eval.batch_size", "must be >= 1", e["batch_size"])
+    _require(e["n_grid"] >= 1, "eval.n_grid", "must be >= 1", e["n_grid"])
+    _require(e["kid_subset_size"] >= 2, "eval.kid_subset_size", "must be >= 2",
+             e["kid_subset_size"])
+    _require(e["kid_subsets"] >= 1, "eval.kid_subsets", "must be >= 1", e["kid_subsets"])
+    _choice(e["features"], "eval.features", ["fashion", "inception"])
+    _choice(e["device"], "eval.device", ["auto", "cpu", "cuda"])
+    c["eval"] = e
+    c["sampler"] = OmegaConf.to_container(cfg.sampler, resolve=True)
+    if c["sampler"].get("name") != "ckpt":
+        try:
+            sampling.validate_sampler_config(c["sampler"])
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    c["logger"] = validate_logger(cfg.logger)
+    return c
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("eval.device='cuda' but no CUDA GPU is visible; use auto or cpu")
+    return torch.device(name)
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def run_eval(c: dict, run_dir: str | Path) -> dict:
+    from .. import sampling
+    from ..data import DataError
+    from ..evaluation import (REFERENCE_KEY, diagnostics, evaluate_samples, floor_images,
+                              make_evaluator, per_step_figure, reference_images)
+    from ..metrics import FeatureNetError, feature_net_info
+    from ..module import load_module
+    from ..viz import save_figure, save_grid
+
+    run_dir = Path(run_dir)
+    e = c["eval"]
+    device = _device(e["device"])
+    t_start = time.perf_counter()
+    module = load_module(c["ckpt"], map_location="cpu").to(device)
+    mcfg = module.cfg
+    sampler_cfg = resolve_sampler(mcfg["sampler"], c["sampler"])
+    try:
+        sampling.validate_sampler_config(sampler_cfg)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    grid_kw, options = sampling.split_sampler_config(sampler_cfg)
+    data_root = c["data_root"] or mcfg["data"].get("root")
+    try:
+        evaluator = make_evaluator(data_root, device=device, features=e["features"],
+                                   kid_subset_size=e["kid_subset_size"],
+                                   kid_subsets=e["kid_subsets"])
+    except (DataError, FeatureNetError) as err:
+        raise ConfigError(str(err)) from None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    n = e["n_samples"]
+    print(f"[diffexp] eval {c['ckpt']}: {sampler_cfg['name']} steps={grid_kw['steps']} "
+          f"grid={grid_kw['grid']}, n={n}, device={device}")
+    metrics, u8, rows = evaluate_samples(module, evaluator, sampler_cfg, n=n, seed=c["seed"],
+                                         batch_size=e["batch_size"], use_ema=e["use_ema"],
+                                         per_step=e["per_step"])
+    floor = evaluator.floor(floor_images(n, data_root, seed=c["seed"])) if e["floor"] else None
+    save_grid(u8[:e["n_grid"]], run_dir / "samples.png")
+    info = feature_net_info() if e["features"] == "fashion" else {}
+    result = {
+        **{k: metrics[k] for k in ("fid", "kid_mean", "kid_std", "n", "nfe")},
+        "floor": floor,
+        "seed": c["seed"],
+        "sampler": {**grid_kw, "options": options},
+        "steps": grid_kw["steps"],
+        "sampler_name": grid_kw["sampler"],
+        "wall_time_s": None,  # filled in below
+        "sample_time_s": metrics["sample_time_s"],
+        "score_time_s": metrics["score_time_s"],
+        "images_per_s": metrics["images_per_s"],
+        "nfe_per_s": metrics["nfe_per_s"],
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "checkpoint": str(Path(c["ckpt"]).resolve()),
+        "use_ema": e["use_ema"],
+        "model": {"name": mcfg["model"]["name"],
+                  "parameters": sum(p.numel() for p in module.net.parameters()),
+                  "schedule": mcfg["schedule"]["name"], "objective": mcfg["objective"]["name"],
+                  "data_scale": mcfg["data"]["scale"], "epochs": mcfg["train"]["epochs"],
+                  "sigma_data": mcfg["objective"].get("sigma_data")},
+        "protocol": {"features": e["features"], "feature_net_sha256": evaluator.net.sha256,
+                     "feature_net_test_accuracy": info.get("test_accuracy"),
+                     "reference": REFERENCE_KEY, "reference_n": len(evaluator.ref_features),
+                     "floor": "n training images (seeded permutation) vs the reference",
+                     "kid_subset_size": min(e["kid_subset_size"], n),
+                     "kid_subsets": e["kid_subsets"]},
+    }
+    if rows is not None:
+        with open(run_dir / "per_step.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        save_figure(per_step_figure(rows), run_dir / "per_step.png")
+        result["per_step"] = rows
+    if e["diagnostics"]:
+        real = reference_images(data_root)[:8]
+        for name, fig in diagnostics(module, real, use_ema=e["use_ema"], seed=c["seed"]).items():
+            save_figure(fig, run_dir / "diagnostics" / f"{name}.png")
+    result["wall_time_s"] = round(time.perf_counter() - t_start, 2)
+    _write_json(run_dir / "metrics.json", result)
+    _log(c, run_dir, result)
+    fl = f", floor {floor['fid']:.3f}" if floor else ""
+    print(f"[diffexp] FID {result['fid']:.3f}, KID {result['kid_mean']:.5f} "
+          f"+- {result['kid_std']:.5f}{fl}; nfe {result['nfe']}; {result['wall_time_s']}s; "
+          f"{run_dir / 'metrics.json'}")
+    return result
+
+
+def _log(c: dict, run_dir: Path, result: dict) -> None:
+    logger = make_logger({**c, "name": c["name"]}, run_dir)
+    if not logger:
+        return
+    flat = {f"eval/{k}": result[k] for k in ("fid", "kid_mean", "kid_std", "nfe",
+                                            "images_per_s", "wall_time_s")}
+    if result["floor"]:
+        flat.update({f"eval/floor_{k}": result["floor"][k] for k in ("fid", "kid_mean")})
+    logger.log_hyperparams({"eval": c, "sampler_resolved": result["sampler"]})
+    logger.log_metrics(flat, step=0)
+    if hasattr(logger, "log_image"):
+        imgs = [run_dir / "samples.png", *sorted((run_dir / "diagnostics").glob("*.png"))]
+        if (run_dir / "per_step.png").exists():
+            imgs.append(run_dir / "per_step.png")
+        logger.log_image(key="eval", images=[str(p) for p in imgs],
+                         caption=[p.stem for p in imgs], step=0)
+    logger.finalize("success")
+    if hasattr(logger, "experiment") and c["logger"]["name"] == "wandb":
+        logger.experiment.finish()
+
+
+def _run_dir_from_hydra() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
+def _hydra_main(cfg: DictConfig):
+    run_dir = _run_dir_from_hydra()
+    try:
+        c = validate_eval_config(cfg)
+        return run_eval(c, run_dir)
+    except ConfigError as e:
+        discard_empty_run_dir(run_dir)
+        fail(str(e))
+
+
+def main() -> None:
+    try:
+        check_group_choices(sys.argv[1:])
+    except ConfigError as e:
+        fail(str(e))
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Config validation: every bad setting stops before any work with a one-line error naming it."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from diffexp.cli.config import ConfigError, check_group_choices, validate_train_config
+
+from .helpers import compose_train
+
+REPO = Path(__file__).resolve().parents[1]
+
+BAD = [
+    (["sampler.steps=0"], "sampler.steps"),
+    (["train.batch_size=0"], "train.batch_size"),
+    (["optim.lr=-1"], "optim.lr"),
+    (["optim.lr=abc"], "optim.lr"),
+    (["data.scale=0"], "data.scale"),
+    (["data.scale=-2"], "data.scale"),
+    (["schedule=karras", "schedule.sigma_min=90"], "schedule.sigma_max"),
+    (["schedule=cosine", "schedule.start=0.9", "schedule.end=0.1"], "schedule.start"),
+    (["schedule=sigmoid", "schedule.tau=0"], "schedule.tau"),
+    (["schedule=cosine", "schedule.tau=-1"], "schedule.tau"),
+    (["schedule=cosine", "schedule.t_max=1.0"], "schedule.t_max"),
+    (["schedule=linear", "+schedule.tau=1"], "schedule.tau"),
+    (["objective=karras", "objective.sigma_data=-0.5"], "objective.sigma_data"),
+    (["objective=karras", "objective.sigma_data=wrong"], "objective.sigma_data"),
+    (["optim.name=sgd"], "optim.name"),
+    (["optim.lr_schedule=step"], "optim.lr_schedule"),
+    (["train.ema_decay=1.0"], "train.ema_decay"),
+    (["train.epochs=0"], "train.epochs"),
+    (["trainer.precision=8"], "trainer.precision"),
+    (["model.blocks=0"], "model.blocks"),
+    (["model.attn_levels=[5]"], "model.attn_levels"),
+    (["logger.mode=sometimes"], "logger.mode"),
+    (["seed=-1"], "seed"),
+    (["+foo=1"], "foo"),
+    (["ckpt_path=/nonexistent/last.ckpt"], "ckpt_path"),
+]
+
+
+@pytest.mark.parametrize("overrides,key", BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_bad_values_name_the_key(overrides, key):
+    cfg = compose_train(overrides)
+    with pytest.raises(ConfigError) as e:
+        validate_train_config(cfg)
+    msg = str(e.value)
+    assert key in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("overrides", [
+    [], ["schedule=karras", "objective=karras"], ["schedule=sigmoid", "schedule.tau=0.7",
+                                                  "objective=v", "data.scale=0.5"],
+    ["schedule=linear", "objective=x0", "sampler=euler"], ["experiment=course_karras"],
+    ["experiment=course_cosine"], ["experiment=quickstart"], ["debug=fast"],
+])
+def test_good_configs_validate(overrides):
+    c = validate_train_config(compose_train(overrides))
+    assert c["train"]["batch_size"] >= 1 and isinstance(c["seed"], int)
+
+
+def test_course_recipes_match_the_lesson():
+    for name, lr in [("course_cosine", 4e-3), ("course_karras", 1e-2)]:
+        c = validate_train_config(compose_train([f"experiment={name}"]))
+        assert c["train"]["batch_size"] == 512 and c["train"]["epochs"] == 25
+        assert c["optim"]["eps"] == 1e-5 and c["optim"]["lr"] == lr
+        assert c["optim"]["lr_schedule"] == "onecycle" and c["model"]["name"] == "unet_course"
+
+
+def test_unknown_group_option_one_line():
+    with pytest.raises(ConfigError, match=r"schedule='quadratic'.*cosine.*karras"):
+        check_group_choices(["schedule=quadratic"])
+    with pytest.raises(ConfigError, match="sampler='eulr'"):
+        check_group_choices(["-m", "sampler=euler,eulr"])
+    check_group_choices(["schedule=cosine", "schedule.tau=2", "-m", "objective=eps,v"])
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_bad_value_exits_cleanly(tmp_path):
+    r = _cli("schedule.tau=-1", "logger=none", cwd=tmp_path)
+    assert r.returncode == 2
+    err = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(err) == 1 and "schedule.tau" in err[0], r.stderr
+    # nothing half-written: no run folder is left behind
+    assert not (tmp_path / "runs").exists(), list((tmp_path / "runs").rglob("*"))
+    r = _cli("objective=score", cwd=tmp_path)
+    assert r.returncode == 2 and "objective='score'" in r.stderr and "karras" in r.stderr
+
+
+def test_cli_help_lists_groups(tmp_path):
+    r = _cli("--help", cwd=tmp_path)
+    assert r.returncode == 0
+    for group, option in [("schedule", "sigmoid"), ("objective", "karras"), ("model", "unet_course"),
+                          ("sampler", "heun"), ("experiment", "course_karras"), ("logger", "wandb")]:
+        assert f"{group}:" in r.stdout and option in r.stdout, (group, option)

@@ -1,0 +1,66 @@
+"""The Fashion-MNIST module on the real files in ../shared/data."""
+
+import pytest
+import torch
+
+from diffexp.data import (DataError, DeviceData, build_data, decode, encode, load_fashion_mnist,
+                          synthetic_images)
+
+
+@pytest.fixture(scope="module")
+def train_split(data_root):
+    return load_fashion_mnist(data_root, train=True, download=False)
+
+
+def test_real_files(train_split, data_root):
+    x, y = train_split
+    assert x.shape == (60_000, 28, 28) and x.dtype == torch.uint8
+    assert y.shape == (60_000,) and set(y.unique().tolist()) == set(range(10))
+    assert torch.bincount(y).tolist() == [6000] * 10  # the release is balanced
+    xt, yt = load_fashion_mnist(data_root, train=False, download=False)
+    assert xt.shape == (10_000, 28, 28) and torch.bincount(yt).tolist() == [1000] * 10
+    # mean pixel of the training split, a known property of the release (~0.286 in [0, 1])
+    assert float(x.float().mean() / 255) == pytest.approx(0.2860, abs=1e-3)
+
+
+def test_device_data_split_and_batches(train_split):
+    x, y = train_split
+    d = DeviceData(x, y, pad=2, scale=0.5, val_size=5000, split_seed=3)
+    assert len(d.val_index) == 5000 and len(d.train_index) == 55_000
+    assert len(set(d.val_index.tolist()) & set(d.train_index.tolist())) == 0
+    d2 = DeviceData(x, y, val_size=5000, split_seed=3)
+    assert torch.equal(d.val_index, d2.val_index)  # fixed by the seed
+    assert not torch.equal(d.val_index, DeviceData(x, y, val_size=5000, split_seed=4).val_index)
+    b = d.batch(d.train_index[:64])
+    assert b.shape == (64, 1, 32, 32) and b.dtype == torch.float32
+    assert float(b.min()) >= -0.5 and float(b.max()) <= 0.5  # [-1, 1] times scale 0.5
+    assert torch.all(b[:, :, :2] == -0.5) and torch.all(b[:, :, :, -2:] == -0.5)  # background pad
+    assert torch.equal(decode(b, pad=2, scale=0.5)[:, 0], x[d.train_index[:64]])  # round trip
+
+
+def test_measured_std(train_split):
+    x, y = train_split
+    d = DeviceData(x[:4096], y[:4096], pad=2, scale=2.0, val_size=0)
+    direct = encode(x[:4096], 2, 2.0).double().std()
+    assert d.measured_std() == pytest.approx(float(direct), rel=1e-4)
+
+
+def test_build_data_from_config(data_root):
+    cfg = dict(name="fashion_mnist", root=str(data_root), download=False, pad=0, scale=1.0,
+               val_size=100, split_seed=0, subset=1000)
+    d = build_data(cfg)
+    assert d.shape == (1, 28, 28) and len(d.train_index) == 900
+
+
+def test_missing_data_one_line_error(tmp_path):
+    with pytest.raises(DataError) as e:
+        load_fashion_mnist(tmp_path / "nowhere", download=False)
+    msg = str(e.value)
+    assert "\n" not in msg and "train-images-idx3-ubyte" in msg and "FashionMNIST/raw" in msg
+
+
+def test_synthetic_deterministic():
+    a, la = synthetic_images(16, seed=1)
+    b, lb = synthetic_images(16, seed=1)
+    assert torch.equal(a, b) and torch.equal(la, lb) and a.dtype == torch.uint8
+    assert int(a.max()) > 200 and int(a.min()) == 0
