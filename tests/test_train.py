@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from diffexp.cli.config import validate_train_config
+from diffexp.cli.config import ConfigError, validate_train_config
 from diffexp.cli.train import train
 from diffexp.data import build_data
 from diffexp.module import DiffusionModule, load_module
@@ -35,7 +35,7 @@ def test_loss_decreases_on_fixed_batch(schedule, objective):
 
     with torch.no_grad():
         before = sum(float(loss_at(s)) for s in range(4)) / 4
-    for step in range(40):
+    for step in range(30):
         opt.zero_grad()
         loss = loss_at(step % 4)
         assert torch.isfinite(loss)
@@ -53,12 +53,19 @@ def _quick_cfg(tmp_path, *extra):
 
 
 def test_train_writes_run_folder_and_resumes(tmp_path):
+    import pytorch_lightning as pl
+
+    class StopAfter(pl.Callback):  # an interruption after 2 of 4 epochs
+        def on_train_epoch_end(self, trainer, module):
+            if trainer.current_epoch + 1 >= 2:
+                trainer.should_stop = True
+
     c = _quick_cfg(tmp_path, "objective=karras", "schedule=karras", "sampler=euler",
-                   "train.epochs=2", "trainer.limit_train_batches=3")
+                   "train.epochs=4", "trainer.limit_train_batches=3")
     run = tmp_path / "run"
-    s = train(c, run)
+    s = train(c, run, callbacks=[StopAfter()])
     assert s["global_step"] == 6 and s["epochs"] == 2
-    for f in ["config.yaml", "summary.json", "losses.csv", "loss.png", "samples/final.png",
+    for f in ["config.yaml", "summary.json", "losses.csv", "loss.png", "samples/epoch_002.png",
               "samples/epoch_001.png", "checkpoints/last.ckpt", "checkpoints/epoch000.ckpt",
               "csv/metrics.csv"]:
         assert (run / f).is_file(), f
@@ -70,14 +77,20 @@ def test_train_writes_run_folder_and_resumes(tmp_path):
     assert int(m.ema.num_updates) == 6
     summary = json.loads((run / "summary.json").read_text())
     assert summary["final_train_loss"] is not None and summary["parameters"] > 0
-    # resume: two more epochs continue from step 6
+    # resume: the remaining two epochs continue from step 6 and finish the schedule
     c2 = _quick_cfg(tmp_path, "objective=karras", "schedule=karras", "sampler=euler",
                     "train.epochs=4", "trainer.limit_train_batches=3",
                     f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}")
     s2 = train(c2, tmp_path / "run2")
-    assert s2["global_step"] == 12
+    assert s2["global_step"] == 12 and s2["epochs"] == 4
+    assert (tmp_path / "run2" / "samples" / "final.png").is_file()
     m2 = load_module(tmp_path / "run2" / "checkpoints" / "last.ckpt")
     assert int(m2.ema.num_updates) == 12
+    # changing the schedule length on resume is refused with a one-line error
+    c3 = _quick_cfg(tmp_path, "objective=karras", "schedule=karras", "train.epochs=9",
+                    f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}")
+    with pytest.raises(ConfigError, match="train.epochs=9"):
+        train(c3, tmp_path / "run3")
 
 
 def test_seed_is_honoured(tmp_path):

@@ -151,8 +151,30 @@ def write_config(c: dict, run_dir: Path) -> Path:
     return path
 
 
-def train(c: dict, run_dir: str | Path) -> dict:
-    """Train from a validated config dict; return the summary written to summary.json."""
+def check_resume(c: dict) -> None:
+    """A resumed run continues the same LR schedule: its length must not change."""
+    if not c["ckpt_path"]:
+        return
+    ckpt = torch.load(c["ckpt_path"], map_location="cpu", weights_only=False)
+    old = ckpt.get("hyper_parameters", {}).get("cfg")
+    if old is None:
+        raise ConfigError(f"ckpt_path={c['ckpt_path']!r} is not a diffexp training checkpoint")
+    if c["optim"]["lr_schedule"] != "constant" and old["train"]["epochs"] != c["train"]["epochs"]:
+        raise ConfigError(
+            f"train.epochs={c['train']['epochs']} differs from the resumed run's "
+            f"{old['train']['epochs']}; a resumed {c['optim']['lr_schedule']} LR schedule keeps "
+            f"its length (use optim.lr_schedule=constant to extend a run)")
+    for group in ("model", "objective", "schedule"):
+        keep = {k: v for k, v in old[group].items() if k != "sigma_data"}
+        new = {k: v for k, v in c[group].items() if k != "sigma_data"}
+        if keep != new:
+            raise ConfigError(f"{group} differs from the resumed run's ({old[group]['name']}); "
+                              f"resume with the same {group} settings")
+
+
+def train(c: dict, run_dir: str | Path, callbacks: list | None = None) -> dict:
+    """Train from a validated config dict; return the summary written to summary.json.
+    ``callbacks``: extra Lightning callbacks (programmatic use and tests)."""
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint
 
@@ -160,6 +182,7 @@ def train(c: dict, run_dir: str | Path) -> dict:
     from ..module import DiffusionModule, describe
 
     run_dir = Path(run_dir)
+    check_resume(c)
     run_dir.mkdir(parents=True, exist_ok=True)
     accelerator = _accelerator(c["trainer"])
     precision = _precision(c["trainer"], accelerator)
@@ -192,7 +215,7 @@ def train(c: dict, run_dir: str | Path) -> dict:
         max_epochs=t["epochs"], accelerator=accelerator, devices=tr["devices"],
         strategy=tr["strategy"], num_nodes=tr["num_nodes"], precision=precision,
         gradient_clip_val=t["grad_clip"] or None, logger=logger,
-        callbacks=[ckpt_cb, history.callback], default_root_dir=str(run_dir),
+        callbacks=[ckpt_cb, history.callback, *(callbacks or [])], default_root_dir=str(run_dir),
         log_every_n_steps=tr["log_every_n_steps"],
         limit_train_batches=tr["limit_train_batches"], limit_val_batches=tr["limit_val_batches"],
         check_val_every_n_epoch=t["val_every_n_epochs"] or None,

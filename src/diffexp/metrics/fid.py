@@ -1,0 +1,210 @@
+"""FID and KID against a fixed reference set, with the reference features cached on disk.
+
+The values are computed by torchmetrics' :class:`FrechetInceptionDistance` and
+:class:`KernelInceptionDistance`. Features are extracted once per image set by our own loop (in
+batches, to bound memory; the same uint8 path for reference and generated images) and handed to both
+metrics through a pass-through "feature extractor", so the network runs once for FID and KID
+together and the reference features can come from the cache instead of the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from scipy import linalg
+from torch import Tensor
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+
+from .features import (
+    as_uint8_images,
+    load_feature_net,
+    load_inception_net,
+)
+
+__all__ = ["Evaluator", "frechet_distance", "default_cache_dir", "extract_features"]
+
+CACHE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """``$DIFFEXP_CACHE_DIR`` or ``~/.cache/diffexp``."""
+    d = os.environ.get("DIFFEXP_CACHE_DIR") or Path.home() / ".cache" / "diffexp"
+    return Path(os.path.expanduser(str(d)))
+
+
+def frechet_distance(mu1, cov1, mu2, cov2) -> float:
+    """Fréchet distance ``|mu1 - mu2|^2 + tr(C1 + C2 - 2 (C1^1/2 C2 C1^1/2)^1/2)`` of two Gaussians.
+
+    Pure float64 numpy; accepts tensors or arrays. ``tr (C1 C2)^1/2`` is computed as the trace of
+    the square root of the symmetric PSD ``C1^1/2 C2 C1^1/2`` (same eigenvalues), by ``eigh``, which
+    is stable for the rank-deficient covariances that a few samples give."""
+    def f64(a):
+        return np.asarray(a.detach().cpu() if isinstance(a, Tensor) else a, dtype=np.float64)
+
+    mu1, mu2, cov1, cov2 = f64(mu1), f64(mu2), f64(cov1), f64(cov2)
+    if mu1.shape != mu2.shape or cov1.shape != cov2.shape or cov1.shape != (mu1.size, mu1.size):
+        raise ValueError(f"shapes do not match: mu {mu1.shape} / {mu2.shape}, "
+                         f"cov {cov1.shape} / {cov2.shape}")
+    cov1 = (cov1 + cov1.T) / 2
+    cov2 = (cov2 + cov2.T) / 2
+    w, v = linalg.eigh(cov1)
+    s1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    m = s1 @ cov2 @ s1
+    tr_sqrt = np.sqrt(np.clip(linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * tr_sqrt)
+
+
+class _PassThrough(nn.Module):
+    """torchmetrics "feature extractor" for features that are already extracted."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, feats: Tensor) -> Tensor:
+        return feats
+
+
+@torch.no_grad()
+def extract_features(net: nn.Module, images_u8, batch_size: int = 500) -> Tensor:
+    """float64 CPU features ``[N, d]`` of uint8 images ``[N, 1, H, W]``, in batches."""
+    x = as_uint8_images(images_u8)
+    out = [net(x[i:i + batch_size]).double().cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, int(net.num_features), dtype=torch.float64)
+
+
+def _hash_images(x: Tensor) -> str:
+    h = hashlib.sha256(f"{tuple(x.shape)}|{x.dtype}|".encode())
+    h.update(x.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class Evaluator:
+    """FID / KID of uint8 image sets against a fixed reference set (e.g. the 10,000 test images).
+
+    The reference features are computed once and cached in ``cache_dir`` (default
+    ``$DIFFEXP_CACHE_DIR`` or ``~/.cache/diffexp``) under a key made of a hash of the reference
+    bytes, ``cache_key_extra`` (the caller's preprocessing description, e.g. ``"pad=2,scale=1.0"``)
+    and the feature network's hash; written atomically (temp file, then rename).
+
+    ``features="fashion"`` (default) uses the shipped classifier; ``"inception"`` torchmetrics'
+    FID Inception (needs torch-fidelity and a weights download)."""
+
+    def __init__(self, reference_u8, *, device="cpu", cache_dir=None, cache_key_extra: str = "",
+                 kid_subset_size: int = 1000, kid_subsets: int = 100, features: str = "fashion",
+                 batch_size: int = 500, kid_seed: int = 0):
+        if features == "fashion":
+            self.net = load_feature_net(device)
+        elif features == "inception":
+            self.net = load_inception_net(device)
+        else:
+            raise ValueError(f"eval.features must be 'fashion' or 'inception' (got {features!r})")
+        self.features = features
+        self.device = device
+        self.batch_size = int(batch_size)
+        self.kid_subset_size = int(kid_subset_size)
+        self.kid_subsets = int(kid_subsets)
+        self.kid_seed = int(kid_seed)
+        self.num_features = int(self.net.num_features)
+
+        ref = as_uint8_images(reference_u8)
+        if len(ref) < 2:
+            raise ValueError("the FID reference set needs at least 2 images")
+        self.cache_key = {
+            "version": CACHE_VERSION,
+            "features": features,
+            "feature_net": self.net.sha256,
+            "reference": _hash_images(ref),
+            "n": len(ref),
+            "extra": str(cache_key_extra),
+        }
+        digest = hashlib.sha256(json.dumps(self.cache_key, sort_keys=True).encode()).hexdigest()
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.cache_path = self.cache_dir / f"fidref-{features}-{digest[:24]}.pt"
+        self.loaded_from_cache = False
+        self.ref_features = self._load_cache()
+        if self.ref_features is None:
+            self.ref_features = self._extract(ref)
+            self._save_cache(self.ref_features)
+
+        pt = _PassThrough(self.num_features)
+        self._fid = FrechetInceptionDistance(feature=pt, reset_real_features=False)
+        self._fid.update(self.ref_features, real=True)
+
+    # -- cache -----------------------------------------------------------------------------------
+    def _load_cache(self) -> Tensor | None:
+        if not self.cache_path.exists():
+            return None
+        try:
+            blob = torch.load(self.cache_path, map_location="cpu", weights_only=True)
+            feats = blob["features"]
+            if (json.loads(blob["key"]) != self.cache_key
+                    or tuple(feats.shape) != (self.cache_key["n"], self.num_features)):
+                return None
+        except Exception:  # truncated / foreign file: recompute and overwrite
+            return None
+        self.loaded_from_cache = True
+        return feats.double()
+
+    def _save_cache(self, feats: Tensor) -> None:
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=self.cache_path.name,
+                                       suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    # network outputs are float32, so storing float32 loses nothing
+                    torch.save({"key": json.dumps(self.cache_key, sort_keys=True),
+                                "features": feats.float()}, f)
+                os.replace(tmp, self.cache_path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except OSError as e:  # read-only cache: still usable, just not cached
+            import warnings
+
+            warnings.warn(f"could not write FID reference cache {self.cache_path}: {e}",
+                          stacklevel=3)
+
+    # -- scoring ---------------------------------------------------------------------------------
+    def _extract(self, images_u8) -> Tensor:
+        return extract_features(self.net, images_u8, self.batch_size)
+
+    def score_features(self, feats: Tensor) -> dict:
+        """FID / KID of already-extracted features ``[n, d]`` against the reference."""
+        feats = feats.double().cpu()
+        n = len(feats)
+        if n < 2:
+            raise ValueError(f"FID/KID need at least 2 images (got {n})")
+        self._fid.reset()  # keeps the reference statistics (reset_real_features=False)
+        self._fid.update(feats, real=False)
+        fid = float(self._fid.compute())
+
+        m = min(self.kid_subset_size, n, len(self.ref_features))
+        kid = KernelInceptionDistance(feature=_PassThrough(self.num_features),
+                                      subsets=self.kid_subsets, subset_size=m)
+        kid.update(self.ref_features, real=True)
+        kid.update(feats, real=False)
+        with torch.random.fork_rng(devices=[]):  # KID draws subsets from the global RNG
+            torch.manual_seed(self.kid_seed)
+            kid_mean, kid_std = kid.compute()
+        return {"fid": fid, "kid_mean": float(kid_mean), "kid_std": float(kid_std), "n": n}
+
+    def score(self, gen_u8) -> dict:
+        """``dict(fid, kid_mean, kid_std, n)`` of generated uint8 images ``[n, 1, 28, 28]``."""
+        return self.score_features(self._extract(gen_u8))
+
+    def floor(self, real_u8) -> dict:
+        """The same numbers for real images (e.g. ``n`` training images): the value a perfect
+        generator would get at this ``n`` (real-vs-real floor)."""
+        return self.score(real_u8)
+
