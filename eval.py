@@ -1,4 +1,4 @@
-"""Thin wrapper so ``python eval.py ...`` works from the repository root (same as diffexp-eval)."""
+"""Thin wrapper: ``python eval.py ...`` from the repository root (same as diffexp-eval)."""
 
 from diffexp.cli.eval import main
 

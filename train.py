@@ -1,4 +1,4 @@
-"""Thin wrapper so ``python train.py ...`` works from the repository root (same as diffexp-train)."""
+"""Thin wrapper: ``python train.py ...`` from the repository root (same as diffexp-train)."""
 
 from diffexp.cli.train import main
 

@@ -3,8 +3,15 @@
 import pytest
 import torch
 
-from diffexp.data import (DataError, DeviceData, build_data, decode, encode, load_fashion_mnist,
-                          synthetic_images)
+from diffexp.data import (
+    DataError,
+    DeviceData,
+    build_data,
+    decode,
+    encode,
+    load_fashion_mnist,
+    synthetic_images,
+)
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,16 @@ import math
 import pytest
 import torch
 
-from diffexp.schedules import (CosineSchedule, KarrasSchedule, LinearSchedule, SigmoidSchedule,
-                               alpha_bar_to_sigma, build_schedule, sigma_to_alpha_bar, to_vp)
+from diffexp.schedules import (
+    CosineSchedule,
+    KarrasSchedule,
+    LinearSchedule,
+    SigmoidSchedule,
+    alpha_bar_to_sigma,
+    build_schedule,
+    sigma_to_alpha_bar,
+    to_vp,
+)
 
 VP = [LinearSchedule(), CosineSchedule(), SigmoidSchedule(), CosineSchedule(0.2, 0.9, 0.7),
       SigmoidSchedule(-2, 4, 0.5), LinearSchedule(0.05, 10)]

@@ -20,7 +20,7 @@ class EMA(nn.Module):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"train.ema_decay must be in [0, 1) (got {decay})")
         self.decay = float(decay)
-        self.shadow = copy.deepcopy(model).eval().requires_grad_(False)
+        self.shadow = copy.deepcopy(model).requires_grad_(False)
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
         self._count: int | None = 0  # host mirror of num_updates: no device sync per step
 

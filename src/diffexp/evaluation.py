@@ -22,7 +22,7 @@ from .module import DiffusionModule
 from .viz import image_table, noise_level_figure
 
 __all__ = ["REFERENCE_KEY", "reference_images", "floor_images", "make_evaluator",
-           "evaluate_samples", "per_step_scores", "diagnostics"]
+           "evaluate_samples", "per_step_figure", "diagnostics"]
 
 #: how images reach the feature net: raw test split, uint8, 28x28, one channel
 REFERENCE_KEY = "fashion_mnist:test:uint8:1x28x28"

@@ -11,7 +11,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -29,13 +29,13 @@ class ConfigError(ValueError):
 @dataclass
 class DataCfg:
     name: str = "fashion_mnist"
-    root: Optional[str] = None
+    root: str | None = None
     download: bool = True
     pad: int = 2
     scale: float = 1.0
     val_size: int = 2000
     split_seed: int = 0
-    subset: Optional[int] = None
+    subset: int | None = None
 
 
 @dataclass
@@ -101,7 +101,7 @@ class ObjectiveCfg:
 @dataclass
 class NoTObjectiveCfg:
     name: str = "no_t"
-    noise_level_ckpt: Optional[str] = None
+    noise_level_ckpt: str | None = None
     use_predicted_noise_level: bool = True
     clamp_factor: float = 2.0
 
@@ -125,8 +125,8 @@ class TrainerCfg:
     num_nodes: int = 1
     precision: str = "auto"
     log_every_n_steps: int = 10
-    limit_train_batches: Optional[float] = None
-    limit_val_batches: Optional[float] = None
+    limit_train_batches: float | None = None
+    limit_val_batches: float | None = None
     deterministic: bool = False
 
 
@@ -134,8 +134,8 @@ class TrainerCfg:
 class LoggerCfg:
     name: str = "none"
     project: str = "diffexp"
-    entity: Optional[str] = None
-    group: Optional[str] = None
+    entity: str | None = None
+    group: str | None = None
     tags: list[str] = field(default_factory=list)
     mode: str = "auto"
 

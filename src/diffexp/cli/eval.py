@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +20,8 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .config import CONF_DIR, ConfigError, _choice, _require, _typed, check_group_choices, fail
-from .train import discard_empty_run_dir, make_logger
+from .common import cli_main, make_logger, run_job
+from .config import CONF_DIR, ConfigError, _choice, _require, _typed
 
 
 @dataclass
@@ -98,17 +98,35 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _json_safe(obj):
+    """Strict JSON: infinities and NaN become strings ("inf", "-inf", "nan")."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def _write_json(path: Path, obj) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.write_text(json.dumps(_json_safe(obj), indent=2, allow_nan=False))
     os.replace(tmp, path)
 
 
 def run_eval(c: dict, run_dir: str | Path) -> dict:
     from .. import sampling
     from ..data import DataError
-    from ..evaluation import (REFERENCE_KEY, diagnostics, evaluate_samples, floor_images,
-                              make_evaluator, per_step_figure, reference_images)
+    from ..evaluation import (
+        REFERENCE_KEY,
+        diagnostics,
+        evaluate_samples,
+        floor_images,
+        make_evaluator,
+        per_step_figure,
+        reference_images,
+    )
     from ..metrics import FeatureNetError, feature_net_info
     from ..module import load_module
     from ..viz import save_figure, save_grid
@@ -211,29 +229,13 @@ def _log(c: dict, run_dir: Path, result: dict) -> None:
         logger.experiment.finish()
 
 
-def _run_dir_from_hydra() -> Path:
-    from hydra.core.hydra_config import HydraConfig
-
-    return Path(HydraConfig.get().runtime.output_dir)
-
-
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
 def _hydra_main(cfg: DictConfig):
-    run_dir = _run_dir_from_hydra()
-    try:
-        c = validate_eval_config(cfg)
-        return run_eval(c, run_dir)
-    except ConfigError as e:
-        discard_empty_run_dir(run_dir)
-        fail(str(e))
+    return run_job(lambda run_dir: run_eval(validate_eval_config(cfg), run_dir))
 
 
 def main() -> None:
-    try:
-        check_group_choices(sys.argv[1:])
-    except ConfigError as e:
-        fail(str(e))
-    _hydra_main()
+    cli_main(_hydra_main)
 
 
 if __name__ == "__main__":

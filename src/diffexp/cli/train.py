@@ -19,7 +19,8 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .config import CONF_DIR, ConfigError, check_group_choices, fail, validate_train_config
+from .common import cli_main, make_logger, run_job
+from .config import CONF_DIR, ConfigError, validate_train_config
 
 
 def _accelerator(tcfg: dict) -> str:
@@ -37,43 +38,6 @@ def _precision(tcfg: dict, accelerator: str) -> str:
     if p == "auto":
         return "bf16-mixed" if accelerator == "gpu" else "32-true"
     return p
-
-
-def _wandb_logged_in() -> bool:
-    """True when an API key is available without prompting: WANDB_API_KEY or a netrc entry."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    import netrc
-    from urllib.parse import urlparse
-
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
-    path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
-    try:
-        return netrc.netrc(path).authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
-
-
-def make_logger(c: dict, run_dir: Path):
-    lg = c["logger"]
-    if lg["name"] == "none":
-        return False
-    if lg["name"] == "csv":
-        from pytorch_lightning.loggers import CSVLogger
-
-        return CSVLogger(save_dir=str(run_dir), name="", version="csv")
-    from pytorch_lightning.loggers import WandbLogger
-
-    mode = lg["mode"]
-    if mode == "auto":
-        mode = os.environ.get("WANDB_MODE") or ("online" if _wandb_logged_in() else "offline")
-    id_file = run_dir / "wandb_id.txt"
-    run_id = id_file.read_text().strip() if id_file.exists() else None
-    logger = WandbLogger(project=lg["project"], entity=lg["entity"], group=lg["group"],
-                         tags=list(lg["tags"]), name=c["name"], save_dir=str(run_dir), mode=mode,
-                         id=run_id, resume="allow" if run_id else None, config=c,
-                         anonymous="never" if mode == "online" else None)
-    return logger
 
 
 class LossHistory:
@@ -237,48 +201,13 @@ def train(c: dict, run_dir: str | Path, callbacks: list | None = None) -> dict:
     return summary
 
 
-def _run_dir_from_hydra() -> Path:
-    from hydra.core.hydra_config import HydraConfig
-
-    return Path(HydraConfig.get().runtime.output_dir)
-
-
-def discard_empty_run_dir(run_dir: Path) -> None:
-    """After a config error: remove the folder Hydra created if it holds nothing but Hydra's own
-    files, and the parents that are left empty, so a rejected command leaves nothing behind."""
-    if not run_dir.is_dir():
-        return
-    if any(p.name not in {".hydra"} and p.suffix != ".log" for p in run_dir.iterdir()):
-        return
-    import logging
-    import shutil
-
-    logging.shutdown()
-    shutil.rmtree(run_dir, ignore_errors=True)
-    for parent in list(run_dir.parents)[:2]:
-        try:
-            parent.rmdir()  # only if empty
-        except OSError:
-            break
-
-
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig):
-    run_dir = _run_dir_from_hydra()
-    try:
-        c = validate_train_config(cfg)
-        return train(c, run_dir)
-    except ConfigError as e:
-        discard_empty_run_dir(run_dir)
-        fail(str(e))
+    return run_job(lambda run_dir: train(validate_train_config(cfg), run_dir))
 
 
 def main() -> None:
-    try:
-        check_group_choices(sys.argv[1:])
-    except ConfigError as e:
-        fail(str(e))
-    _hydra_main()
+    cli_main(_hydra_main)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -170,8 +171,6 @@ class Evaluator:
                 Path(tmp).unlink(missing_ok=True)
                 raise
         except OSError as e:  # read-only cache: still usable, just not cached
-            import warnings
-
             warnings.warn(f"could not write FID reference cache {self.cache_path}: {e}",
                           stacklevel=3)
 
@@ -190,8 +189,10 @@ class Evaluator:
         fid = float(self._fid.compute())
 
         m = min(self.kid_subset_size, n, len(self.ref_features))
-        kid = KernelInceptionDistance(feature=_PassThrough(self.num_features),
-                                      subsets=self.kid_subsets, subset_size=m)
+        with warnings.catch_warnings():  # "will save all extracted features": that is the point
+            warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
+            kid = KernelInceptionDistance(feature=_PassThrough(self.num_features),
+                                          subsets=self.kid_subsets, subset_size=m)
         kid.update(self.ref_features, real=True)
         kid.update(feats, real=False)
         with torch.random.fork_rng(devices=[]):  # KID draws subsets from the global RNG

@@ -30,7 +30,11 @@ def sinusoidal_embedding(c: Tensor, dim: int, max_freq: float = 1000.0) -> Tenso
 
 
 def _norm(ch: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(32, ch // 4) if ch >= 8 else 1, ch)
+    """GroupNorm with at most 32 groups of at least 4 channels (the largest such divisor)."""
+    g = max(1, min(32, ch // 4))
+    while ch % g:
+        g -= 1
+    return nn.GroupNorm(g, ch)
 
 
 class ResBlock(nn.Module):

@@ -1,0 +1,120 @@
+"""Pieces shared by the entry points: the logger, job running (single and multirun), clean exits."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from .config import ConfigError, check_group_choices, fail
+
+#: jobs of this process's multirun that failed: (run_dir, one-line error)
+FAILED_JOBS: list[tuple[str, str]] = []
+
+
+def _wandb_logged_in() -> bool:
+    """True when an API key is available without prompting: WANDB_API_KEY or a netrc entry."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    import netrc
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
+    try:
+        return netrc.netrc(path).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def make_logger(c: dict, run_dir: Path):
+    lg = c["logger"]
+    if lg["name"] == "none":
+        return False
+    if lg["name"] == "csv":
+        from pytorch_lightning.loggers import CSVLogger
+
+        return CSVLogger(save_dir=str(run_dir), name="", version="csv")
+    from pytorch_lightning.loggers import WandbLogger
+
+    mode = lg["mode"]
+    if mode == "auto":
+        mode = os.environ.get("WANDB_MODE") or ("online" if _wandb_logged_in() else "offline")
+    id_file = run_dir / "wandb_id.txt"
+    run_id = id_file.read_text().strip() if id_file.exists() else None
+    logger = WandbLogger(project=lg["project"], entity=lg["entity"], group=lg["group"],
+                         tags=list(lg["tags"]), name=c["name"], save_dir=str(run_dir), mode=mode,
+                         id=run_id, resume="allow" if run_id else None, config=c,
+                         anonymous="never" if mode == "online" else None)
+    return logger
+
+
+def _run_dir_from_hydra() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def discard_empty_run_dir(run_dir: Path) -> None:
+    """After a config error: remove the folder Hydra created if it holds nothing but Hydra's own
+    files, and the parents that are left empty, so a rejected command leaves nothing behind."""
+    if not run_dir.is_dir():
+        return
+    if any(p.name not in {".hydra"} and p.suffix != ".log" for p in run_dir.iterdir()):
+        return
+    import logging
+    import shutil
+
+    logging.shutdown()
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for parent in list(run_dir.parents)[:2]:
+        try:
+            parent.rmdir()  # only if empty
+        except OSError:
+            break
+
+
+def run_job(fn):
+    """Run ``fn(run_dir)`` as a Hydra job.
+
+    Single run: a :class:`ConfigError` prints one line and exits with status 2, leaving no run folder.
+    Multirun: any failure is recorded in the job's folder as ``error.txt`` (one line) and in
+    :data:`FAILED_JOBS`, and the sweep goes on with the next job."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    run_dir = _run_dir_from_hydra()
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        return fn(run_dir)
+    except ConfigError as e:
+        if not multirun:
+            discard_empty_run_dir(run_dir)
+            fail(str(e))
+        line = f"error: {e}"
+    except Exception as e:  # noqa: BLE001 - a sweep must survive one bad job
+        if not multirun:
+            raise
+        traceback.print_exc()
+        first = (str(e).strip().splitlines() or [""])[0]
+        line = f"{type(e).__name__}: {first}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "error.txt").write_text(line + "\n")
+    FAILED_JOBS.append((str(run_dir), line))
+    print(f"[diffexp] job failed ({run_dir}): {line}", file=sys.stderr)
+    return {"status": "failed", "error": line}
+
+
+def cli_main(hydra_main) -> None:
+    """Pre-check group choices, run Hydra, and exit non-zero if any multirun job failed."""
+    try:
+        check_group_choices(sys.argv[1:])
+    except ConfigError as e:
+        fail(str(e))
+    hydra_main()
+    if FAILED_JOBS:
+        print(f"[diffexp] {len(FAILED_JOBS)} job(s) failed:", file=sys.stderr)
+        for d, line in FAILED_JOBS:
+            print(f"  {d}: {line}", file=sys.stderr)
+        sys.exit(1)
