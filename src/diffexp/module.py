@@ -157,8 +157,16 @@ class DiffusionModule(pl.LightningModule):
             return opt
         total = self.trainer.estimated_stepping_batches
         if sched == "onecycle":
+            if total < 3:
+                raise ValueError(f"optim.lr_schedule=onecycle needs at least 3 optimizer steps "
+                                 f"(this run has {total}); use optim.lr_schedule=constant")
+            # the warm-up phase needs at least two steps (OneCycleLR divides by its length)
+            pct = max(o["pct_start"], 2.0 / total)
+            if pct != o["pct_start"]:
+                self.print(f"[diffexp] optim.pct_start={o['pct_start']} gives a warm-up under 2 "
+                           f"steps for {total} steps; using {pct:.3f}")
             s = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=o["lr"], total_steps=total,
-                                                    pct_start=o["pct_start"])
+                                                    pct_start=pct)
         else:  # cosine
             s = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": s, "interval": "step"}}
