@@ -17,7 +17,9 @@ from torch import Tensor
 from . import sampling
 from .data import DeviceData, decode
 from .ema import EMA
+from .models.noise_level import NoiseLevelNet
 from .models.unet import UNet, count_parameters
+from .noise_level import ABAR_EPS, no_t_denoiser
 from .objectives import Objective, build_objective, make_denoiser
 from .schedules import Schedule, build_schedule
 from .viz import save_grid
@@ -73,15 +75,14 @@ class IndexBatches:
             yield idx[b * self.batch_size:(b + 1) * self.batch_size]
 
 
-class DiffusionModule(pl.LightningModule):
+class _DataModuleMixin(pl.LightningModule):
+    """Shared plumbing: device-resident data, index batches, the optimizer and LR schedule.
+    Subclasses set ``self.net`` (the trained network) and implement the steps."""
+
     def __init__(self, cfg: dict):
         super().__init__()
         self.save_hyperparameters({"cfg": cfg})
         self.cfg = cfg
-        self.schedule = build_schedule_from_cfg(cfg["schedule"])
-        self.objective = build_objective_from_cfg(cfg["objective"], self.schedule)
-        self.net = build_net(cfg["model"], conditioned=self.objective.conditioned)
-        self.ema = EMA(self.net, cfg["train"]["ema_decay"])
         self.data: DeviceData | None = None
         self.run_dir: Path | None = None
         self._train_loader: IndexBatches | None = None
@@ -113,35 +114,6 @@ class DiffusionModule(pl.LightningModule):
         if self._train_loader is not None:
             self._train_loader.epoch = self.current_epoch
 
-    # ------------------------------------------------------------------ steps
-    def diffusion_loss(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Mean over the batch of loss_weight(sigma) * mean-squared error on the objective's target."""
-        b = x0.shape[0]
-        sigma = self.schedule.sample_training_sigma(b, generator=generator, device=x0.device)
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device)
-        x = x0 + sigma.view(-1, 1, 1, 1) * noise
-        inp, cond = self.objective.net_input(x, sigma)
-        out = self.net(inp, cond).float()
-        target = self.objective.target(x0, noise, sigma)
-        per_image = (out - target).pow(2).mean(dim=(1, 2, 3))
-        return (self.objective.loss_weight(sigma) * per_image).mean()
-
-    def training_step(self, idx: Tensor, batch_idx: int) -> Tensor:
-        loss = self.diffusion_loss(self.data.batch(idx))
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
-                 batch_size=len(idx))
-        return loss
-
-    def validation_step(self, idx: Tensor, batch_idx: int) -> None:
-        # fixed noise per validation batch: the val loss is comparable across epochs
-        g = torch.Generator(device=self.device).manual_seed(10_000 + batch_idx)
-        loss = self.diffusion_loss(self.data.batch(idx), generator=g)
-        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(idx),
-                 sync_dist=True)
-
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        self.ema.update(self.net)
-
     def configure_optimizers(self):
         o = self.cfg["optim"]
         name = o["name"]
@@ -171,10 +143,73 @@ class DiffusionModule(pl.LightningModule):
             s = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": s, "interval": "step"}}
 
+
+
+class DiffusionModule(_DataModuleMixin):
+    def __init__(self, cfg: dict):
+        super().__init__(cfg)
+        self.schedule = build_schedule_from_cfg(cfg["schedule"])
+        self.objective = build_objective_from_cfg(cfg["objective"], self.schedule)
+        self.net = build_net(cfg["model"], conditioned=self.objective.conditioned)
+        self.ema = EMA(self.net, cfg["train"]["ema_decay"])
+        self._noise_level_net = None
+
+    # ------------------------------------------------------------------ steps
+    def diffusion_loss(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Mean over the batch of loss_weight(sigma) * mean-squared error on the objective's target."""
+        b = x0.shape[0]
+        sigma = self.schedule.sample_training_sigma(b, generator=generator, device=x0.device)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device)
+        x = x0 + sigma.view(-1, 1, 1, 1) * noise
+        inp, cond = self.objective.net_input(x, sigma)
+        out = self.net(inp, cond).float()
+        target = self.objective.target(x0, noise, sigma)
+        per_image = (out - target).pow(2).mean(dim=(1, 2, 3))
+        return (self.objective.loss_weight(sigma) * per_image).mean()
+
+    def training_step(self, idx: Tensor, batch_idx: int) -> Tensor:
+        loss = self.diffusion_loss(self.data.batch(idx))
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
+                 batch_size=len(idx))
+        return loss
+
+    def validation_step(self, idx: Tensor, batch_idx: int) -> None:
+        # fixed noise per validation batch: the val loss is comparable across epochs
+        g = torch.Generator(device=self.device).manual_seed(10_000 + batch_idx)
+        loss = self.diffusion_loss(self.data.batch(idx), generator=g)
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(idx),
+                 sync_dist=True)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self.ema.update(self.net)
+
     # ------------------------------------------------------------------ sampling
-    def denoiser(self, use_ema: bool = True):
+    def denoiser(self, use_ema: bool = True, record: list | None = None):
         net = self.ema.shadow if use_ema else self.net
-        return make_denoiser(net, self.objective)
+        if self.objective.name != "no_t":
+            return make_denoiser(net, self.objective)
+        o = self.cfg["objective"]
+        use_pred = bool(o.get("use_predicted_noise_level", True))
+        pred = self.noise_level_net() if use_pred else None
+        return no_t_denoiser(net, pred, use_predicted=use_pred,
+                             clamp_factor=o.get("clamp_factor", 2.0), record=record)
+
+    def noise_level_net(self):
+        """The no_t model's noise-level predictor (loaded once from objective.noise_level_ckpt)."""
+        if self._noise_level_net is None:
+            path = self.cfg["objective"].get("noise_level_ckpt")
+            if not path:
+                raise ValueError("objective.noise_level_ckpt is required to sample a no_t model "
+                                 "with objective.use_predicted_noise_level=true")
+            net, pcfg = load_noise_level_net(path)
+            mine = self.cfg["data"]
+            theirs = pcfg["data"]
+            for k in ("scale", "pad"):
+                if mine[k] != theirs[k]:
+                    raise ValueError(f"objective.noise_level_ckpt={path!r} was trained with "
+                                     f"data.{k}={theirs[k]}, this model with {mine[k]}")
+            self._noise_level_net = net.to(self.device).eval()
+        return self._noise_level_net
 
     @torch.no_grad()
     def generate(self, n: int, seed: int = 0, sampler_cfg: dict | None = None,
@@ -229,6 +264,110 @@ class DiffusionModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["diffexp_version"] = 1
+
+
+class NoiseLevelModule(_DataModuleMixin):
+    """Trains :class:`NoiseLevelNet` to read alpha_bar off a noised VP image.
+
+    Each image gets its own alpha_bar, uniform in (0, 1) (``noise_level.abar_dist=uniform``, kept
+    within [1e-4, 1 - 1e-4]) or drawn from the schedule's training distribution
+    (``schedule``); the image is noised in the VP form, and the loss is the MSE between prediction
+    and target (``logit(abar)`` or ``abar``), both flattened to [B] so nothing broadcasts. The loss
+    of the best constant predictor on the same batch (the targets' variance) is logged beside it as
+    ``*/baseline``."""
+
+    def __init__(self, cfg: dict):
+        super().__init__(cfg)
+        nl = cfg["noise_level"]
+        self.target = nl["target"]
+        self.net = NoiseLevelNet(tuple(nl["widths"]), target=self.target)
+        self.schedule = build_schedule_from_cfg(cfg["schedule"])
+
+    def draw_alpha_bar(self, n: int, device, generator=None) -> Tensor:
+        if self.cfg["noise_level"]["abar_dist"] == "schedule":
+            sigma = self.schedule.sample_training_sigma(n, generator=generator, device=device)
+            abar = 1.0 / (1.0 + sigma.double() ** 2)
+        else:
+            abar = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+        return abar.clamp(ABAR_EPS, 1 - ABAR_EPS).float()
+
+    def losses(self, x0: Tensor, generator=None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(loss, baseline, prediction, true abar) for a batch of clean images."""
+        abar = self.draw_alpha_bar(x0.shape[0], x0.device, generator)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device)
+        a = abar.view(-1, 1, 1, 1)
+        x_vp = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        target = torch.logit(abar) if self.target == "logit" else abar
+        pred = self.net(x_vp).float().reshape(-1)
+        target = target.reshape(-1)
+        loss = (pred - target).pow(2).mean()
+        baseline = (target - target.mean()).pow(2).mean()
+        return loss, baseline, pred, abar
+
+    def training_step(self, idx: Tensor, batch_idx: int) -> Tensor:
+        loss, base, _, _ = self.losses(self.data.batch(idx))
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
+                 batch_size=len(idx))
+        self.log("train/baseline", base, on_step=False, on_epoch=True, batch_size=len(idx))
+        return loss
+
+    def validation_step(self, idx: Tensor, batch_idx: int) -> None:
+        g = torch.Generator(device=self.device).manual_seed(10_000 + batch_idx)
+        loss, base, pred, abar = self.losses(self.data.batch(idx), generator=g)
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(idx),
+                 sync_dist=True)
+        self.log("val/baseline", base, on_epoch=True, batch_size=len(idx), sync_dist=True)
+        abar_hat = torch.sigmoid(pred) if self.target == "logit" else pred
+        self.log("val/abar_mse", (abar_hat - abar).pow(2).mean(), on_epoch=True,
+                 batch_size=len(idx), sync_dist=True)
+
+    @torch.no_grad()
+    def held_out(self, n: int = 1024, seed: int = 0) -> dict:
+        """Held-out errors on validation images with fixed noise: MSE on the model's own target,
+        the constant baseline, and the MSE of alpha_bar itself (comparable across targets)."""
+        idx = self.data.val_index[:n] if len(self.data.val_index) else self.data.train_index[:n]
+        g = torch.Generator(device=self.device).manual_seed(seed)
+        was = self.training
+        self.eval()
+        loss, base, pred, abar = self.losses(self.data.batch(idx), generator=g)
+        self.train(was)
+        abar_hat = torch.sigmoid(pred) if self.target == "logit" else pred
+        logit_hat = pred if self.target == "logit" else torch.logit(pred.clamp(1e-6, 1 - 1e-6))
+        return {"target": self.target, "n": len(idx), "mse": float(loss),
+                "baseline_mse": float(base), "abar_mse": float((abar_hat - abar).pow(2).mean()),
+                "logit_mse": float((logit_hat - torch.logit(abar)).pow(2).mean()),
+                "abar": abar.cpu(), "abar_hat": abar_hat.cpu()}
+
+    def on_train_epoch_end(self) -> None:
+        if self.run_dir is None or not self.trainer.is_global_zero:
+            return
+        last = self.current_epoch + 1 >= self.trainer.max_epochs
+        every = self.cfg["train"].get("sample_every_n_epochs") or 0
+        if last or (every and (self.current_epoch + 1) % every == 0):
+            from .viz import noise_level_scatter, save_figure
+
+            h = self.held_out(n=self.cfg["noise_level"]["n_scatter"])
+            tag = "final" if last else f"epoch_{self.current_epoch + 1:03d}"
+            path = save_figure(noise_level_scatter(h["abar"], h["abar_hat"], self.target),
+                               self.run_dir / "samples" / f"noise_level_{tag}.png")
+            for lg in self.loggers:
+                if hasattr(lg, "log_image"):
+                    lg.log_image(key="noise_level", images=[str(path)], step=self.global_step)
+
+
+def load_noise_level_net(path: str | Path) -> tuple[NoiseLevelNet, dict]:
+    """The predictor of a ``task=noise_level`` checkpoint and that run's config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"objective.noise_level_ckpt={str(path)!r}: no such checkpoint file")
+    ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
+    cfg = ckpt.get("hyper_parameters", {}).get("cfg")
+    if not cfg or cfg.get("task") != "noise_level":
+        raise ValueError(f"objective.noise_level_ckpt={str(path)!r} is not a noise-level "
+                         f"checkpoint (train one with task=noise_level)")
+    module = NoiseLevelModule(cfg)
+    module.load_state_dict(ckpt["state_dict"])
+    return module.net, cfg
 
 
 def load_module(path: str | Path, map_location="cpu") -> DiffusionModule:

@@ -109,3 +109,15 @@ def noise_level_figure(sigma: Tensor, t: Tensor, schedule_name: str):
     fig.suptitle(f"training noise levels ({schedule_name})", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def noise_level_scatter(abar: Tensor, abar_hat: Tensor, target: str):
+    """Predicted vs true alpha_bar on held-out images, with the identity line."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.scatter(abar.numpy(), abar_hat.numpy(), s=4, alpha=0.5)
+    ax.plot([0, 1], [0, 1], "k--", lw=1)
+    ax.set_xlabel("true alpha_bar")
+    ax.set_ylabel("predicted alpha_bar")
+    ax.set_title(f"noise-level predictor (target={target})", fontsize=9)
+    return fig

@@ -141,6 +141,21 @@ class LoggerCfg:
 
 
 @dataclass
+class NoiseLevelCfg:
+    target: str = "logit"
+    abar_dist: str = "uniform"
+    widths: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    n_scatter: int = 512
+
+
+@dataclass
+class StudyCfg:
+    predictor_epochs: int = 3
+    n_eval: int = 2048
+    compare_raw: bool = True
+
+
+@dataclass
 class TrainCfg:
     batch_size: int = 256
     epochs: int = 5
@@ -315,8 +330,26 @@ def validate_sampler(s) -> dict:
     return s
 
 
+def validate_noise_level(nl) -> dict:
+    nl = _typed(nl, NoiseLevelCfg, "noise_level")
+    _choice(nl["target"], "noise_level.target", ["logit", "raw"])
+    _choice(nl["abar_dist"], "noise_level.abar_dist", ["uniform", "schedule"])
+    _require(len(nl["widths"]) >= 1 and all(w >= 8 for w in nl["widths"]), "noise_level.widths",
+             "must be a non-empty list of ints >= 8", nl["widths"])
+    _require(nl["n_scatter"] >= 1, "noise_level.n_scatter", "must be >= 1", nl["n_scatter"])
+    return nl
+
+
+def validate_study(st) -> dict:
+    st = _typed(st, StudyCfg, "study")
+    _require(st["predictor_epochs"] >= 1, "study.predictor_epochs", "must be >= 1",
+             st["predictor_epochs"])
+    _require(st["n_eval"] >= 2, "study.n_eval", "must be >= 2", st["n_eval"])
+    return st
+
+
 TOP_KEYS = {"defaults", "task", "seed", "name", "ckpt_path", "train", "data", "model", "schedule",
-            "objective", "sampler", "optim", "trainer", "logger", "hydra"}
+            "objective", "sampler", "optim", "trainer", "logger", "hydra", "noise_level", "study"}
 
 
 def validate_train_config(cfg: DictConfig) -> dict:
@@ -331,7 +364,7 @@ def validate_train_config(cfg: DictConfig) -> dict:
         "name": cfg.name,
         "ckpt_path": cfg.get("ckpt_path"),
     }
-    _choice(out["task"], "task", ["diffusion"])
+    _choice(out["task"], "task", ["diffusion", "noise_level", "no_t_study"])
     _require(isinstance(out["seed"], int) and out["seed"] >= 0, "seed", "must be an int >= 0",
              out["seed"])
     out["data"] = validate_data(cfg.data)
@@ -343,6 +376,17 @@ def validate_train_config(cfg: DictConfig) -> dict:
     out["trainer"] = validate_trainer(cfg.trainer)
     out["logger"] = validate_logger(cfg.logger)
     out["train"] = validate_train(cfg.train)
+    out["noise_level"] = validate_noise_level(cfg.get("noise_level") or {})
+    out["study"] = validate_study(cfg.get("study") or {})
+    o = out["objective"]
+    if out["task"] == "diffusion" and o["name"] == "no_t" and o["use_predicted_noise_level"]:
+        if not o["noise_level_ckpt"]:
+            raise ConfigError("objective.noise_level_ckpt is required with objective=no_t and "
+                              "objective.use_predicted_noise_level=true (train a predictor with "
+                              "task=noise_level, or set objective.use_predicted_noise_level=false)")
+        if not Path(o["noise_level_ckpt"]).is_file():
+            raise ConfigError(f"objective.noise_level_ckpt={o['noise_level_ckpt']!r}: no such "
+                              f"checkpoint file")
     if out["ckpt_path"] is not None and not Path(out["ckpt_path"]).is_file():
         raise ConfigError(f"ckpt_path={out['ckpt_path']!r}: no such checkpoint file")
     return out

@@ -40,7 +40,8 @@ class EvalCfg:
 
 
 EVAL_TOP_KEYS = {"defaults", "ckpt", "seed", "name", "data_root", "eval", "sampler", "logger",
-                 "hydra"}
+                 "objective", "hydra"}
+NO_T_KEYS = ("noise_level_ckpt", "use_predicted_noise_level", "clamp_factor")
 
 
 def resolve_sampler(ckpt_sampler: dict, requested: dict) -> dict:
@@ -87,6 +88,15 @@ def validate_eval_config(cfg: DictConfig) -> dict:
         except ValueError as err:
             raise ConfigError(str(err)) from None
     c["logger"] = validate_logger(cfg.logger)
+    obj = OmegaConf.to_container(cfg.get("objective") or {}, resolve=True)
+    unknown = sorted(set(obj) - set(NO_T_KEYS))
+    if unknown:
+        raise ConfigError(f"objective.{unknown[0]}: unknown setting; eval accepts "
+                          f"{', '.join('objective.' + k for k in NO_T_KEYS)}")
+    c["objective"] = {k: v for k, v in obj.items() if v is not None}
+    if "clamp_factor" in c["objective"]:
+        _require(c["objective"]["clamp_factor"] >= 1, "objective.clamp_factor", "must be >= 1",
+                 c["objective"]["clamp_factor"])
     return c
 
 
@@ -137,6 +147,17 @@ def run_eval(c: dict, run_dir: str | Path) -> dict:
     t_start = time.perf_counter()
     module = load_module(c["ckpt"], map_location="cpu").to(device)
     mcfg = module.cfg
+    if c["objective"]:
+        if mcfg["objective"]["name"] != "no_t":
+            raise ConfigError(f"objective.{next(iter(c['objective']))} applies to no_t "
+                              f"checkpoints only (this one is {mcfg['objective']['name']})")
+        mcfg["objective"].update(c["objective"])
+    if mcfg["objective"]["name"] == "no_t":
+        try:
+            if mcfg["objective"].get("use_predicted_noise_level", True):
+                module.noise_level_net()
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     sampler_cfg = resolve_sampler(mcfg["sampler"], c["sampler"])
     try:
         sampling.validate_sampler_config(sampler_cfg)
@@ -179,7 +200,9 @@ def run_eval(c: dict, run_dir: str | Path) -> dict:
                   "parameters": sum(p.numel() for p in module.net.parameters()),
                   "schedule": mcfg["schedule"]["name"], "objective": mcfg["objective"]["name"],
                   "data_scale": mcfg["data"]["scale"], "epochs": mcfg["train"]["epochs"],
-                  "sigma_data": mcfg["objective"].get("sigma_data")},
+                  "sigma_data": mcfg["objective"].get("sigma_data"),
+                  **({k: mcfg["objective"].get(k) for k in NO_T_KEYS}
+                     if mcfg["objective"]["name"] == "no_t" else {})},
         "protocol": {"features": e["features"], "feature_net_sha256": evaluator.net.sha256,
                      "feature_net_test_accuracy": info.get("test_accuracy"),
                      "reference": REFERENCE_KEY, "reference_n": len(evaluator.ref_features),

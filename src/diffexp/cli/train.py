@@ -143,7 +143,7 @@ def train(c: dict, run_dir: str | Path, callbacks: list | None = None) -> dict:
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     from ..data import DataError, build_data
-    from ..module import DiffusionModule, describe
+    from ..module import DiffusionModule, NoiseLevelModule, describe
 
     run_dir = Path(run_dir)
     check_resume(c)
@@ -156,16 +156,22 @@ def train(c: dict, run_dir: str | Path, callbacks: list | None = None) -> dict:
         data = build_data(c["data"], train=True)
     except DataError as e:
         raise ConfigError(str(e)) from None
-    if c["objective"]["name"] == "karras" and c["objective"]["sigma_data"] == "auto":
+    if (c["task"] == "diffusion" and c["objective"]["name"] == "karras"
+            and c["objective"]["sigma_data"] == "auto"):
         sd = data.measured_std()
         c["objective"]["sigma_data"] = sd
         print(f"[diffexp] objective.sigma_data=auto -> {sd:.4f} (measured std of the training "
               f"data, scale={c['data']['scale']}, pad={c['data']['pad']})")
     write_config(c, run_dir)
 
-    module = DiffusionModule(c)
+    if c["task"] == "noise_level":
+        module = NoiseLevelModule(c)
+        print(f"[diffexp] noise-level predictor (target={c['noise_level']['target']}): "
+              f"{sum(p.numel() for p in module.net.parameters()):,} parameters; {run_dir}")
+    else:
+        module = DiffusionModule(c)
+        print(f"[diffexp] {describe(module)}; run folder {run_dir}")
     module.attach_data(data, run_dir)
-    print(f"[diffexp] {describe(module)}; run folder {run_dir}")
     logger = make_logger(c, run_dir)
     if logger and hasattr(logger, "experiment") and c["logger"]["name"] == "wandb":
         (run_dir / "wandb_id.txt").write_text(logger.version or "")
@@ -193,6 +199,9 @@ def train(c: dict, run_dir: str | Path, callbacks: list | None = None) -> dict:
                "parameters": sum(p.numel() for p in module.net.parameters()),
                "sigma_data": c["objective"].get("sigma_data"),
                "checkpoint": str(run_dir / "checkpoints" / "last.ckpt")}
+    if c["task"] == "noise_level":
+        h = module.held_out(n=2048)
+        summary["held_out"] = {k: v for k, v in h.items() if not isinstance(v, torch.Tensor)}
     if trainer.is_global_zero:
         summary.update(history.write(run_dir))
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -201,9 +210,17 @@ def train(c: dict, run_dir: str | Path, callbacks: list | None = None) -> dict:
     return summary
 
 
+def dispatch(c: dict, run_dir: Path) -> dict:
+    if c["task"] == "no_t_study":
+        from .no_t_study import run_study
+
+        return run_study(c, run_dir)
+    return train(c, run_dir)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig):
-    return run_job(lambda run_dir: train(validate_train_config(cfg), run_dir))
+    return run_job(lambda run_dir: dispatch(validate_train_config(cfg), run_dir))
 
 
 def main() -> None:
