@@ -101,3 +101,13 @@ def test_seed_is_honoured(tmp_path):
         m = load_module(tmp_path / f"r{k}" / "checkpoints" / "last.ckpt")
         outs.append(torch.cat([p.flatten() for p in m.net.parameters()]))
     assert torch.equal(outs[0], outs[1])
+
+
+def test_fid_proxy_logged(tmp_path, data_root):
+    c = _quick_cfg(tmp_path, "train.fid_every_n_epochs=1", "train.fid_n_samples=16",
+                   "sampler=euler", "sampler.steps=2")
+    s = train(c, tmp_path / "run")
+    assert len(s["fid_proxy"]) == 1 and s["fid_proxy"][0]["n"] == 16
+    assert s["fid_proxy"][0]["fid"] > 0
+    header = (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()[0]
+    assert "val/fid" in header and "val/kid" in header

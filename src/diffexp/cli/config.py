@@ -165,6 +165,8 @@ class TrainCfg:
     n_sample_images: int = 64
     checkpoint_every_n_epochs: int = 1
     val_every_n_epochs: int = 1
+    fid_every_n_epochs: int = 0
+    fid_n_samples: int = 512
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -312,7 +314,9 @@ def validate_train(t) -> dict:
     t = _typed(t, TrainCfg, "train")
     for k in ("batch_size", "epochs", "n_sample_images"):
         _require(t[k] >= 1, f"train.{k}", "must be >= 1", t[k])
-    for k in ("sample_every_n_epochs", "checkpoint_every_n_epochs", "val_every_n_epochs"):
+    _require(t["fid_n_samples"] >= 2, "train.fid_n_samples", "must be >= 2", t["fid_n_samples"])
+    for k in ("sample_every_n_epochs", "checkpoint_every_n_epochs", "val_every_n_epochs",
+              "fid_every_n_epochs"):
         _require(t[k] >= 0, f"train.{k}", "must be >= 0 (0 disables)", t[k])
     _require(0 <= t["ema_decay"] < 1, "train.ema_decay", "must be in [0, 1)", t["ema_decay"])
     _require(t["grad_clip"] >= 0, "train.grad_clip", "must be >= 0 (0 disables)", t["grad_clip"])

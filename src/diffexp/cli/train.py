@@ -107,6 +107,42 @@ class LossHistory:
                 if rows else 0}
 
 
+class FidProxy:
+    """Every ``train.fid_every_n_epochs`` epochs: a cheap FID/KID of ``train.fid_n_samples`` EMA
+    samples against the test reference, logged as ``val/fid`` and ``val/kid`` (kept distinct from
+    the final evaluation, which uses eval.n_samples and reports the floor)."""
+
+    def __init__(self, every: int, n: int):
+        import pytorch_lightning as pl
+
+        proxy = self
+
+        class _CB(pl.Callback):
+            def on_train_epoch_end(cb, trainer, module):
+                epoch = trainer.current_epoch + 1
+                if epoch % every and epoch < trainer.max_epochs:
+                    return
+                if not trainer.is_global_zero:
+                    return
+                from ..evaluation import evaluate_samples, make_evaluator
+
+                if proxy.evaluator is None:
+                    proxy.evaluator = make_evaluator(module.cfg["data"].get("root"),
+                                                     device=module.device)
+                m, _, _ = evaluate_samples(module, proxy.evaluator, module.cfg["sampler"], n=n,
+                                           seed=module.cfg["seed"],
+                                           batch_size=module.cfg["train"]["batch_size"])
+                module.log_dict({"val/fid": m["fid"], "val/kid": m["kid_mean"]},
+                                rank_zero_only=True)
+                proxy.history.append({"epoch": epoch, "fid": m["fid"], "kid": m["kid_mean"],
+                                      "n": n})
+                print(f"[diffexp] epoch {epoch}: proxy FID {m['fid']:.2f} (n={n})")
+
+        self.evaluator = None
+        self.history: list[dict] = []
+        self.callback = _CB()
+
+
 def write_config(c: dict, run_dir: Path) -> Path:
     path = run_dir / "config.yaml"
     tmp = path.with_suffix(".yaml.tmp")
@@ -177,6 +213,11 @@ def train(c: dict, run_dir: str | Path, callbacks: list | None = None) -> dict:
         (run_dir / "wandb_id.txt").write_text(logger.version or "")
     history = LossHistory()
     t = c["train"]
+    extra = [history.callback]
+    proxy = None
+    if t["fid_every_n_epochs"] and c["task"] == "diffusion":
+        proxy = FidProxy(t["fid_every_n_epochs"], t["fid_n_samples"])
+        extra.append(proxy.callback)
     ckpt_cb = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="epoch{epoch:03d}",
                               auto_insert_metric_name=False, save_last=True, save_top_k=-1,
                               every_n_epochs=t["checkpoint_every_n_epochs"] or None)
@@ -185,7 +226,7 @@ def train(c: dict, run_dir: str | Path, callbacks: list | None = None) -> dict:
         max_epochs=t["epochs"], accelerator=accelerator, devices=tr["devices"],
         strategy=tr["strategy"], num_nodes=tr["num_nodes"], precision=precision,
         gradient_clip_val=t["grad_clip"] or None, logger=logger,
-        callbacks=[ckpt_cb, history.callback, *(callbacks or [])], default_root_dir=str(run_dir),
+        callbacks=[ckpt_cb, *extra, *(callbacks or [])], default_root_dir=str(run_dir),
         log_every_n_steps=tr["log_every_n_steps"],
         limit_train_batches=tr["limit_train_batches"], limit_val_batches=tr["limit_val_batches"],
         check_val_every_n_epoch=t["val_every_n_epochs"] or None,
@@ -199,6 +240,8 @@ def train(c: dict, run_dir: str | Path, callbacks: list | None = None) -> dict:
                "parameters": sum(p.numel() for p in module.net.parameters()),
                "sigma_data": c["objective"].get("sigma_data"),
                "checkpoint": str(run_dir / "checkpoints" / "last.ckpt")}
+    if proxy is not None:
+        summary["fid_proxy"] = proxy.history
     if c["task"] == "noise_level":
         h = module.held_out(n=2048)
         summary["held_out"] = {k: v for k, v in h.items() if not isinstance(v, torch.Tensor)}
