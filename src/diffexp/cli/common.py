@@ -41,13 +41,30 @@ def make_logger(c: dict, run_dir: Path):
     mode = lg["mode"]
     if mode == "auto":
         mode = os.environ.get("WANDB_MODE") or ("online" if _wandb_logged_in() else "offline")
+    group = lg["group"]
+    if group is None:
+        group = _sweep_name()  # the jobs of one multirun share a group on the dashboard
     id_file = run_dir / "wandb_id.txt"
     run_id = id_file.read_text().strip() if id_file.exists() else None
-    logger = WandbLogger(project=lg["project"], entity=lg["entity"], group=lg["group"],
+    logger = WandbLogger(project=lg["project"], entity=lg["entity"], group=group,
                          tags=list(lg["tags"]), name=c["name"], save_dir=str(run_dir), mode=mode,
                          id=run_id, resume="allow" if run_id else None, config=c,
                          anonymous="never" if mode == "online" else None)
     return logger
+
+
+def _sweep_name() -> str | None:
+    """The multirun folder's name when running as a multirun job, else None."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+    except (ImportError, ValueError):
+        return None
+    if hc.mode != RunMode.MULTIRUN:
+        return None
+    return Path(hc.sweep.dir).name
 
 
 def _run_dir_from_hydra() -> Path:

@@ -156,6 +156,13 @@ class StudyCfg:
 
 
 @dataclass
+class EndEvalCfg:
+    n_samples: int = 2048
+    batch_size: int = 512
+    floor: bool = True
+
+
+@dataclass
 class TrainCfg:
     batch_size: int = 256
     epochs: int = 5
@@ -167,6 +174,8 @@ class TrainCfg:
     val_every_n_epochs: int = 1
     fid_every_n_epochs: int = 0
     fid_n_samples: int = 512
+    auto_resume: bool = True
+    eval_at_end: bool = False
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -353,7 +362,8 @@ def validate_study(st) -> dict:
 
 
 TOP_KEYS = {"defaults", "task", "seed", "name", "ckpt_path", "train", "data", "model", "schedule",
-            "objective", "sampler", "optim", "trainer", "logger", "hydra", "noise_level", "study"}
+            "objective", "sampler", "optim", "trainer", "logger", "hydra", "noise_level", "study",
+            "resume", "eval"}
 
 
 def validate_train_config(cfg: DictConfig) -> dict:
@@ -382,6 +392,11 @@ def validate_train_config(cfg: DictConfig) -> dict:
     out["train"] = validate_train(cfg.train)
     out["noise_level"] = validate_noise_level(cfg.get("noise_level") or {})
     out["study"] = validate_study(cfg.get("study") or {})
+    out["eval"] = _typed(cfg.get("eval") or {}, EndEvalCfg, "eval")
+    _require(out["eval"]["n_samples"] >= 2, "eval.n_samples", "must be >= 2",
+             out["eval"]["n_samples"])
+    _require(out["eval"]["batch_size"] >= 1, "eval.batch_size", "must be >= 1",
+             out["eval"]["batch_size"])
     o = out["objective"]
     if out["task"] == "diffusion" and o["name"] == "no_t" and o["use_predicted_noise_level"]:
         if not o["noise_level_ckpt"]:

@@ -55,7 +55,8 @@ class LossHistory:
 
             def on_train_batch_end(cb, trainer, module, outputs, batch, batch_idx):
                 loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-                cb.pending.append((trainer.global_step, loss.detach()))
+                # the index of the optimizer step just taken (global_step has already advanced)
+                cb.pending.append((trainer.global_step - 1, loss.detach()))
 
             def on_train_epoch_end(cb, trainer, module):
                 if cb.pending:
@@ -143,6 +144,25 @@ class FidProxy:
         self.callback = _CB()
 
 
+def evaluate_at_end(c: dict, run_dir: Path, logger) -> dict:
+    """The standard evaluation of the final checkpoint into ``run_dir/eval`` (metrics.json etc.),
+    with the run's own sampler; the headline numbers also go to the training logger."""
+    from .eval import EvalCfg, run_eval
+
+    e = {**EvalCfg().__dict__, **c["eval"], "diagnostics": True}
+    ec = {"ckpt": str(run_dir / "checkpoints" / "last.ckpt"), "seed": c["seed"],
+          "name": c["name"], "data_root": c["data"].get("root"), "eval": e,
+          "sampler": {"name": "ckpt"}, "logger": {"name": "none"}, "objective": {}}
+    m = run_eval(ec, run_dir / "eval")
+    if logger:
+        flat = {f"eval/{k}": m[k] for k in ("fid", "kid_mean", "kid_std", "nfe")}
+        if m.get("floor"):
+            flat["eval/floor_fid"] = m["floor"]["fid"]
+        logger.log_metrics(flat)
+    return {k: m[k] for k in ("fid", "kid_mean", "kid_std", "n", "nfe", "wall_time_s")} | {
+        "floor_fid": (m.get("floor") or {}).get("fid")}
+
+
 def write_config(c: dict, run_dir: Path) -> Path:
     path = run_dir / "config.yaml"
     tmp = path.with_suffix(".yaml.tmp")
@@ -178,10 +198,16 @@ def train(c: dict, run_dir: str | Path, callbacks: list | None = None) -> dict:
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint
 
+    from ..checkpoint_io import AtomicCheckpointIO
     from ..data import DataError, build_data
     from ..module import DiffusionModule, NoiseLevelModule, describe
 
     run_dir = Path(run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if c["ckpt_path"] is None and last.is_file() and c["train"]["auto_resume"]:
+        # a requeued or restarted job in its own stable folder continues where it stopped
+        print(f"[diffexp] resuming from {last} (train.auto_resume=true)")
+        c["ckpt_path"] = str(last)
     check_resume(c)
     run_dir.mkdir(parents=True, exist_ok=True)
     accelerator = _accelerator(c["trainer"])
@@ -231,6 +257,7 @@ def train(c: dict, run_dir: str | Path, callbacks: list | None = None) -> dict:
         limit_train_batches=tr["limit_train_batches"], limit_val_batches=tr["limit_val_batches"],
         check_val_every_n_epoch=t["val_every_n_epochs"] or None,
         num_sanity_val_steps=0, deterministic=tr["deterministic"], enable_model_summary=False,
+        plugins=[AtomicCheckpointIO()],
         enable_progress_bar=sys.stderr.isatty())
     t0 = time.perf_counter()
     trainer.fit(module, ckpt_path=c["ckpt_path"])
@@ -242,6 +269,8 @@ def train(c: dict, run_dir: str | Path, callbacks: list | None = None) -> dict:
                "checkpoint": str(run_dir / "checkpoints" / "last.ckpt")}
     if proxy is not None:
         summary["fid_proxy"] = proxy.history
+    if t["eval_at_end"] and c["task"] == "diffusion" and trainer.is_global_zero:
+        summary["eval"] = evaluate_at_end(c, run_dir, logger)
     if c["task"] == "noise_level":
         h = module.held_out(n=2048)
         summary["held_out"] = {k: v for k, v in h.items() if not isinstance(v, torch.Tensor)}
@@ -253,7 +282,24 @@ def train(c: dict, run_dir: str | Path, callbacks: list | None = None) -> dict:
     return summary
 
 
-def dispatch(c: dict, run_dir: Path) -> dict:
+def resume_config(cfg: DictConfig) -> tuple[dict, Path]:
+    """``resume=RUN_DIR``: that run's own resolved config, continued in its own folder from its
+    last checkpoint (weights, optimizer, LR schedule, EMA, step, wandb run id)."""
+    run = Path(cfg.resume)
+    saved, last = run / "config.yaml", run / "checkpoints" / "last.ckpt"
+    if not saved.is_file() or not last.is_file():
+        raise ConfigError(f"resume={str(run)!r} is not a run folder with config.yaml and "
+                          f"checkpoints/last.ckpt")
+    old = OmegaConf.load(saved)
+    old.ckpt_path = str(last)
+    return validate_train_config(old), run
+
+
+def dispatch(cfg: DictConfig, run_dir: Path) -> dict:
+    if cfg.get("resume"):
+        c, resumed_dir = resume_config(cfg)
+        return train(c, resumed_dir)
+    c = validate_train_config(cfg)
     if c["task"] == "no_t_study":
         from .no_t_study import run_study
 
@@ -263,10 +309,20 @@ def dispatch(c: dict, run_dir: Path) -> dict:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig):
-    return run_job(lambda run_dir: dispatch(validate_train_config(cfg), run_dir))
+    return run_job(lambda run_dir: dispatch(cfg, run_dir))
+
+
+def _resume_in_place(argv: list[str]) -> list[str]:
+    """``resume=RUN_DIR`` runs in RUN_DIR itself (Hydra's log appends there; the run's original
+    .hydra/ is left untouched so reports still see its overrides)."""
+    resume = [a.split("=", 1)[1] for a in argv if a.startswith("resume=")]
+    if resume and resume[-1] and not any(a.startswith("hydra.run.dir=") for a in argv):
+        return [*argv, f"hydra.run.dir={resume[-1]}", "hydra.output_subdir=null"]
+    return argv
 
 
 def main() -> None:
+    sys.argv = [sys.argv[0], *_resume_in_place(sys.argv[1:])]
     cli_main(_hydra_main)
 
 
