@@ -123,15 +123,82 @@ def run_job(fn):
     return {"status": "failed", "error": line}
 
 
+def _top_level_split(value: str) -> list[str]:
+    parts, depth, cur = [], 0, ""
+    for ch in value:
+        if ch in "[(":
+            depth += 1
+        elif ch in "])":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [*parts, cur]
+
+
+def swept_keys(argv: list[str]) -> list[str]:
+    """Keys that a multirun command line sweeps: comma lists, range/choice/glob sweeps, and the
+    params of a named ``sweep=NAME`` config."""
+    from .config import CONF_DIR
+
+    keys = []
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, _, value = arg.partition("=")
+        key = key.lstrip("+~")
+        if key == "sweep":
+            import yaml
+
+            f = CONF_DIR / "sweep" / f"{value}.yaml"
+            if f.is_file():
+                params = ((yaml.safe_load(f.read_text()) or {}).get("hydra", {})
+                          .get("sweeper", {}).get("params", {}))
+                keys += [k for k in params if k not in keys]
+            continue
+        if value.startswith(("range(", "choice(", "glob(")) or len(_top_level_split(value)) > 1:
+            if key not in keys:
+                keys.append(key)
+    return keys
+
+
+def job_name(overrides) -> str:
+    """A multirun job folder name from the job's overrides: only the swept keys (as recorded by
+    :func:`cli_main` in ``DIFFEXP_SWEPT_KEYS``), so names stay short and readable."""
+    swept = [k for k in os.environ.get("DIFFEXP_SWEPT_KEYS", "").split(";") if k]
+    items = []
+    for ov in overrides:
+        key = str(ov).split("=", 1)[0].lstrip("+~")
+        if key in swept:
+            items.append(str(ov).lstrip("+~"))
+    name = ",".join(items).replace("/", "_")
+    return name[:150] or "job"
+
+
+def _register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("diffexp_job_name"):
+        OmegaConf.register_new_resolver("diffexp_job_name", job_name)
+
+
 def cli_main(hydra_main) -> None:
     """Pre-check group choices, run Hydra, and exit non-zero if any multirun job failed."""
     try:
         check_group_choices(sys.argv[1:])
     except ConfigError as e:
         fail(str(e))
+    os.environ["DIFFEXP_SWEPT_KEYS"] = ";".join(swept_keys(sys.argv[1:]))
+    _register_resolvers()
     hydra_main()
     if FAILED_JOBS:
         print(f"[diffexp] {len(FAILED_JOBS)} job(s) failed:", file=sys.stderr)
         for d, line in FAILED_JOBS:
             print(f"  {d}: {line}", file=sys.stderr)
         sys.exit(1)
+
+
+# registered on import, so launcher worker processes that import the task function have it too
+_register_resolvers()

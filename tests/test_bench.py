@@ -1,0 +1,94 @@
+"""Smoke test of scripts/bench.py in --quick mode on the CPU: every section is present, every
+number is positive and finite, and each ratio is the division of the two measured medians."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("diffexp_bench", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _positive_finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def _check_ratio(e: dict, what: str) -> None:
+    for key in ("diffexp", "bare", "ratio"):
+        assert _positive_finite(e[key]), (what, key, e[key])
+    assert e["diffexp"] == pytest.approx(statistics.median(e["diffexp_reps"]), rel=1e-12), what
+    assert e["bare"] == pytest.approx(statistics.median(e["bare_reps"]), rel=1e-12), what
+    assert e["ratio"] == pytest.approx(e["diffexp"] / e["bare"], rel=1e-12), what
+    assert e["pass"] is (e["ratio"] >= e["threshold"]), what
+    assert e["threshold"] == 0.95
+    assert all(_positive_finite(v) for v in e["diffexp_reps"] + e["bare_reps"]), what
+    assert e["cpu_ratio"] == pytest.approx(e["cpu_diffexp"] / e["cpu_bare"], rel=1e-12), what
+
+
+def test_bench_quick_cpu(tmp_path, data_root, capsys):
+    bench = _load_bench()
+    out = tmp_path / "bench.json"
+    rc = bench.main(["--quick", "--device", "cpu", "--threads", "1", "--out", str(out),
+                     "--data-root", str(data_root)])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    printed = capsys.readouterr().out
+    assert "train images/s" in printed and "FID evaluation" in printed
+
+    for section in ("machine", "args", "config", "train", "sampling", "fid", "memory"):
+        assert section in res, section
+    m = res["machine"]
+    assert m["device"] == "cpu" and m["torch_threads"] == 1 and m["cpu"] and m["torch"]
+
+    t = res["train"]
+    _check_ratio(t, "train")
+    assert len(t["diffexp_reps"]) == len(t["bare_reps"]) == res["args"]["reps"] == 2
+    assert t["optimizer"]["same_in_both"] is True
+    assert t["optimizer"]["class"] == "Adam"
+
+    from diffexp import sampling
+
+    samplers = res["sampling"]["samplers"]
+    assert set(samplers) == set(sampling.SAMPLERS)
+    for name, e in samplers.items():
+        _check_ratio(e, name)
+        assert e["nfe"] == sampling.nfe(name, res["sampling"]["steps"])
+        assert _positive_finite(e["images_per_s"])
+
+    f = res["fid"]
+    assert f["n"] == res["args"]["fid_n"]
+    for key in ("sample_time_s", "score_time_s", "total_time_s", "setup_time_s",
+                "sample_images_per_s"):
+        assert _positive_finite(f[key]), key
+    assert f["total_time_s"] == pytest.approx(f["sample_time_s"] + f["score_time_s"])
+    assert f["nfe"] == sampling.nfe(f["sampler"], f["steps"]) <= res["args"]["fid_nfe"]
+
+    peaks = res["memory"]["peaks"]
+    for key in ("train_diffexp", "train_bare", "sampling_diffexp", "sampling_bare_forward", "fid"):
+        assert _positive_finite(peaks[key]), key
+
+
+def test_ratio_entry_is_division_of_medians():
+    bench = _load_bench()
+    e = bench.ratio_entry([3.0, 1.0, 2.0], [4.0, 8.0, 2.0], "x/s")
+    assert (e["diffexp"], e["bare"], e["ratio"], e["pass"]) == (2.0, 4.0, 0.5, False)
+    assert bench.ratio_entry([1.0], [1.0], "x/s")["pass"] is True
+
+
+def test_fid_steps_hits_the_nfe_target():
+    bench = _load_bench()
+    assert bench.fid_steps("ddim", 20) == 20
+    assert bench.fid_steps("heun", 20) == 10  # NFE 2N - 1 = 19
+    assert bench.fid_steps("euler", 1) == 1
