@@ -58,12 +58,19 @@ class LossHistory:
                 # the index of the optimizer step just taken (global_step has already advanced)
                 cb.pending.append((trainer.global_step - 1, loss.detach()))
 
+            def on_train_epoch_start(cb, trainer, module):
+                cb.t0 = time.perf_counter()
+
             def on_train_epoch_end(cb, trainer, module):
                 if cb.pending:
                     vals = torch.stack([v for _, v in cb.pending]).float().cpu().tolist()
                     cb.rows += [(s, trainer.current_epoch, v)
                                 for (s, _), v in zip(cb.pending, vals)]
                     cb.pending.clear()
+                    if trainer.is_global_zero:
+                        print(f"[diffexp] epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: "
+                              f"mean train loss {sum(vals) / len(vals):.4f} over {len(vals)} "
+                              f"steps, {time.perf_counter() - cb.t0:.1f}s", flush=True)
 
             def on_validation_epoch_end(cb, trainer, module):
                 v = trainer.callback_metrics.get("val/loss")
