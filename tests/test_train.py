@@ -111,3 +111,19 @@ def test_fid_proxy_logged(tmp_path, data_root):
     assert s["fid_proxy"][0]["fid"] > 0
     header = (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()[0]
     assert "val/fid" in header and "val/kid" in header
+
+
+def test_compile_and_channels_last_keep_checkpoint_keys():
+    base = validate_train_config(compose_train(["data=synthetic", *TINY_MODEL]))
+    plain = DiffusionModule(base)
+    fast = DiffusionModule(validate_train_config(compose_train(
+        ["data=synthetic", *TINY_MODEL, "model.compile=true", "model.channels_last=true"])))
+    assert list(fast.state_dict()) == list(plain.state_dict())
+    assert fast._train_forward is not fast.net  # the compiled view, outside the registry
+    fast.load_state_dict(plain.state_dict())
+    x0 = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        a = plain.denoiser(use_ema=False)(x0, torch.full((2,), 0.7))
+        b = fast.denoiser(use_ema=False)(x0.contiguous(memory_format=torch.channels_last),
+                                         torch.full((2,), 0.7))
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

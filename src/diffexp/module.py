@@ -153,6 +153,14 @@ class DiffusionModule(_DataModuleMixin):
         self.net = build_net(cfg["model"], conditioned=self.objective.conditioned)
         self.ema = EMA(self.net, cfg["train"]["ema_decay"])
         self._noise_level_net = None
+        self.channels_last = bool(cfg["model"].get("channels_last", False))
+        if self.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+            self.ema.shadow.to(memory_format=torch.channels_last)
+        # model.compile: the training forward goes through a compiled view of the same module,
+        # kept out of the module registry so checkpoint keys stay those of the plain network
+        fwd = torch.compile(self.net) if cfg["model"].get("compile", False) else self.net
+        object.__setattr__(self, "_train_forward", fwd)
 
     # ------------------------------------------------------------------ steps
     def diffusion_loss(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -162,7 +170,9 @@ class DiffusionModule(_DataModuleMixin):
         noise = torch.randn(x0.shape, generator=generator, device=x0.device)
         x = x0 + sigma.view(-1, 1, 1, 1) * noise
         inp, cond = self.objective.net_input(x, sigma)
-        out = self.net(inp, cond).float()
+        if self.channels_last:
+            inp = inp.contiguous(memory_format=torch.channels_last)
+        out = self._train_forward(inp, cond).float()
         target = self.objective.target(x0, noise, sigma)
         per_image = (out - target).pow(2).mean(dim=(1, 2, 3))
         return (self.objective.loss_weight(sigma) * per_image).mean()
