@@ -89,3 +89,17 @@ def test_every_sampler_on_every_objective(objective):
         assert x0.shape == (4, 1, 32, 32) and torch.isfinite(x0).all(), name
         assert u8.dtype == torch.uint8 and u8.shape == (4, 1, 28, 28)
         assert nfe == sampling.nfe(name, 3), name
+
+
+def test_clip_denoised_bounds_every_estimate():
+    c = validate_train_config(compose_train(["data=synthetic", "data.scale=0.5", *TINY_MODEL]))
+    m = DiffusionModule(c)
+    seen = []
+    for name in ["euler", "heun", "dpmpp_2m"]:
+        x0, _, _ = m.generate(3, seed=0, batch_size=3, callback=lambda i: seen.append(i["x0_hat"]),
+                              sampler_cfg={"name": name, "steps": 3, "clip_denoised": True})
+        assert float(x0.abs().max()) <= 0.5 + 1e-6
+    assert seen and all(float(t.abs().max()) <= 0.5 + 1e-6 for t in seen)
+    from diffexp.cli.config import ConfigError
+    with pytest.raises(ConfigError, match="sampler.clip_denoised"):
+        validate_train_config(compose_train(["sampler.clip_denoised=maybe"]))

@@ -23,6 +23,11 @@ class EMA(nn.Module):
         self.shadow = copy.deepcopy(model).requires_grad_(False)
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
         self._count: int | None = 0  # host mirror of num_updates: no device sync per step
+        self._lists = None  # cached parameter/buffer lists (walking the module tree is per-step cost)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._lists = None  # .to() / .cuda() replace tensors: rebuild the lists
+        return super()._apply(fn, *args, **kwargs)
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
@@ -34,10 +39,13 @@ class EMA(nn.Module):
             self._count = int(self.num_updates)
         step = self._count
         d = min(self.decay, (1 + step) / (10 + step))
-        ema_p = [p for p in self.shadow.parameters()]
-        cur_p = [p.detach() for p in model.parameters()]
+        if self._lists is None or self._lists[0] is not model:
+            self._lists = (model, list(self.shadow.parameters()),
+                           [p.detach() for p in model.parameters()],
+                           list(self.shadow.buffers()), list(model.buffers()))
+        _, ema_p, cur_p, ema_b, cur_b = self._lists
         torch._foreach_lerp_(ema_p, cur_p, 1.0 - d)
-        for b_ema, b in zip(self.shadow.buffers(), model.buffers()):
+        for b_ema, b in zip(ema_b, cur_b):
             b_ema.copy_(b)
         self.num_updates += 1
         self._count += 1

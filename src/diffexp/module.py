@@ -28,6 +28,21 @@ __all__ = ["DiffusionModule", "IndexBatches", "build_schedule_from_cfg", "build_
            "load_module"]
 
 
+#: sampler-config keys that act on the denoiser, not on the sampler function
+DENOISER_KEYS = ("clip_denoised",)
+
+
+def pop_denoiser_options(sampler_cfg: dict) -> tuple[dict, dict]:
+    """Split ``clip_denoised`` (clamp every x0 estimate to the data range, +-data.scale: the
+    lesson's clamped x0, for any sampler) off a sampler config."""
+    scfg = dict(sampler_cfg)
+    opts = {k: scfg.pop(k) for k in DENOISER_KEYS if k in scfg}
+    clip = opts.get("clip_denoised", False)
+    if not isinstance(clip, bool):
+        raise ValueError(f"sampler.clip_denoised must be true or false (got {clip!r})")
+    return scfg, opts
+
+
 def build_schedule_from_cfg(sched_cfg: dict) -> Schedule:
     params = {k: v for k, v in sched_cfg.items() if k != "name"}
     return build_schedule(sched_cfg["name"], **params)
@@ -119,7 +134,7 @@ class _DataModuleMixin(pl.LightningModule):
         name = o["name"]
         params = self.net.parameters()
         kw = dict(lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"], weight_decay=o["weight_decay"])
-        if torch.cuda.is_available():
+        if self.device.type == "cuda":
             kw["fused"] = True
         else:
             kw["foreach"] = True
@@ -194,15 +209,26 @@ class DiffusionModule(_DataModuleMixin):
         self.ema.update(self.net)
 
     # ------------------------------------------------------------------ sampling
-    def denoiser(self, use_ema: bool = True, record: list | None = None):
+    def denoiser(self, use_ema: bool = True, record: list | None = None, clip: bool = False):
+        """``denoiser(x, sigma) -> x0_hat`` of the EMA (or raw) network; ``clip`` clamps every
+        estimate to the data range [-data.scale, data.scale]."""
         net = self.ema.shadow if use_ema else self.net
         if self.objective.name != "no_t":
-            return make_denoiser(net, self.objective)
-        o = self.cfg["objective"]
-        use_pred = bool(o.get("use_predicted_noise_level", True))
-        pred = self.noise_level_net() if use_pred else None
-        return no_t_denoiser(net, pred, use_predicted=use_pred,
-                             clamp_factor=o.get("clamp_factor", 2.0), record=record)
+            den = make_denoiser(net, self.objective)
+        else:
+            o = self.cfg["objective"]
+            use_pred = bool(o.get("use_predicted_noise_level", True))
+            pred = self.noise_level_net() if use_pred else None
+            den = no_t_denoiser(net, pred, use_predicted=use_pred,
+                                clamp_factor=o.get("clamp_factor", 2.0), record=record)
+        if not clip:
+            return den
+        bound = float(self.cfg["data"]["scale"])
+
+        def clipped(x, sigma):
+            return den(x, sigma).clamp(-bound, bound)
+
+        return clipped
 
     def noise_level_net(self):
         """The no_t model's noise-level predictor (loaded once from objective.noise_level_ckpt)."""
@@ -225,12 +251,13 @@ class DiffusionModule(_DataModuleMixin):
     def generate(self, n: int, seed: int = 0, sampler_cfg: dict | None = None,
                  use_ema: bool = True, batch_size: int | None = None, callback=None):
         """Sample ``n`` images; returns ``(x0 in the data range, uint8 images, nfe)``."""
-        scfg = dict(sampler_cfg or self.cfg["sampler"])
+        scfg, dopts = pop_denoiser_options(sampler_cfg or self.cfg["sampler"])
         grid_kw, options = sampling.split_sampler_config(scfg)
         was_training = self.training
         self.eval()
+        den = self.denoiser(use_ema, clip=dopts.get("clip_denoised", False))
         with self._autocast():
-            res = sampling.sample(self.denoiser(use_ema), self.schedule, n=n,
+            res = sampling.sample(den, self.schedule, n=n,
                                   shape=self.image_shape, seed=seed,
                                   batch_size=batch_size or self.cfg["train"]["batch_size"],
                                   device=self.device, callback=callback, **grid_kw, **options)

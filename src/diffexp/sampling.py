@@ -174,10 +174,15 @@ class PerSampleNoise:
     def randn(self, shape: Sequence[int], dtype=torch.float32, device=None) -> Tensor:
         """Standard normal draws of shape ``[len(self), *shape]``, one row per stream."""
         gen_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        rows = [torch.randn(tuple(shape), generator=g, device=self.device, dtype=gen_dtype)
-                for g in self.generators]
-        out = torch.stack(rows) if rows else torch.empty((0, *shape), dtype=gen_dtype)
-        return out.to(device=device if device is not None else self.device, dtype=dtype)
+        target = torch.device(device) if device is not None else torch.device(self.device)
+        # CPU streams bound for a GPU: fill a pinned buffer row by row (same numbers as stacking
+        # the draws) and copy without blocking the host
+        pin = target.type == "cuda" and torch.device(self.device).type == "cpu"
+        out = torch.empty((len(self.generators), *shape), dtype=gen_dtype, device=self.device,
+                          pin_memory=pin)
+        for row, g in zip(out, self.generators):
+            torch.randn(tuple(shape), generator=g, dtype=gen_dtype, device=self.device, out=row)
+        return out.to(device=target, dtype=dtype, non_blocking=pin)
 
 
 def _randn_like(x: Tensor, generator) -> Tensor:

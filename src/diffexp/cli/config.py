@@ -334,10 +334,11 @@ def validate_train(t) -> dict:
 
 def validate_sampler(s) -> dict:
     from .. import sampling
+    from ..module import pop_denoiser_options
 
     s = OmegaConf.to_container(s, resolve=True) if isinstance(s, DictConfig) else dict(s)
     try:
-        sampling.validate_sampler_config(s)
+        sampling.validate_sampler_config(pop_denoiser_options(s)[0])
     except ValueError as e:
         raise ConfigError(str(e).strip().splitlines()[0]) from None
     return s

@@ -57,6 +57,7 @@ def resolve_sampler(ckpt_sampler: dict, requested: dict) -> dict:
 
 def validate_eval_config(cfg: DictConfig) -> dict:
     from .. import sampling
+    from ..module import pop_denoiser_options
     from .config import validate_logger
 
     unknown = sorted(set(cfg.keys()) - EVAL_TOP_KEYS)
@@ -84,7 +85,7 @@ def validate_eval_config(cfg: DictConfig) -> dict:
     c["sampler"] = OmegaConf.to_container(cfg.sampler, resolve=True)
     if c["sampler"].get("name") != "ckpt":
         try:
-            sampling.validate_sampler_config(c["sampler"])
+            sampling.validate_sampler_config(pop_denoiser_options(c["sampler"])[0])
         except ValueError as err:
             raise ConfigError(str(err)) from None
     c["logger"] = validate_logger(cfg.logger)
@@ -138,7 +139,7 @@ def run_eval(c: dict, run_dir: str | Path) -> dict:
         reference_images,
     )
     from ..metrics import FeatureNetError, feature_net_info
-    from ..module import load_module
+    from ..module import load_module, pop_denoiser_options
     from ..viz import save_figure, save_grid
 
     run_dir = Path(run_dir)
@@ -160,10 +161,10 @@ def run_eval(c: dict, run_dir: str | Path) -> dict:
             raise ConfigError(str(err)) from None
     sampler_cfg = resolve_sampler(mcfg["sampler"], c["sampler"])
     try:
-        sampling.validate_sampler_config(sampler_cfg)
+        plain_cfg, denoiser_opts = pop_denoiser_options(sampler_cfg)
+        grid_kw, options = sampling.split_sampler_config(plain_cfg)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    grid_kw, options = sampling.split_sampler_config(sampler_cfg)
     data_root = c["data_root"] or mcfg["data"].get("root")
     try:
         evaluator = make_evaluator(data_root, device=device, features=e["features"],
@@ -185,7 +186,7 @@ def run_eval(c: dict, run_dir: str | Path) -> dict:
         **{k: metrics[k] for k in ("fid", "kid_mean", "kid_std", "n", "nfe")},
         "floor": floor,
         "seed": c["seed"],
-        "sampler": {**grid_kw, "options": options},
+        "sampler": {**grid_kw, "options": options, **denoiser_opts},
         "steps": grid_kw["steps"],
         "sampler_name": grid_kw["sampler"],
         "wall_time_s": None,  # filled in below
