@@ -526,6 +526,8 @@ def test_yaml_configs():
     for name in smp.SAMPLERS:
         cfg = yaml.safe_load((CONF / f"{name}.yaml").read_text())
         assert cfg["name"] == name
+        # clip_denoised acts on the denoiser (diffexp.module), not on the sampler function
+        assert cfg.pop("clip_denoised") is False
         smp.validate_sampler_config(cfg)
         grid_kw, options = smp.split_sampler_config(cfg)
         assert set(grid_kw) == {"sampler", "steps", "grid", "rho", "sigma_min", "sigma_max"}

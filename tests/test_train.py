@@ -96,7 +96,7 @@ def test_train_writes_run_folder_and_resumes(tmp_path):
 def test_seed_is_honoured(tmp_path):
     outs = []
     for k in range(2):
-        c = _quick_cfg(tmp_path, "seed=0", "train.epochs=1", "trainer.limit_train_batches=2")
+        c = _quick_cfg(tmp_path, "seed=0", "train.epochs=1", "trainer.limit_train_batches=3")
         train(c, tmp_path / f"r{k}")
         m = load_module(tmp_path / f"r{k}" / "checkpoints" / "last.ckpt")
         outs.append(torch.cat([p.flatten() for p in m.net.parameters()]))
