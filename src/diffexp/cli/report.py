@@ -122,8 +122,8 @@ def write_report(root: str | Path, out: str | Path | None = None) -> dict[str, P
     if not rows:
         raise SystemExit(f"error: no jobs found under {root} (no metrics.json / summary.json / "
                          f".hydra/overrides.yaml)")
-    cols = swept + [c for c in COLUMNS if c == "job" or c == "status" or
-                    any(r.get(c) is not None for r in rows)]
+    cols = swept + [c for c in COLUMNS if c not in swept and (
+        c in ("job", "status") or any(r.get(c) is not None for r in rows))]
     cols = ["job", "status"] + [c for c in cols if c not in ("job", "status")]
     files = {}
     with open(out / "report.csv", "w", newline="") as f:
