@@ -35,7 +35,7 @@ def _data_root() -> Path:
 
 
 @pytest.fixture(scope="module")
-def test_split():
+def fmnist_test_split():
     root = _data_root()
     raw = root / "FashionMNIST" / "raw"
     if not all((raw / f).exists() or (raw / (f + ".gz")).exists() for f in RAW_FILES):
@@ -109,8 +109,8 @@ def test_shipped_weights_sha_and_size():
     assert isinstance(state, dict) and all(torch.is_tensor(v) for v in state.values())
 
 
-def test_shipped_net_accuracy_matches_json(test_split):
-    x, y = test_split
+def test_shipped_net_accuracy_matches_json(fmnist_test_split):
+    x, y = fmnist_test_split
     net = load_feature_net()
     net.train()  # must stay in eval mode (BatchNorm / dropout frozen)
     assert not net.training and not net.net.training
@@ -135,11 +135,11 @@ def test_sha_mismatch_is_a_clear_error(tmp_path, monkeypatch):
 
 # --- FID / KID behaviour -------------------------------------------------------------------------
 
-def test_fid_of_a_set_against_itself_is_zero_and_matches_references(test_split, train_images,
+def test_fid_of_a_set_against_itself_is_zero_and_matches_references(fmnist_test_split, train_images,
                                                                      tmp_path):
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    ref = test_split[0][:1000]
+    ref = fmnist_test_split[0][:1000]
     ev = Evaluator(ref, cache_dir=tmp_path, **FAST)
     s = ev.score(ref)
     assert s["n"] == 1000
@@ -166,8 +166,8 @@ def test_fid_of_a_set_against_itself_is_zero_and_matches_references(test_split, 
     assert abs(s2["kid_mean"]) < 3 * s2["kid_std"] + 1e-3
 
 
-def test_fid_and_kid_grow_with_noise(test_split, train_images, tmp_path):
-    x = test_split[0]
+def test_fid_and_kid_grow_with_noise(fmnist_test_split, train_images, tmp_path):
+    x = fmnist_test_split[0]
     ev = Evaluator(x[:1000], cache_dir=tmp_path, **FAST)
     clean = x[1000:2000]
     gen = torch.Generator().manual_seed(0)
@@ -183,8 +183,8 @@ def test_fid_and_kid_grow_with_noise(test_split, train_images, tmp_path):
     assert all(s["kid_std"] >= 0 for s in scores)
 
 
-def test_kid_subset_size_is_capped_by_n(test_split, tmp_path):
-    x = test_split[0]
+def test_kid_subset_size_is_capped_by_n(fmnist_test_split, tmp_path):
+    x = fmnist_test_split[0]
     ev = Evaluator(x[:600], cache_dir=tmp_path, kid_subset_size=1000, kid_subsets=5)
     s = ev.score(x[600:650])
     assert s["n"] == 50 and np.isfinite([s["fid"], s["kid_mean"], s["kid_std"]]).all()
@@ -194,8 +194,8 @@ def test_kid_subset_size_is_capped_by_n(test_split, tmp_path):
 
 # --- the reference cache -------------------------------------------------------------------------
 
-def test_reference_cache(test_split, tmp_path, monkeypatch):
-    ref = test_split[0][:500]
+def test_reference_cache(fmnist_test_split, tmp_path, monkeypatch):
+    ref = fmnist_test_split[0][:500]
     ev1 = Evaluator(ref, cache_dir=tmp_path, cache_key_extra="pad=2,scale=1.0", **FAST)
     assert not ev1.loaded_from_cache
     files = sorted(tmp_path.iterdir())
@@ -245,7 +245,7 @@ def _inception_weights_present() -> bool:
     return (Path(torch.hub.get_dir()) / "checkpoints" / name).exists()
 
 
-def test_inception_without_weights_is_one_clear_error(test_split, tmp_path, monkeypatch):
+def test_inception_without_weights_is_one_clear_error(fmnist_test_split, tmp_path, monkeypatch):
     if _inception_weights_present():
         pytest.skip("torch-fidelity's Inception weights are present; the error path cannot occur")
 
@@ -254,14 +254,14 @@ def test_inception_without_weights_is_one_clear_error(test_split, tmp_path, monk
 
     monkeypatch.setattr(socket, "getaddrinfo", no_network)
     with pytest.raises(FeatureNetError) as err:
-        Evaluator(test_split[0][:10], cache_dir=tmp_path, features="inception")
+        Evaluator(fmnist_test_split[0][:10], cache_dir=tmp_path, features="inception")
     msg = str(err.value)
     assert msg.startswith("eval.features=inception needs torch-fidelity and its FID Inception "
                           "weights, which could not be loaded (")
     assert msg.endswith("; use eval.features=fashion") and "\n" not in msg
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ValueError, match="fashion"):
-        Evaluator(test_split[0][:10], cache_dir=tmp_path, features="clip")
+        Evaluator(fmnist_test_split[0][:10], cache_dir=tmp_path, features="clip")
 
 
 def test_info_json_is_valid():
