@@ -105,6 +105,8 @@ def test_no_t_sampling_with_predictor(predictor_run, tmp_path):
         _, abar = record[-1]
         med = abar.median()
         assert torch.all(abar >= med / 2 - 1e-6) and torch.all(abar <= med * 2 + 1e-6)
+    # the predictor is not saved inside the no_t model's checkpoint (it has its own)
+    assert not any(k.startswith("_noise_level_net") for k in m.state_dict())
     # a diffusion checkpoint is not a predictor: one clear error
     with pytest.raises(ValueError, match="not a noise-level checkpoint"):
         tc = validate_train_config(compose_train(["data=synthetic", "debug=fast", "logger=none",

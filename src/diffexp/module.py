@@ -244,7 +244,8 @@ class DiffusionModule(_DataModuleMixin):
                 if mine[k] != theirs[k]:
                     raise ValueError(f"objective.noise_level_ckpt={path!r} was trained with "
                                      f"data.{k}={theirs[k]}, this model with {mine[k]}")
-            self._noise_level_net = net.to(self.device).eval()
+            # kept out of the module registry: the predictor lives in its own checkpoint
+            object.__setattr__(self, "_noise_level_net", net.to(self.device).eval())
         return self._noise_level_net
 
     @torch.no_grad()
