@@ -127,3 +127,13 @@ def test_compile_and_channels_last_keep_checkpoint_keys():
         b = fast.denoiser(use_ema=False)(x0.contiguous(memory_format=torch.channels_last),
                                          torch.full((2,), 0.7))
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_wandb_offline_one_run_per_job(tmp_path):
+    ids = []
+    for k in range(2):
+        c = _quick_cfg(tmp_path, "logger=wandb", "train.epochs=1", "trainer.limit_train_batches=3")
+        train(c, tmp_path / f"w{k}")
+        ids.append((tmp_path / f"w{k}" / "wandb_id.txt").read_text().strip())
+        assert list((tmp_path / f"w{k}" / "wandb").glob("offline-run-*")), "offline run written"
+    assert all(ids) and ids[0] != ids[1]  # the second job did not reuse the first job's run

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import sys
 import traceback
@@ -11,6 +13,24 @@ from .config import ConfigError, check_group_choices, fail
 
 #: jobs of this process's multirun that failed: (run_dir, one-line error)
 FAILED_JOBS: list[tuple[str, str]] = []
+
+
+def _json_safe(obj):
+    """Strict JSON: infinities and NaN become strings ("inf", "-inf", "nan")."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def write_json(path: Path, obj) -> None:
+    """Write strict JSON to a temporary file, then rename it over ``path``."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_json_safe(obj), indent=2, allow_nan=False))
+    os.replace(tmp, path)
 
 
 def _wandb_logged_in() -> bool:

@@ -9,9 +9,6 @@ logger. Works with ``-m`` sweeps over samplers, steps and rho on one checkpoint.
 from __future__ import annotations
 
 import csv
-import json
-import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +17,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .common import cli_main, make_logger, run_job
+from .common import cli_main, make_logger, run_job, write_json
 from .config import CONF_DIR, ConfigError, _choice, _require, _typed
 
 
@@ -107,23 +104,6 @@ def _device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("eval.device='cuda' but no CUDA GPU is visible; use auto or cpu")
     return torch.device(name)
-
-
-def _json_safe(obj):
-    """Strict JSON: infinities and NaN become strings ("inf", "-inf", "nan")."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_json_safe(obj), indent=2, allow_nan=False))
-    os.replace(tmp, path)
 
 
 def run_eval(c: dict, run_dir: str | Path) -> dict:
@@ -223,7 +203,7 @@ def run_eval(c: dict, run_dir: str | Path) -> dict:
         for name, fig in diagnostics(module, real, use_ema=e["use_ema"], seed=c["seed"]).items():
             save_figure(fig, run_dir / "diagnostics" / f"{name}.png")
     result["wall_time_s"] = round(time.perf_counter() - t_start, 2)
-    _write_json(run_dir / "metrics.json", result)
+    write_json(run_dir / "metrics.json", result)
     _log(c, run_dir, result)
     fl = f", floor {floor['fid']:.3f}" if floor else ""
     print(f"[diffexp] FID {result['fid']:.3f}, KID {result['kid_mean']:.5f} "

@@ -9,7 +9,6 @@ measured values such as sigma_data filled in), ``checkpoints/`` (``last.ckpt`` a
 from __future__ import annotations
 
 import csv
-import json
 import os
 import sys
 import time
@@ -19,7 +18,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .common import cli_main, make_logger, run_job
+from .common import cli_main, make_logger, run_job, write_json
 from .config import CONF_DIR, ConfigError, validate_train_config
 
 
@@ -283,9 +282,12 @@ def train(c: dict, run_dir: str | Path, callbacks: list | None = None) -> dict:
         summary["held_out"] = {k: v for k, v in h.items() if not isinstance(v, torch.Tensor)}
     if trainer.is_global_zero:
         summary.update(history.write(run_dir))
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_json(run_dir / "summary.json", summary)
         print(f"[diffexp] done in {wall:.1f}s: final train loss {summary['final_train_loss']}, "
               f"val loss {summary['final_val_loss']}; {run_dir}")
+    if logger and c["logger"]["name"] == "wandb":
+        # close this job's wandb run: the next job of a multirun in this process starts its own
+        logger.experiment.finish()
     return summary
 
 
