@@ -54,8 +54,17 @@ def build_net(model_cfg: dict, conditioned: bool = True) -> UNet:
                 head_dim=int(model_cfg["head_dim"]), cond_embedding=conditioned)
 
 
+def effective_sigma_data(obj_cfg: dict) -> float | None:
+    """The sigma_data the Karras objective uses: the configured (or measured) value times
+    ``objective.sigma_data_factor`` (e.g. 0.5 to study a mis-set sigma_data)."""
+    sd = obj_cfg.get("sigma_data")
+    if sd is None or sd == "auto":
+        return sd
+    return float(sd) * float(obj_cfg.get("sigma_data_factor") or 1.0)
+
+
 def build_objective_from_cfg(obj_cfg: dict, schedule: Schedule) -> Objective:
-    return build_objective(obj_cfg["name"], schedule, obj_cfg.get("sigma_data"))
+    return build_objective(obj_cfg["name"], schedule, effective_sigma_data(obj_cfg))
 
 
 class IndexBatches:

@@ -160,7 +160,7 @@ def _top_level_split(value: str) -> list[str]:
 
 def swept_keys(argv: list[str]) -> list[str]:
     """Keys that a multirun command line sweeps: comma lists, range/choice/glob sweeps, and the
-    params of a named ``sweep=NAME`` config."""
+    sweeper params of a named ``sweep=NAME`` or ``experiment=NAME`` config."""
     from .config import CONF_DIR
 
     keys = []
@@ -169,10 +169,10 @@ def swept_keys(argv: list[str]) -> list[str]:
             continue
         key, _, value = arg.partition("=")
         key = key.lstrip("+~")
-        if key == "sweep":
+        if key in ("sweep", "experiment"):
             import yaml
 
-            f = CONF_DIR / "sweep" / f"{value}.yaml"
+            f = CONF_DIR / key / f"{value}.yaml"
             if f.is_file():
                 params = ((yaml.safe_load(f.read_text()) or {}).get("hydra", {})
                           .get("sweeper", {}).get("params", {}))

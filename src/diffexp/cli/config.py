@@ -8,6 +8,7 @@ an OmegaConf structured schema (a dataclass per option); values by the rules bel
 from __future__ import annotations
 
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +97,7 @@ SCHEDULE_SCHEMAS = {"linear": LinearCfg, "cosine": CosineCfg, "sigmoid": Sigmoid
 class ObjectiveCfg:
     name: str = "eps"
     sigma_data: Any = None  # karras only: "auto" or a positive number
+    sigma_data_factor: Any = None  # karras only: the objective uses sigma_data * this factor
 
 
 @dataclass
@@ -160,6 +162,9 @@ class EndEvalCfg:
     n_samples: int = 2048
     batch_size: int = 512
     floor: bool = True
+    # label -> sampler settings: evaluate the final model once per entry into eval/<label>/.
+    # An entry with a name starts from conf/sampler/<name>.yaml, one without from the run's sampler.
+    samplers: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -277,12 +282,18 @@ def validate_objective(o) -> dict:
         sd = o["sigma_data"]
         ok = sd == "auto" or (isinstance(sd, (int, float)) and not isinstance(sd, bool) and sd > 0)
         _require(ok, "objective.sigma_data", "must be 'auto' or a number > 0", sd)
+        f = o["sigma_data_factor"] = 1.0 if o["sigma_data_factor"] is None else o["sigma_data_factor"]
+        ok = isinstance(f, (int, float)) and not isinstance(f, bool) and f > 0
+        _require(ok, "objective.sigma_data_factor", "must be a number > 0", f)
+        o["sigma_data_factor"] = float(f)
     elif name == "no_t":
         _require(o["clamp_factor"] >= 1, "objective.clamp_factor", "must be >= 1",
                  o["clamp_factor"])
-    elif o.get("sigma_data") is not None:
-        raise ConfigError(f"objective.sigma_data applies to objective=karras only "
-                          f"(objective={name})")
+    else:
+        for key in ("sigma_data", "sigma_data_factor"):
+            if o.get(key) is not None:
+                raise ConfigError(f"objective.{key} applies to objective=karras only "
+                                  f"(objective={name})")
     return o
 
 
@@ -344,6 +355,29 @@ def validate_sampler(s) -> dict:
     return s
 
 
+def validate_eval_samplers(entries: dict, run_sampler: dict) -> dict:
+    """``eval.samplers``: each entry resolved to a complete, validated sampler config."""
+    out = {}
+    for label, entry in (entries or {}).items():
+        key = f"eval.samplers.{label}"
+        _require(bool(re.fullmatch(r"[A-Za-z0-9_.+-]+", str(label))), "eval.samplers",
+                 "labels must be folder-safe names (letters, digits, _ . + -)", label)
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{key} must be a mapping of sampler settings (got {entry!r})")
+        if "name" in entry:
+            options = group_options("sampler")
+            _choice(entry["name"], f"{key}.name", [o for o in options if o != "ckpt"])
+            base = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "sampler" /
+                                                         f"{entry['name']}.yaml"))
+        else:
+            base = dict(run_sampler)
+        try:
+            out[str(label)] = validate_sampler({**base, **entry})
+        except ConfigError as e:
+            raise ConfigError(f"{key}: {e}") from None
+    return out
+
+
 def validate_noise_level(nl) -> dict:
     nl = _typed(nl, NoiseLevelCfg, "noise_level")
     _choice(nl["target"], "noise_level.target", ["logit", "raw"])
@@ -398,6 +432,7 @@ def validate_train_config(cfg: DictConfig) -> dict:
              out["eval"]["n_samples"])
     _require(out["eval"]["batch_size"] >= 1, "eval.batch_size", "must be >= 1",
              out["eval"]["batch_size"])
+    out["eval"]["samplers"] = validate_eval_samplers(out["eval"]["samplers"], out["sampler"])
     o = out["objective"]
     if out["task"] == "diffusion" and o["name"] == "no_t" and o["use_predicted_noise_level"]:
         if not o["noise_level_ckpt"]:

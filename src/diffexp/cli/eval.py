@@ -119,7 +119,7 @@ def run_eval(c: dict, run_dir: str | Path) -> dict:
         reference_images,
     )
     from ..metrics import FeatureNetError, feature_net_info
-    from ..module import load_module, pop_denoiser_options
+    from ..module import effective_sigma_data, load_module, pop_denoiser_options
     from ..viz import save_figure, save_grid
 
     run_dir = Path(run_dir)
@@ -181,7 +181,9 @@ def run_eval(c: dict, run_dir: str | Path) -> dict:
                   "parameters": sum(p.numel() for p in module.net.parameters()),
                   "schedule": mcfg["schedule"]["name"], "objective": mcfg["objective"]["name"],
                   "data_scale": mcfg["data"]["scale"], "epochs": mcfg["train"]["epochs"],
-                  "sigma_data": mcfg["objective"].get("sigma_data"),
+                  "sigma_data": effective_sigma_data(mcfg["objective"]),
+                  **({"sigma_data_factor": mcfg["objective"].get("sigma_data_factor", 1.0)}
+                     if mcfg["objective"]["name"] == "karras" else {}),
                   **({k: mcfg["objective"].get(k) for k in NO_T_KEYS}
                      if mcfg["objective"]["name"] == "no_t" else {})},
         "protocol": {"features": e["features"], "feature_net_sha256": evaluator.net.sha256,

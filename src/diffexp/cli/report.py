@@ -2,8 +2,10 @@
 
 A *job* is a folder holding ``.hydra/overrides.yaml``, ``metrics.json`` (eval), ``summary.json``
 (train) or ``error.txt`` (a failed job). Each job becomes one row: its overrides, its status, and
-its final numbers (FID, KID +- std, floor, NFE, loss, wall time). Train jobs that ran an evaluation
-at the end keep it in ``eval/metrics.json`` inside their folder; those numbers are used too.
+its final numbers (FID, KID +- std, floor, NFE, model size, epochs, device, loss, wall times).
+Train jobs that ran an evaluation at the end keep it in ``eval/metrics.json`` inside their folder,
+or, with ``eval.samplers``, in ``eval/<label>/metrics.json``: one row per label then, with the
+label in the ``eval`` column.
 
 Writes ``report.md``, ``report.csv`` and plots into DIR (or ``--out``): ``fid_vs_nfe.png`` (one
 line per sampler) when the jobs are evaluations, and ``fid_vs_<param>.png`` for every swept
@@ -25,7 +27,8 @@ import yaml
 __all__ = ["collect", "write_report", "main"]
 
 COLUMNS = ["job", "status", "fid", "kid_mean", "kid_std", "floor_fid", "floor_kid", "n", "nfe",
-           "sampler", "steps", "final_train_loss", "final_val_loss", "wall_time_s", "error"]
+           "sampler", "steps", "parameters", "epochs", "device", "final_train_loss",
+           "final_val_loss", "train_s", "eval_s", "wall_time_s", "error"]
 
 
 def _read_json(path: Path) -> dict | None:
@@ -52,7 +55,8 @@ def _job_dirs(root: Path) -> list[Path]:
     for p in root.rglob("*"):
         if p.name in markers and p.is_file():
             job = p.parent.parent if p.parent.name == ".hydra" else p.parent
-            if job.name == "eval" and (job.parent / "summary.json").exists():
+            if any(p.name == "eval" and (p.parent / "summary.json").exists()
+                   for p in (job, job.parent)):
                 continue  # a train job's own end-of-run evaluation: reported with the job
             jobs.add(job)
     return sorted(jobs, key=lambda j: (len(j.parts), _num_prefix(j.name), str(j)))
@@ -63,35 +67,57 @@ def _num_prefix(name: str) -> int:
     return int(head) if head.isdigit() else 1 << 30
 
 
+def _end_evals(job: Path) -> list[tuple[str, dict | None]]:
+    """A train job's end-of-run evaluations: [("", eval/metrics.json)] or one per eval/<label>/."""
+    single = _read_json(job / "eval" / "metrics.json")
+    if single is not None:
+        return [("", single)]
+    labelled = sorted((d.name, _read_json(d / "metrics.json"))
+                      for d in (job / "eval").glob("*") if (d / "metrics.json").is_file())
+    return labelled or [("", None)]
+
+
 def collect(root: str | Path) -> tuple[list[dict], list[str]]:
-    """Rows (one per job) and the list of swept keys (overrides that vary between jobs)."""
+    """Rows (one per job, or per job and end-of-run sampler) and the swept keys (overrides that
+    vary between rows; ``eval`` is the end-of-run sampler label)."""
     root = Path(root)
     rows = []
     for job in _job_dirs(root):
         ov = _overrides(job)
-        metrics = _read_json(job / "metrics.json") or _read_json(job / "eval" / "metrics.json")
         summary = _read_json(job / "summary.json")
+        own = _read_json(job / "metrics.json")
+        evals = [("", own)] if own is not None or summary is None else _end_evals(job)
         err = (job / "error.txt").read_text().strip() if (job / "error.txt").exists() else ""
-        row = {"job": str(job.relative_to(root)) if job != root else ".", "overrides": ov}
-        if err:
-            row["status"], row["error"] = "failed", err
-        elif metrics or summary:
-            row["status"] = "ok"
-        else:
-            row["status"], row["error"] = "failed", "no result written (killed or still running)"
-        if metrics:
-            fl = metrics.get("floor") or {}
-            row.update(fid=metrics.get("fid"), kid_mean=metrics.get("kid_mean"),
-                       kid_std=metrics.get("kid_std"), floor_fid=fl.get("fid"),
-                       floor_kid=fl.get("kid_mean"), n=metrics.get("n"), nfe=metrics.get("nfe"),
-                       sampler=metrics.get("sampler_name"), steps=metrics.get("steps"),
-                       wall_time_s=metrics.get("wall_time_s"))
-        if summary:
-            row.update(final_train_loss=summary.get("final_train_loss"),
-                       final_val_loss=summary.get("final_val_loss"))
-            row["wall_time_s"] = summary.get("wall_time_s") if not metrics else (
-                (summary.get("wall_time_s") or 0) + (metrics.get("wall_time_s") or 0))
-        rows.append(row)
+        for label, metrics in evals:
+            name = str(job.relative_to(root)) if job != root else "."
+            row = {"job": name, "overrides": {**ov, **({"eval": label} if label else {})}}
+            if err:
+                row["status"], row["error"] = "failed", err
+            elif metrics or summary:
+                row["status"] = "ok"
+            else:
+                row["status"], row["error"] = "failed", "no result written (killed or still running)"
+            if metrics:
+                fl = metrics.get("floor") or {}
+                model = metrics.get("model") or {}
+                row.update(fid=metrics.get("fid"), kid_mean=metrics.get("kid_mean"),
+                           kid_std=metrics.get("kid_std"), floor_fid=fl.get("fid"),
+                           floor_kid=fl.get("kid_mean"), n=metrics.get("n"),
+                           nfe=metrics.get("nfe"), sampler=metrics.get("sampler_name"),
+                           steps=metrics.get("steps"), parameters=model.get("parameters"),
+                           epochs=model.get("epochs"), device=metrics.get("device"),
+                           eval_s=metrics.get("wall_time_s"),
+                           wall_time_s=metrics.get("wall_time_s"))
+            if summary:
+                row.update(final_train_loss=summary.get("final_train_loss"),
+                           final_val_loss=summary.get("final_val_loss"),
+                           train_s=summary.get("wall_time_s"))
+                for key in ("parameters", "epochs"):
+                    if row.get(key) is None:
+                        row[key] = summary.get(key)
+                row["wall_time_s"] = summary.get("wall_time_s") if not metrics else (
+                    (summary.get("wall_time_s") or 0) + (metrics.get("wall_time_s") or 0))
+            rows.append(row)
     keys = sorted({k for r in rows for k in r["overrides"]})
     swept = [k for k in keys if len({r["overrides"].get(k) for r in rows}) > 1]
     return rows, swept
@@ -175,7 +201,7 @@ def _plots(ok: list[dict], swept: list[str], out: Path) -> dict[str, Path]:
         by = defaultdict(list)
         for r in ok:
             others = [f"{k}={r['overrides'][k]}" for k in swept
-                      if k in r["overrides"] and k not in ("sampler", "sampler.steps")]
+                      if k in r["overrides"] and k not in ("sampler", "sampler.steps", "eval")]
             by[" ".join([str(r.get("sampler"))] + others)].append(r)
         fig, ax = plt.subplots(figsize=(6, 4))
         for label, rs in sorted(by.items()):

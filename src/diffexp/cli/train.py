@@ -151,22 +151,32 @@ class FidProxy:
 
 
 def evaluate_at_end(c: dict, run_dir: Path, logger) -> dict:
-    """The standard evaluation of the final checkpoint into ``run_dir/eval`` (metrics.json etc.),
-    with the run's own sampler; the headline numbers also go to the training logger."""
+    """Evaluate the final checkpoint: into ``run_dir/eval`` with the run's own sampler, or, when
+    ``eval.samplers`` lists samplers, once per entry into ``run_dir/eval/<label>``. The headline
+    numbers also go to the training logger (``eval/fid`` or ``eval/<label>/fid``)."""
     from .eval import EvalCfg, run_eval
 
-    e = {**EvalCfg().__dict__, **c["eval"], "diagnostics": True}
-    ec = {"ckpt": str(run_dir / "checkpoints" / "last.ckpt"), "seed": c["seed"],
-          "name": c["name"], "data_root": c["data"].get("root"), "eval": e,
-          "sampler": {"name": "ckpt"}, "logger": {"name": "none"}, "objective": {}}
-    m = run_eval(ec, run_dir / "eval")
-    if logger:
-        flat = {f"eval/{k}": m[k] for k in ("fid", "kid_mean", "kid_std", "nfe")}
-        if m.get("floor"):
-            flat["eval/floor_fid"] = m["floor"]["fid"]
-        logger.log_metrics(flat)
-    return {k: m[k] for k in ("fid", "kid_mean", "kid_std", "n", "nfe", "wall_time_s")} | {
-        "floor_fid": (m.get("floor") or {}).get("fid")}
+    e = {**EvalCfg().__dict__, **{k: v for k, v in c["eval"].items() if k != "samplers"}}
+    base = {"ckpt": str(run_dir / "checkpoints" / "last.ckpt"), "seed": c["seed"],
+            "name": c["name"], "data_root": c["data"].get("root"), "logger": {"name": "none"},
+            "objective": {}}
+    jobs = c["eval"]["samplers"] or {"": {"name": "ckpt"}}
+    out = {}
+    for i, (label, sampler) in enumerate(jobs.items()):
+        ec = {**base, "eval": {**e, "diagnostics": i == 0}, "sampler": dict(sampler)}
+        m = run_eval(ec, run_dir / "eval" / label if label else run_dir / "eval")
+        prefix = f"eval/{label}/" if label else "eval/"
+        if logger:
+            flat = {prefix + k: m[k] for k in ("fid", "kid_mean", "kid_std", "nfe")}
+            if m.get("floor"):
+                flat[prefix + "floor_fid"] = m["floor"]["fid"]
+            logger.log_metrics(flat)
+        res = {k: m[k] for k in ("fid", "kid_mean", "kid_std", "n", "nfe", "wall_time_s")} | {
+            "floor_fid": (m.get("floor") or {}).get("fid")}
+        if not label:
+            return res
+        out[label] = res
+    return out
 
 
 def write_config(c: dict, run_dir: Path) -> Path:
@@ -229,7 +239,9 @@ def train(c: dict, run_dir: str | Path, callbacks: list | None = None) -> dict:
         sd = data.measured_std()
         c["objective"]["sigma_data"] = sd
         print(f"[diffexp] objective.sigma_data=auto -> {sd:.4f} (measured std of the training "
-              f"data, scale={c['data']['scale']}, pad={c['data']['pad']})")
+              f"data, scale={c['data']['scale']}, pad={c['data']['pad']})"
+              + (f"; the objective uses {sd:.4f} x {c['objective']['sigma_data_factor']:g}"
+                 if c["objective"]["sigma_data_factor"] != 1 else ""))
     write_config(c, run_dir)
 
     if c["task"] == "noise_level":
