@@ -17,7 +17,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-__all__ = ["ConfigError", "validate_train_config", "check_group_choices", "CONF_DIR"]
+__all__ = ["ConfigError", "validate_train_config", "validate_eval_samplers", "check_group_choices",
+           "CONF_DIR"]
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -360,8 +361,9 @@ def validate_eval_samplers(entries: dict, run_sampler: dict) -> dict:
     out = {}
     for label, entry in (entries or {}).items():
         key = f"eval.samplers.{label}"
-        _require(bool(re.fullmatch(r"[A-Za-z0-9_.+-]+", str(label))), "eval.samplers",
-                 "labels must be folder-safe names (letters, digits, _ . + -)", label)
+        safe = re.fullmatch(r"(?=.*[A-Za-z0-9])[A-Za-z0-9_.+-]+", str(label))
+        _require(bool(safe), "eval.samplers", "labels must be folder-safe names (letters, "
+                 "digits, _ . + -)", label)
         if not isinstance(entry, dict):
             raise ConfigError(f"{key} must be a mapping of sampler settings (got {entry!r})")
         if "name" in entry:
