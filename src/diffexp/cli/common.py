@@ -33,6 +33,25 @@ def write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def host_info() -> dict:
+    """The machine a number came from: CPU model, cores, torch threads and GPU (if used)."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "gpu": gpu}
+
+
 def _wandb_logged_in() -> bool:
     """True when an API key is available without prompting: WANDB_API_KEY or a netrc entry."""
     if os.environ.get("WANDB_API_KEY"):

@@ -17,7 +17,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .common import cli_main, make_logger, run_job, write_json
+from .common import cli_main, host_info, make_logger, run_job, write_json
 from .config import CONF_DIR, ConfigError, _choice, _require, _typed
 
 
@@ -175,6 +175,7 @@ def run_eval(c: dict, run_dir: str | Path) -> dict:
         "images_per_s": metrics["images_per_s"],
         "nfe_per_s": metrics["nfe_per_s"],
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "host": host_info(),
         "checkpoint": str(Path(c["ckpt"]).resolve()),
         "use_ema": e["use_ema"],
         "model": {"name": mcfg["model"]["name"],

@@ -18,7 +18,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .common import cli_main, make_logger, run_job, write_json
+from .common import cli_main, host_info, make_logger, run_job, write_json
 from .config import CONF_DIR, ConfigError, validate_train_config
 
 
@@ -282,6 +282,7 @@ def train(c: dict, run_dir: str | Path, callbacks: list | None = None) -> dict:
     wall = time.perf_counter() - t0
     summary = {"name": c["name"], "wall_time_s": round(wall, 2), "epochs": trainer.current_epoch,
                "global_step": trainer.global_step, "device": accelerator, "precision": precision,
+               "host": host_info(),
                "parameters": sum(p.numel() for p in module.net.parameters()),
                "sigma_data": c["objective"].get("sigma_data"),
                "checkpoint": str(run_dir / "checkpoints" / "last.ckpt")}
