@@ -3,6 +3,7 @@
 reports with one row per job and sampler."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -119,6 +120,7 @@ def test_train_evaluates_each_end_sampler(tmp_path):
         assert m["fid"] == s["eval"][label]["fid"]
         assert m["model"]["sigma_data"] == pytest.approx(0.5 * c["objective"]["sigma_data"])
         assert m["model"]["sigma_data_factor"] == 0.5
+        assert m["host"]["cores"] == os.cpu_count() and m["host"]["torch_threads"] >= 1
     # diagnostics once per run, with the first sampler
     assert (tmp_path / "run" / "eval" / "heun_3" / "diagnostics").is_dir()
     assert not (tmp_path / "run" / "eval" / "euler_2" / "diagnostics").exists()
