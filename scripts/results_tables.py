@@ -41,8 +41,10 @@ def _read(path: Path) -> dict | None:
 
 def sweep_table(root: Path) -> str:
     rows, swept = collect(root)
+    jobs = list(dict.fromkeys(r["job"] for r in rows))
+    rows.sort(key=lambda r: (jobs.index(r["job"]), r.get("nfe") or 0, r["overrides"].get("eval", "")))
     keys = [k for k in swept if k != "eval"]
-    head = keys + ["sampler", "NFE", "FID", "KID ± std", "floor FID", "params", "epochs",
+    head = keys + ["sampler (label)", "NFE", "FID", "KID ± std", "floor FID", "params", "epochs",
                    "train s", "eval s", "machine"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -55,7 +57,7 @@ def sweep_table(root: Path) -> str:
             out.append("| " + " | ".join([r["overrides"].get(k, "") for k in keys]
                                          + [f"failed: {r.get('error', '')}"] + [""] * 9) + " |")
             continue
-        sampler = f"{r.get('sampler')} {r.get('steps')}" if r.get("sampler") else ""
+        sampler = label or (f"{r.get('sampler')} {r.get('steps')}" if r.get("sampler") else "")
         kid = (f"{r['kid_mean']:.3f} ± {r['kid_std']:.3f}" if r.get("kid_mean") is not None
                else "")
         cells = [r["overrides"].get(k, "") for k in keys] + [
