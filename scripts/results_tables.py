@@ -4,7 +4,8 @@
 
 Every number comes from a metrics.json / summary.json / study.json in those folders; nothing is
 typed in. One table per experiment folder found (schedule, no_t, karras_samplers, sigma_data,
-scale_cosine, scale_karras); missing ones are skipped with a note.
+scale_cosine, scale_karras, then any other folder of runs, e.g. a seed sweep); missing ones are
+listed at the end.
 """
 
 from __future__ import annotations
@@ -65,6 +66,12 @@ def sweep_table(root: Path) -> str:
             f"{r['parameters']:,}" if r.get("parameters") else "", str(r.get("epochs") or ""),
             _f(r.get("train_s"), 0), _f(r.get("eval_s"), 0), _machine(metrics, summary)]
         out.append("| " + " | ".join(cells) + " |")
+    fids = [r["fid"] for r in rows if r.get("fid") is not None]
+    if keys == ["seed"] and len(fids) >= 2:
+        mean = sum(fids) / len(fids)
+        std = (sum((f - mean) ** 2 for f in fids) / (len(fids) - 1)) ** 0.5
+        out += ["", f"FID over {len(fids)} seeds: mean {mean:.2f}, sample std {std:.2f}, "
+                f"range {min(fids):.2f} to {max(fids):.2f}."]
     return "\n".join(out)
 
 
@@ -99,13 +106,15 @@ def main(argv=None) -> None:
     root = Path(a.root)
     if not root.is_dir():
         sys.exit(f"error: {root}: no such folder (run scripts/results.sh first)")
-    for name in ORDER:
+    present = [n for n in ORDER if (root / n).is_dir()]
+    present += sorted(d.name for d in root.iterdir() if d.is_dir() and d.name not in ORDER)
+    for name in present:
         d = root / name
         print(f"### {name}\n")
-        if not d.is_dir():
-            print(f"(not run: {d} is missing)\n")
-            continue
-        print((no_t_tables(d) if name == "no_t" else sweep_table(d)) + "\n")
+        print((no_t_tables(d) if (d / "study.json").exists() else sweep_table(d)) + "\n")
+    missing = [n for n in ORDER if n not in present]
+    if missing:
+        print(f"(not run under {root}: {', '.join(missing)})")
 
 
 if __name__ == "__main__":
