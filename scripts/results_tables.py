@@ -52,7 +52,7 @@ def sweep_table(root: Path) -> str:
         job = root / r["job"] if r["job"] != "." else root
         label = r["overrides"].get("eval", "")
         metrics = _read(job / "eval" / label / "metrics.json") if label else (
-            _read(job / "eval" / "metrics.json"))
+            _read(job / "eval" / "metrics.json") or _read(job / "metrics.json"))
         summary = _read(job / "summary.json")
         if r["status"] != "ok":
             out.append("| " + " | ".join([r["overrides"].get(k, "") for k in keys]
