@@ -159,3 +159,16 @@ def test_report_has_one_row_per_job_and_end_sampler(tmp_path):
     assert r["parameters"] == 1234 and r["epochs"] == 1 and r["device"] == "cpu"
     md = write_report(tmp_path)["md"].read_text()
     assert "| eval | x |" in md and "Lowest FID: 25" in md
+
+
+def test_resume_accepts_checkpoints_from_before_sigma_data_factor(tmp_path):
+    from diffexp.cli.train import check_resume
+
+    c = validate_train_config(compose_train(["objective=karras", "schedule=karras"]))
+    old = {**c, "objective": {"name": "karras", "sigma_data": 0.66}}  # no factor recorded
+    torch.save({"hyper_parameters": {"cfg": old}}, tmp_path / "old.ckpt")
+    c["ckpt_path"] = str(tmp_path / "old.ckpt")
+    check_resume(c)  # factor 1 == the measured value used as is: same objective
+    c["objective"]["sigma_data_factor"] = 0.5
+    with pytest.raises(ConfigError, match="objective differs"):
+        check_resume(c)

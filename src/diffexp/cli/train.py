@@ -152,18 +152,18 @@ class FidProxy:
 
 def evaluate_at_end(c: dict, run_dir: Path, logger) -> dict:
     """Evaluate the final checkpoint: into ``run_dir/eval`` with the run's own sampler, or, when
-    ``eval.samplers`` lists samplers, once per entry into ``run_dir/eval/<label>``. The headline
-    numbers also go to the training logger (``eval/fid`` or ``eval/<label>/fid``)."""
+    ``eval.samplers`` lists samplers, once per entry into ``run_dir/eval/<label>`` (diagnostics
+    with the first only). The headline numbers also go to the training logger (``eval/fid`` or
+    ``eval/<label>/fid``)."""
     from .eval import EvalCfg, run_eval
 
-    e = {**EvalCfg().__dict__, **{k: v for k, v in c["eval"].items() if k != "samplers"}}
-    base = {"ckpt": str(run_dir / "checkpoints" / "last.ckpt"), "seed": c["seed"],
-            "name": c["name"], "data_root": c["data"].get("root"), "logger": {"name": "none"},
-            "objective": {}}
-    jobs = c["eval"]["samplers"] or {"": {"name": "ckpt"}}
-    out = {}
-    for i, (label, sampler) in enumerate(jobs.items()):
-        ec = {**base, "eval": {**e, "diagnostics": i == 0}, "sampler": dict(sampler)}
+    settings = {**EvalCfg().__dict__, **{k: v for k, v in c["eval"].items() if k != "samplers"}}
+
+    def evaluate(sampler: dict, label: str, diagnostics: bool) -> dict:
+        ec = {"ckpt": str(run_dir / "checkpoints" / "last.ckpt"), "seed": c["seed"],
+              "name": c["name"], "data_root": c["data"].get("root"), "logger": {"name": "none"},
+              "objective": {}, "eval": {**settings, "diagnostics": diagnostics},
+              "sampler": dict(sampler)}
         m = run_eval(ec, run_dir / "eval" / label if label else run_dir / "eval")
         prefix = f"eval/{label}/" if label else "eval/"
         if logger:
@@ -171,12 +171,14 @@ def evaluate_at_end(c: dict, run_dir: Path, logger) -> dict:
             if m.get("floor"):
                 flat[prefix + "floor_fid"] = m["floor"]["fid"]
             logger.log_metrics(flat)
-        res = {k: m[k] for k in ("fid", "kid_mean", "kid_std", "n", "nfe", "wall_time_s")} | {
+        return {k: m[k] for k in ("fid", "kid_mean", "kid_std", "n", "nfe", "wall_time_s")} | {
             "floor_fid": (m.get("floor") or {}).get("fid")}
-        if not label:
-            return res
-        out[label] = res
-    return out
+
+    samplers = c["eval"]["samplers"]
+    if not samplers:
+        return evaluate({"name": "ckpt"}, "", diagnostics=True)
+    return {label: evaluate(s, label, diagnostics=i == 0)
+            for i, (label, s) in enumerate(samplers.items())}
 
 
 def write_config(c: dict, run_dir: Path) -> Path:
@@ -200,10 +202,14 @@ def check_resume(c: dict) -> None:
             f"train.epochs={c['train']['epochs']} differs from the resumed run's "
             f"{old['train']['epochs']}; a resumed {c['optim']['lr_schedule']} LR schedule keeps "
             f"its length (use optim.lr_schedule=constant to extend a run)")
+    def comparable(group: dict) -> dict:
+        # sigma_data is measured at the start of a run; a sigma_data_factor of 1 (or none, in
+        # checkpoints written before the setting existed) means the measured value is used as is
+        return {k: v for k, v in group.items() if k != "sigma_data"
+                and not (k == "sigma_data_factor" and v in (None, 1.0))}
+
     for group in ("model", "objective", "schedule"):
-        keep = {k: v for k, v in old[group].items() if k != "sigma_data"}
-        new = {k: v for k, v in c[group].items() if k != "sigma_data"}
-        if keep != new:
+        if comparable(old[group]) != comparable(c[group]):
             raise ConfigError(f"{group} differs from the resumed run's ({old[group]['name']}); "
                               f"resume with the same {group} settings")
 
