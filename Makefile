@@ -11,10 +11,10 @@ else
 endif
 ARGS ?=
 
-.PHONY: install run test test-slow test-all lint bench clean help
+.PHONY: install run test test-slow test-all lint bench results clean help
 
 help:
-	@echo "make install | run | test | test-slow | test-all | lint | bench | clean"
+	@echo "make install | run | test | test-slow | test-all | lint | bench | results | clean"
 
 $(STAMP): pyproject.toml
 	@if [ "$(PY)" = "$(VENV)/bin/python" ] && [ ! -x $(PY) ]; then python3 -m venv $(VENV); fi
@@ -36,6 +36,11 @@ test-slow: install
 
 test-all: install
 	$(PY) -m pytest -q -m "slow or not slow" $(ARGS)
+
+# the experiments of docs/RESULTS.md (CPU-sized: about two hours on 2 cores, one at a time)
+results: install
+	PYTHON=$(PY) scripts/results.sh runs/results $(ARGS)
+	$(PY) scripts/results_tables.py runs/results
 
 lint: install
 	$(PY) -m ruff check src tests scripts train.py eval.py
