@@ -37,7 +37,7 @@ test-slow: install
 test-all: install
 	$(PY) -m pytest -q -m "slow or not slow" $(ARGS)
 
-# the experiments of docs/RESULTS.md (CPU-sized: about two hours on 2 cores, one at a time)
+# the experiments of docs/RESULTS.md (CPU-sized; see there for times and for running two at once)
 results: install
 	PYTHON=$(PY) scripts/results.sh runs/results $(ARGS)
 	$(PY) scripts/results_tables.py runs/results
