@@ -283,7 +283,7 @@ def validate_objective(o) -> dict:
         sd = o["sigma_data"]
         ok = sd == "auto" or (isinstance(sd, (int, float)) and not isinstance(sd, bool) and sd > 0)
         _require(ok, "objective.sigma_data", "must be 'auto' or a number > 0", sd)
-        f = o["sigma_data_factor"] = 1.0 if o["sigma_data_factor"] is None else o["sigma_data_factor"]
+        f = 1.0 if o["sigma_data_factor"] is None else o["sigma_data_factor"]
         ok = isinstance(f, (int, float)) and not isinstance(f, bool) and f > 0
         _require(ok, "objective.sigma_data_factor", "must be a number > 0", f)
         o["sigma_data_factor"] = float(f)
