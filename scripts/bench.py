@@ -220,18 +220,10 @@ def apply_mallopt(threshold: int = 1 << 30) -> str:
     return f"glibc mallopt(M_MMAP_THRESHOLD={threshold}, M_TRIM_THRESHOLD={threshold})"
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info(device: torch.device) -> dict:
     import pytorch_lightning as pl
+
+    from diffexp.cli.common import cpu_model
 
     info = {
         "device": str(device),

@@ -33,22 +33,25 @@ def write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def host_info() -> dict:
-    """The machine a number came from: CPU model, cores, torch threads and GPU (if used)."""
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), else what platform reports."""
     import platform
 
-    import torch
-
-    cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def host_info() -> dict:
+    """The machine a number came from: CPU model, cores, torch threads and GPU (if used)."""
+    import torch
+
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "gpu": gpu}
 
 
