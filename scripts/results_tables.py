@@ -24,13 +24,14 @@ def _f(v, digits=2) -> str:
     return "" if v is None else f"{v:.{digits}f}"
 
 
-def _machine(metrics: dict | None, summary: dict | None) -> str:
-    host = (metrics or {}).get("host") or (summary or {}).get("host")
+def _machine(record: dict) -> str:
+    """A report row, or a summary.json: the host it recorded, else its device."""
+    host = record.get("host")
     if host:
         if host.get("gpu"):
             return host["gpu"]
         return f"{host['cpu']} CPU, {host['torch_threads']} thread(s)"
-    return str((metrics or {}).get("device") or (summary or {}).get("device") or "")
+    return str(record.get("device") or "")
 
 
 def _read(path: Path) -> dict | None:
@@ -49,11 +50,7 @@ def sweep_table(root: Path) -> str:
                    "train s", "eval s", "machine"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        job = root / r["job"] if r["job"] != "." else root
         label = r["overrides"].get("eval", "")
-        metrics = _read(job / "eval" / label / "metrics.json") if label else (
-            _read(job / "eval" / "metrics.json") or _read(job / "metrics.json"))
-        summary = _read(job / "summary.json")
         if r["status"] != "ok":
             out.append("| " + " | ".join([r["overrides"].get(k, "") for k in keys]
                                          + [f"failed: {r.get('error', '')}"] + [""] * 9) + " |")
@@ -64,7 +61,7 @@ def sweep_table(root: Path) -> str:
         cells = [r["overrides"].get(k, "") for k in keys] + [
             sampler, str(r.get("nfe") or ""), _f(r.get("fid")), kid, _f(r.get("floor_fid")),
             f"{r['parameters']:,}" if r.get("parameters") else "", str(r.get("epochs") or ""),
-            _f(r.get("train_s"), 0), _f(r.get("eval_s"), 0), _machine(metrics, summary)]
+            _f(r.get("train_s"), 0), _f(r.get("eval_s"), 0), _machine(r)]
         out.append("| " + " | ".join(cells) + " |")
     fids = [r["fid"] for r in rows if r.get("fid") is not None]
     if keys == ["seed"] and len(fids) >= 2:
@@ -88,7 +85,7 @@ def no_t_tables(root: Path) -> str:
         out.append(f"| {r['model']} | {r['nfe']} | {_f(r['fid'])} | {r['kid_mean']:.3f} ± "
                    f"{r['kid_std']:.3f} | {_f(r['floor_fid'])} | {s.get('parameters', 0):,} | "
                    f"{s.get('epochs', '')} | {_f(s.get('wall_time_s'), 0)} | "
-                   f"{_f(r.get('sample_time_s'), 0)} | {_machine(None, s)} |")
+                   f"{_f(r.get('sample_time_s'), 0)} | {_machine(s)} |")
     out += ["", "| predictor target | held-out n | MSE on own target | constant-predictor MSE | "
             "alpha_bar MSE | logit(alpha_bar) MSE | params | train s |", "|" + "---|" * 8]
     for target, p in study.get("predictors", {}).items():

@@ -106,13 +106,14 @@ def collect(root: str | Path) -> tuple[list[dict], list[str]]:
                            nfe=metrics.get("nfe"), sampler=metrics.get("sampler_name"),
                            steps=metrics.get("steps"), parameters=model.get("parameters"),
                            epochs=model.get("epochs"), device=metrics.get("device"),
+                           host=metrics.get("host"),
                            eval_s=metrics.get("wall_time_s"),
                            wall_time_s=metrics.get("wall_time_s"))
             if summary:
                 row.update(final_train_loss=summary.get("final_train_loss"),
                            final_val_loss=summary.get("final_val_loss"),
                            train_s=summary.get("wall_time_s"))
-                for key in ("parameters", "epochs"):
+                for key in ("parameters", "epochs", "device", "host"):
                     if row.get(key) is None:
                         row[key] = summary.get(key)
                 row["wall_time_s"] = summary.get("wall_time_s") if not metrics else (
