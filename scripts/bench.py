@@ -470,9 +470,7 @@ def run_fid(args, c: dict, module, device: torch.device, mem: PeakMemory, log) -
     from diffexp.metrics import Evaluator
 
     steps = fid_steps(args.fid_sampler, args.fid_nfe)
-    sampler_cfg = {**c["sampler"], "name": args.fid_sampler, "steps": steps}
-    sampler_cfg = {k: v for k, v in sampler_cfg.items()
-                   if k in ("name", "steps", "grid", "rho", "sigma_min", "sigma_max")}
+    sampler_cfg = {"name": args.fid_sampler, "steps": steps}  # its defaults, the run's grid
     t0 = time.perf_counter()
     ref = reference_images(args.data_root or c["data"].get("root"))
     if args.fid_ref_n:

@@ -6,7 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from diffexp.cli.config import ConfigError, check_group_choices, validate_train_config
+from diffexp.cli.config import (
+    ConfigError,
+    check_group_choices,
+    check_moved_settings,
+    validate_train_config,
+)
 
 from .helpers import compose_train
 
@@ -38,6 +43,13 @@ BAD = [
     (["seed=-1"], "seed"),
     (["+foo=1"], "foo"),
     (["ckpt_path=/nonexistent/last.ckpt"], "ckpt_path"),
+    (["grid.rho=3"], "grid.rho"),                      # rho on the schedule grid would not act
+    (["grid=exponential", "grid.rho=3"], "grid.rho"),
+    (["grid=karras", "grid.rho=0"], "grid.rho"),
+    (["grid=karras", "grid.sigma_min=5", "grid.sigma_max=1"], "grid.sigma_min"),
+    (["grid=ckpt"], "grid=ckpt"),
+    (["+sampler.rho=3"], "sampler.rho"),               # the old flat spelling, from any source
+    (["schedule=karras", "+schedule.rho=3"], "schedule.rho"),
 ]
 
 
@@ -54,6 +66,7 @@ def test_bad_values_name_the_key(overrides, key):
     [], ["schedule=karras", "objective=karras"], ["schedule=sigmoid", "schedule.tau=0.7",
                                                   "objective=v", "data.scale=0.5"],
     ["schedule=linear", "objective=x0", "sampler=euler"], ["experiment=course_karras"],
+    ["grid=karras", "grid.rho=3", "grid.sigma_max=20"], ["grid=exponential", "sampler=heun"],
     ["experiment=course_cosine"], ["experiment=quickstart"], ["debug=fast"],
 ])
 def test_good_configs_validate(overrides):
@@ -99,3 +112,57 @@ def test_cli_help_lists_groups(tmp_path):
     for group, option in [("schedule", "sigmoid"), ("objective", "karras"), ("model", "unet_course"),
                           ("sampler", "heun"), ("experiment", "course_karras"), ("logger", "wandb")]:
         assert f"{group}:" in r.stdout and option in r.stdout, (group, option)
+
+
+@pytest.mark.parametrize("arg,fix", [
+    ("sampler.rho=3,5,7", "write grid=karras grid.rho=3,5,7"),
+    ("sampler.grid=karras", "write grid=karras"),
+    ("+sampler.sigma_min=0.01", "write grid.sigma_min=0.01"),
+    ("schedule.rho=5", "write grid=karras grid.rho=5"),
+])
+def test_old_grid_spellings_say_what_to_write(arg, fix):
+    with pytest.raises(ConfigError) as e:
+        check_moved_settings(["-m", "data.scale=1,2", arg])
+    assert str(e.value).endswith(fix) and "\n" not in str(e.value)
+    check_moved_settings(["grid=karras", "grid.rho=3,5,7", "sampler.steps=10"])  # the new form
+
+
+def test_cli_old_rho_spelling_exits_cleanly(tmp_path):
+    r = _cli("-m", "data.scale=0.5,1", "sampler.rho=3,5,7", cwd=tmp_path)
+    err = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(err) == 1, r.stderr
+    assert "sampler.rho" in err[0] and "grid=karras grid.rho=3,5,7" in err[0]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_grid_group_reaches_the_config():
+    c = validate_train_config(compose_train(["grid=karras", "grid.rho=3"]))
+    assert c["grid"] == {"name": "karras", "rho": 3.0, "sigma_min": None, "sigma_max": None}
+    assert "rho" not in c["sampler"] and "grid" not in c["sampler"]
+    c = validate_train_config(compose_train([]))
+    assert c["grid"]["name"] == "schedule" and c["grid"]["rho"] is None
+    c = validate_train_config(compose_train(["sweep=scale_rho"]))
+    assert c["grid"]["name"] == "karras"  # the named sweep's rho acts
+
+
+def test_checkpoint_configs_from_before_the_grid_group_keep_their_meaning():
+    from diffexp.module import upgrade_config
+
+    old = {"schedule": {"name": "cosine"}, "sampler": {"name": "euler", "steps": 5,
+                                                      "grid": "karras", "rho": 3.0,
+                                                      "sigma_min": None, "sigma_max": None}}
+    new = upgrade_config(old)
+    assert new["sampler"] == {"name": "euler", "steps": 5}
+    assert new["grid"] == {"name": "karras", "rho": 3.0, "sigma_min": None, "sigma_max": None}
+    # rho without the karras grid never acted: it is dropped, not moved
+    old = {"schedule": {"name": "cosine"}, "sampler": {"name": "ddim", "grid": "schedule",
+                                                      "rho": 7.0}}
+    assert upgrade_config(old)["grid"]["rho"] is None
+    # a karras schedule's own grid used the schedule's rho: the same grid, written explicitly
+    old = {"schedule": {"name": "karras", "sigma_min": 0.002, "sigma_max": 80.0, "rho": 3.0},
+           "sampler": {"name": "heun", "grid": "schedule", "rho": 7.0}}
+    g = upgrade_config(old)["grid"]
+    assert g == {"name": "karras", "rho": 3.0, "sigma_min": 0.002, "sigma_max": 80.0}
+    old = {"schedule": {"name": "karras", "rho": 7.0}, "sampler": {"name": "heun"}}
+    new = upgrade_config(old)
+    assert "rho" not in new["schedule"] and new["grid"]["name"] == "schedule"

@@ -59,6 +59,9 @@ def test_eval_sampler_without_name_starts_from_the_run_sampler():
     ("+eval.samplers={x:{name:euler,eta:0.5}}", "eval.samplers.x"),
     ("+eval.samplers={x:{name:heun,steps:0}}", "eval.samplers.x"),
     ("+eval.samplers={x:3}", "eval.samplers.x"),
+    ("+eval.samplers={x:{name:euler,grid:{rho:3}}}", "eval.samplers.x: grid.rho acts only on"),
+    ("+eval.samplers={x:{name:euler,grid:{name:cosine}}}", "eval.samplers.x: grid.name"),
+    ("+eval.samplers={x:{name:euler,rho:3}}", "eval.samplers.x: sampler.rho is no longer"),
 ])
 def test_bad_eval_samplers_name_the_entry(override, needle):
     with pytest.raises(ConfigError) as e:
@@ -67,6 +70,16 @@ def test_bad_eval_samplers_name_the_entry(override, needle):
     assert needle in msg and "\n" not in msg
     if "nope" in override:
         assert "heun" in msg and "dpmpp_2m" in msg and "ckpt" not in msg
+
+
+def test_eval_sampler_entries_may_carry_their_own_grid():
+    c = validate_train_config(compose_train(
+        ["grid=karras", "grid.rho=5", "+eval.samplers={a:{name:euler,grid:{rho:3}},"
+         "b:{name:heun,grid:{name:exponential}},c:{name:lms}}"]))
+    s = c["eval"]["samplers"]
+    assert s["a"]["grid"] == {"name": "karras", "rho": 3.0, "sigma_min": None, "sigma_max": None}
+    assert s["b"]["grid"]["name"] == "exponential" and s["b"]["grid"]["rho"] is None
+    assert "grid" not in s["c"]  # the run's own grid (karras, rho 5)
 
 
 def test_eval_sampler_labels_must_be_folder_names():

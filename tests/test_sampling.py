@@ -508,18 +508,48 @@ def test_validation_errors():
     ({"name": "euler", "steps": 2.5}, r"^sampler\.steps must be an integer >= 1 \(got 2.5\)$"),
     ({"name": "euler", "s_noise": "x"}, r"^sampler\.s_noise must be a number >= 0"),
     ({"name": "foo"}, r"^sampler\.name='foo' is not one of \['ddim'"),
-    ({"name": "euler", "rho": -1.0}, r"^sampler\.rho must be > 0 \(got -1.0\)$"),
-    ({"name": "euler", "grid": "cosine"}, r"^sampler\.grid='cosine' is not one of"),
+    ({"name": "euler", "rho": 5.0}, r"^sampler\.rho is not an option of sampler 'euler'"),
     ({"name": "ddim", "eta": -1}, r"^sampler\.eta must be >= 0 \(got -1\)$"),
     ({"name": "ddim", "s_churn": 1.0}, r"^sampler\.s_churn is not an option of sampler 'ddim' "
                                        r"\(valid options: eta, clip_x0, use_clipped_eps\)$"),
-    ({"name": "euler", "sigma_min": 0.0}, r"^sampler\.sigma_min must be > 0"),
     ({"name": "ddpm", "clip_x0": [1.0, -1.0]}, r"^sampler\.clip_x0 must be"),
     ({"name": "ddpm", "variance": "fixed"}, r"^sampler\.variance must be one of"),
 ])
 def test_validate_sampler_config(cfg, msg):
     with pytest.raises(ValueError, match=msg):
         smp.validate_sampler_config(cfg)
+
+
+@pytest.mark.parametrize("grid,msg", [
+    ({"name": "schedule", "rho": 5.0}, r"^grid\.rho acts only on the karras grid \(this is "
+                                       r"grid=schedule\); write grid=karras grid\.rho=5\.0$"),
+    ({"name": "exponential", "rho": 3}, r"^grid\.rho acts only on the karras grid"),
+    ({"name": "karras", "rho": -1.0}, r"^grid\.rho must be > 0 \(got -1.0\)$"),
+    ({"name": "cosine"}, r"^grid\.name='cosine' is not one of"),
+    ({"name": "karras", "sigma_min": 0.0}, r"^grid\.sigma_min must be > 0"),
+    ({"name": "karras", "sigma_min": 2.0, "sigma_max": 1.0}, r"^grid\.sigma_min must be < "),
+    ({"name": "karras", "steps": 3}, r"^grid\.steps is not a grid setting"),
+])
+def test_validate_grid_config(grid, msg):
+    with pytest.raises(ValueError, match=msg):
+        smp.validate_grid_config(grid)
+
+
+def test_grid_config_rho_acts():
+    """The karras grid's rho reaches the sigmas (the grid changes with it), rho 7 by default."""
+    sched = LinearSchedule()
+    grids = {}
+    for rho in (3.0, 7.0):
+        kw, _ = smp.split_sampler_config({"name": "euler", "steps": 6},
+                                         {"name": "karras", "rho": rho})
+        grids[rho] = smp.build_sigmas(sched, kw["steps"], kw["grid"], kw["rho"],
+                                      kw["sigma_min"], kw["sigma_max"])
+        expect = smp.karras_sigmas(6, sched.sigma_min, sched.sigma_max, rho)
+        torch.testing.assert_close(grids[rho], expect, rtol=0, atol=0)
+    assert not torch.allclose(grids[3.0], grids[7.0])
+    assert smp.validate_grid_config({"name": "karras"})["rho"] == 7.0
+    assert smp.validate_grid_config(None) == {"name": "schedule", "rho": None, "sigma_min": None,
+                                              "sigma_max": None}
 
 
 def test_yaml_configs():
@@ -532,6 +562,10 @@ def test_yaml_configs():
         grid_kw, options = smp.split_sampler_config(cfg)
         assert set(grid_kw) == {"sampler", "steps", "grid", "rho", "sigma_min", "sigma_max"}
         assert options == smp.sampler_options(name)  # every option listed, at its default
+    for path in (CONF.parent / "grid").glob("*.yaml"):  # every grid yaml validates (but ckpt)
+        g = yaml.safe_load(path.read_text())
+        if g["name"] != "ckpt":
+            assert smp.validate_grid_config(g)["name"] == path.stem
     grid_kw, options = smp.split_sampler_config({"name": "ddpm", "clip_x0": [-0.5, 0.5]})
     assert grid_kw["steps"] == 20 and grid_kw["grid"] == "schedule"
     assert options == {"clip_x0": (-0.5, 0.5)}

@@ -83,16 +83,16 @@ def test_kill_and_resume(tmp_path):
 def test_named_sweep_with_joblib_and_report(tmp_path):
     r = _train("-m", "sweep=scale_rho", *TINY, "debug=fast", "logger=csv",
                "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "data.scale=0.5,2",
-               "sampler.rho=3,7", "eval.n_samples=32", "eval.batch_size=32",
+               "grid.rho=3,7", "eval.n_samples=32", "eval.batch_size=32",
                "hydra.sweep.dir=sweep", cwd=tmp_path, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     rows, swept = collect(tmp_path / "sweep")
-    assert len(rows) == 4 and set(swept) == {"data.scale", "sampler.rho"}
+    assert len(rows) == 4 and set(swept) == {"data.scale", "grid.rho"}
     assert all(x["status"] == "ok" and x["fid"] > 0 and x["floor_fid"] > 0 for x in rows)
     names = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
-    assert any("data.scale=0.5" in n and "sampler.rho=3" in n for n in names)  # readable
+    assert any("data.scale=0.5" in n and "grid.rho=3" in n for n in names)  # readable
     files = write_report(tmp_path / "sweep")
-    assert files["fid_vs_data.scale"].is_file() and files["fid_vs_sampler.rho"].is_file()
+    assert files["fid_vs_data.scale"].is_file() and files["fid_vs_grid.rho"].is_file()
     cfg = (tmp_path / "sweep" / names[0] / "config.yaml").read_text()
     assert "grid: karras" in cfg
 

@@ -53,9 +53,11 @@ def _sync(device) -> None:
 
 
 def evaluate_samples(module: DiffusionModule, evaluator: Evaluator, sampler_cfg: dict, *,
-                     n: int, seed: int, batch_size: int, use_ema: bool = True,
+                     n: int, seed: int, batch_size: int, grid_cfg: dict | None = None,
+                     use_ema: bool = True,
                      per_step: bool = False) -> tuple[dict, Tensor, list[dict] | None]:
-    """Sample ``n`` images and score them. Returns ``(metrics, uint8 images, per-step rows)``."""
+    """Sample ``n`` images (``grid_cfg`` None: the run's own grid) and score them. Returns
+    ``(metrics, uint8 images, per-step rows)``."""
     d = module.cfg["data"]
     steps_u8: dict[int, list[Tensor]] = {}
     step_sigma: dict[int, float] = {}
@@ -67,7 +69,8 @@ def evaluate_samples(module: DiffusionModule, evaluator: Evaluator, sampler_cfg:
 
     _sync(module.device)
     t0 = time.perf_counter()
-    _, u8, nfe = module.generate(n, seed=seed, sampler_cfg=sampler_cfg, use_ema=use_ema,
+    _, u8, nfe = module.generate(n, seed=seed, sampler_cfg=sampler_cfg, grid_cfg=grid_cfg,
+                                 use_ema=use_ema,
                                  batch_size=batch_size, callback=keep_x0 if per_step else None)
     _sync(module.device)
     t_sample = time.perf_counter() - t0

@@ -25,7 +25,7 @@ from .schedules import Schedule, build_schedule
 from .viz import save_grid
 
 __all__ = ["DiffusionModule", "IndexBatches", "build_schedule_from_cfg", "build_net",
-           "load_module"]
+           "load_module", "upgrade_config"]
 
 
 #: sampler-config keys that act on the denoiser, not on the sampler function
@@ -41,6 +41,33 @@ def pop_denoiser_options(sampler_cfg: dict) -> tuple[dict, dict]:
     if not isinstance(clip, bool):
         raise ValueError(f"sampler.clip_denoised must be true or false (got {clip!r})")
     return scfg, opts
+
+
+def upgrade_config(cfg: dict) -> dict:
+    """A run config written by an earlier version, in today's shape (in place; returned).
+
+    Before the grid group, the sampler config held ``grid``, ``rho``, ``sigma_min`` and
+    ``sigma_max`` (rho acting only with grid=karras) and the karras schedule a ``rho`` of its own
+    that its default grid used. They become ``cfg["grid"]`` with the meaning they had: a karras
+    schedule's own grid with a rho other than 7 is written as the karras grid with that rho, which
+    is the same grid."""
+    if "grid" not in cfg and isinstance(cfg.get("sampler"), dict):
+        smp = cfg["sampler"]
+        grid = {"name": smp.pop("grid", "schedule"), "rho": smp.pop("rho", None),
+                "sigma_min": smp.pop("sigma_min", None), "sigma_max": smp.pop("sigma_max", None)}
+        sched = cfg.get("schedule", {})
+        if grid["name"] == "schedule" and sched.get("name") == "karras" \
+                and float(sched.get("rho", 7.0)) != 7.0:
+            grid["name"], grid["rho"] = "karras", float(sched["rho"])
+            grid["sigma_min"] = grid["sigma_min"] or sched.get("sigma_min")
+            grid["sigma_max"] = grid["sigma_max"] or sched.get("sigma_max")
+        if grid["name"] != "karras":
+            grid["rho"] = None
+        cfg["grid"] = grid
+    sched = cfg.get("schedule", {})
+    if sched.get("name") == "karras" and float(sched.get("rho", 7.0)) == 7.0:
+        sched.pop("rho", None)  # the fixed time map; a rho other than 7 stays (it defined t)
+    return cfg
 
 
 def build_schedule_from_cfg(sched_cfg: dict) -> Schedule:
@@ -259,10 +286,12 @@ class DiffusionModule(_DataModuleMixin):
 
     @torch.no_grad()
     def generate(self, n: int, seed: int = 0, sampler_cfg: dict | None = None,
-                 use_ema: bool = True, batch_size: int | None = None, callback=None):
-        """Sample ``n`` images; returns ``(x0 in the data range, uint8 images, nfe)``."""
+                 grid_cfg: dict | None = None, use_ema: bool = True,
+                 batch_size: int | None = None, callback=None):
+        """Sample ``n`` images with a sampler config and a grid config (default: the run's own);
+        returns ``(x0 in the data range, uint8 images, nfe)``."""
         scfg, dopts = pop_denoiser_options(sampler_cfg or self.cfg["sampler"])
-        grid_kw, options = sampling.split_sampler_config(scfg)
+        grid_kw, options = sampling.split_sampler_config(scfg, grid_cfg or self.cfg.get("grid"))
         was_training = self.training
         self.eval()
         den = self.denoiser(use_ema, clip=dopts.get("clip_denoised", False))
@@ -420,7 +449,7 @@ def load_noise_level_net(path: str | Path) -> tuple[NoiseLevelNet, dict]:
 def load_module(path: str | Path, map_location="cpu") -> DiffusionModule:
     """Rebuild a module from a checkpoint written by training (config from the checkpoint)."""
     ckpt = torch.load(str(path), map_location=map_location, weights_only=False)
-    cfg = ckpt["hyper_parameters"]["cfg"]
+    cfg = upgrade_config(ckpt["hyper_parameters"]["cfg"])
     module = DiffusionModule(cfg)
     module.load_state_dict(ckpt["state_dict"])
     return module

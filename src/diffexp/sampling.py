@@ -80,13 +80,15 @@ callback's dict gains ``"batch_start"`` (global index of the batch's first image
 
 Config
 ------
-A sampler config is a flat dict (``conf/sampler/<name>.yaml``): ``name``, ``steps``, ``grid``,
-``rho``, ``sigma_min``, ``sigma_max`` are grid settings; every other key is a sampler option.
-``validate_sampler_config(cfg)`` raises ``ValueError("sampler.steps must be >= 1 (got 0)")``-style
-one-line errors; ``split_sampler_config(cfg) -> (grid_kwargs, options)`` validates and splits it,
-``grid_kwargs`` holding ``sampler`` (the name), ``steps``, ``grid``, ``rho``, ``sigma_min``,
-``sigma_max``, so ``sample(den, sched, n=..., shape=..., seed=..., **grid_kwargs, **options)``
-works. Every setting error is a ``ValueError`` naming the setting.
+A run's sampling is two config groups. The sampler (``conf/sampler/<name>.yaml``) holds ``name``,
+``steps`` and the sampler's options; the grid (``conf/grid/<name>.yaml``) holds ``name``
+(``schedule`` | ``karras`` | ``exponential``), ``rho`` (karras only) and ``sigma_min`` /
+``sigma_max``. ``validate_sampler_config(cfg)`` and ``validate_grid_config(grid)`` raise
+``ValueError("sampler.steps must be >= 1 (got 0)")``-style one-line errors naming the setting; a
+rho given to a grid other than karras is such an error, so rho can never be set without acting.
+``split_sampler_config(cfg, grid) -> (kwargs, options)`` validates both and returns ``kwargs``
+holding ``sampler`` (the name), ``steps``, ``grid``, ``rho``, ``sigma_min``, ``sigma_max``, so
+``sample(den, sched, n=..., shape=..., seed=..., **kwargs, **options)`` works.
 """
 
 from __future__ import annotations
@@ -103,7 +105,7 @@ from torch import Tensor
 __all__ = [
     "SAMPLERS",
     "GRIDS",
-    "GRID_KEYS",
+    "GRID_CONFIG_KEYS",
     "PerSampleNoise",
     "per_sample_seed",
     "CountingDenoiser",
@@ -116,6 +118,7 @@ __all__ = [
     "nfe",
     "sample",
     "validate_sampler_config",
+    "validate_grid_config",
     "split_sampler_config",
     "sample_ddpm",
     "sample_ddim",
@@ -132,7 +135,8 @@ __all__ = [
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 
 GRIDS = ("schedule", "karras", "exponential")
-GRID_KEYS = ("name", "steps", "grid", "rho", "sigma_min", "sigma_max")
+#: the settings of a grid config (conf/grid/<name>.yaml)
+GRID_CONFIG_KEYS = ("name", "rho", "sigma_min", "sigma_max")
 
 # =============================================================================================
 # Noise
@@ -870,34 +874,63 @@ def sample(denoiser: Denoiser, schedule, *, n: int, shape: Sequence[int], seed: 
 # =============================================================================================
 
 
+def validate_grid_config(grid) -> dict:
+    """Check a grid config (``conf/grid/<name>.yaml``: ``name``, ``rho``, ``sigma_min``,
+    ``sigma_max``) and return it complete. ``None`` is the schedule's own grid. ``rho`` belongs to
+    the karras grid only (default 7): a rho given with another grid would be silently unused, so it
+    is an error naming the fix."""
+    g = {"name": "schedule"} if grid is None else dict(grid)
+    unknown = sorted(set(g) - set(GRID_CONFIG_KEYS))
+    if unknown:
+        raise ValueError(f"grid.{unknown[0]} is not a grid setting (valid: "
+                         f"{', '.join(GRID_CONFIG_KEYS)})")
+    name = g.get("name", "schedule")
+    if name not in GRIDS:
+        raise ValueError(f"grid.name={name!r} is not one of {list(GRIDS)}")
+    rho = g.get("rho")
+    if name == "karras":
+        rho = 7.0 if rho is None else rho
+        _check_positive_number(rho, "grid.rho")
+        rho = float(rho)
+    elif rho is not None:
+        raise ValueError(f"grid.rho acts only on the karras grid (this is grid={name}); "
+                         f"write grid=karras grid.rho={rho}")
+    _check_sigma_range(g.get("sigma_min"), g.get("sigma_max"), prefix="grid.")
+    return {"name": name, "rho": rho, "sigma_min": g.get("sigma_min"),
+            "sigma_max": g.get("sigma_max")}
+
+
 def validate_sampler_config(cfg) -> None:
-    """Check a flat sampler config (``conf/sampler/<name>.yaml``); raise a one-line ValueError
-    naming the setting (``sampler.<key>``)."""
+    """Check a sampler config (``conf/sampler/<name>.yaml``: ``name``, ``steps`` and the sampler's
+    options); raise a one-line ValueError naming the setting (``sampler.<key>``). The grid is not
+    part of it (see :func:`validate_grid_config`)."""
     cfg = dict(cfg)
     name = cfg.get("name")
     if name not in SAMPLERS:
         raise ValueError(f"sampler.name={name!r} is not one of {sorted(SAMPLERS)}")
-    _check_grid_settings(cfg.get("steps", 20), cfg.get("grid", "schedule"), cfg.get("rho", 7.0),
-                         cfg.get("sigma_min"), cfg.get("sigma_max"), prefix="sampler.")
-    _check_options(name, {k: v for k, v in cfg.items() if k not in GRID_KEYS}, prefix="sampler.")
+    _check_steps(cfg.get("steps", 20), "sampler.steps")
+    _check_options(name, {k: v for k, v in cfg.items() if k not in ("name", "steps")},
+                   prefix="sampler.")
 
 
-def split_sampler_config(cfg) -> tuple[dict, dict]:
-    """Validate and split a flat sampler config into ``(grid_kwargs, options)``: ``grid_kwargs``
-    has ``sampler`` (from ``name``), ``steps``, ``grid``, ``rho``, ``sigma_min``, ``sigma_max``
-    (defaults filled in); ``options`` is everything else, for the sampler function."""
+def split_sampler_config(cfg, grid=None) -> tuple[dict, dict]:
+    """Validate a sampler config and a grid config and turn them into ``(kwargs, options)``:
+    ``kwargs`` has ``sampler`` (from ``name``), ``steps``, ``grid``, ``rho``, ``sigma_min``,
+    ``sigma_max``, so ``sample(den, sched, n=..., shape=..., seed=..., **kwargs, **options)``
+    works; ``options`` is everything else in the sampler config, for the sampler function."""
     cfg = dict(cfg)
     validate_sampler_config(cfg)
-    grid_kwargs = {
+    g = validate_grid_config(grid)
+    kwargs = {
         "sampler": cfg["name"],
         "steps": cfg.get("steps", 20),
-        "grid": cfg.get("grid", "schedule"),
-        "rho": float(cfg.get("rho", 7.0)),
-        "sigma_min": cfg.get("sigma_min"),
-        "sigma_max": cfg.get("sigma_max"),
+        "grid": g["name"],
+        "rho": 7.0 if g["rho"] is None else g["rho"],
+        "sigma_min": g["sigma_min"],
+        "sigma_max": g["sigma_max"],
     }
-    options = {k: v for k, v in cfg.items() if k not in GRID_KEYS}
+    options = {k: v for k, v in cfg.items() if k not in ("name", "steps")}
     clip = options.get("clip_x0")
     if clip is not None and not _is_number(clip):  # a list / ListConfig pair -> plain tuple
         options["clip_x0"] = tuple(float(v) for v in clip)
-    return grid_kwargs, options
+    return kwargs, options

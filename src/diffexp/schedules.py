@@ -206,7 +206,11 @@ class KarrasSchedule(Schedule):
     sampling on the rho grid. Its time is the rho ramp,
     ``sigma(t) = (sigma_min^(1/rho) + t (sigma_max^(1/rho) - sigma_min^(1/rho)))^rho``,
     so t = 0 is sigma_min, t = 1 is sigma_max, and ``sampling_sigmas`` (uniform in t) is exactly
-    the EDM grid. abar follows from sigma as everywhere: 1 / (1 + sigma^2)."""
+    the EDM grid. abar follows from sigma as everywhere: 1 / (1 + sigma^2).
+
+    ``rho`` fixes this time map (and with it the t an eps/x0/v model on this schedule is
+    conditioned on); configs leave it at 7, and a sampling grid with another rho is the grid
+    group's business (``grid=karras grid.rho=...``), so there is one sampling rho, not two."""
 
     name = "karras"
 

@@ -9,7 +9,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from .config import ConfigError, check_group_choices, fail
+from .config import ConfigError, check_group_choices, check_moved_settings, fail
 
 #: jobs of this process's multirun that failed: (run_dir, one-line error)
 FAILED_JOBS: list[tuple[str, str]] = []
@@ -230,6 +230,7 @@ def cli_main(hydra_main) -> None:
     """Pre-check group choices, run Hydra, and exit non-zero if any multirun job failed."""
     try:
         check_group_choices(sys.argv[1:])
+        check_moved_settings(sys.argv[1:])
     except ConfigError as e:
         fail(str(e))
     os.environ["DIFFEXP_SWEPT_KEYS"] = ";".join(swept_keys(sys.argv[1:]))

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 __all__ = ["ConfigError", "validate_train_config", "validate_eval_samplers", "check_group_choices",
-           "CONF_DIR"]
+           "check_moved_settings", "CONF_DIR"]
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -85,13 +85,20 @@ class KarrasCfg:
     name: str = "karras"
     sigma_min: float = 0.002
     sigma_max: float = 80.0
-    rho: float = 7.0
     p_mean: float = -1.2
     p_std: float = 1.2
 
 
 SCHEDULE_SCHEMAS = {"linear": LinearCfg, "cosine": CosineCfg, "sigmoid": SigmoidCfg,
                     "karras": KarrasCfg}
+
+
+@dataclass
+class GridCfg:
+    name: str = "schedule"
+    rho: float | None = None
+    sigma_min: float | None = None
+    sigma_max: float | None = None
 
 
 @dataclass
@@ -245,12 +252,13 @@ def validate_model(m) -> dict:
 def validate_schedule(s) -> dict:
     name = s.get("name") if isinstance(s, (dict, DictConfig)) else None
     _choice(name, "schedule.name", sorted(SCHEDULE_SCHEMAS))
+    if "rho" in s:
+        raise moved_setting_error("schedule.rho", s["rho"])
     s = _typed(s, SCHEDULE_SCHEMAS[name], "schedule")
     if name == "karras":
         _require(s["sigma_min"] > 0, "schedule.sigma_min", "must be > 0", s["sigma_min"])
         _require(s["sigma_max"] > s["sigma_min"], "schedule.sigma_max",
                  f"must be > schedule.sigma_min={s['sigma_min']}", s["sigma_max"])
-        _require(s["rho"] > 0, "schedule.rho", "must be > 0", s["rho"])
         _require(s["p_std"] > 0, "schedule.p_std", "must be > 0", s["p_std"])
         return s
     _require(0 <= s["t_min"] < s["t_max"] <= 1, "schedule.t_min/t_max",
@@ -344,11 +352,41 @@ def validate_train(t) -> dict:
     return t
 
 
-def validate_sampler(s) -> dict:
+#: settings that left the sampler (and schedule) groups for the grid group: key -> what to write
+MOVED_SETTINGS = {
+    "sampler.grid": lambda v: f"grid={v}",
+    "sampler.rho": lambda v: f"grid=karras grid.rho={v}",
+    "sampler.sigma_min": lambda v: f"grid.sigma_min={v}",
+    "sampler.sigma_max": lambda v: f"grid.sigma_max={v}",
+    "schedule.rho": lambda v: f"grid=karras grid.rho={v}",
+}
+
+
+def moved_setting_error(key: str, value) -> ConfigError:
+    """The one-line error for a setting of the old flat sampler config (or ``schedule.rho``)."""
+    where = ("the sampling grid is its own group" if key.startswith("sampler.") else
+             "the karras schedule's own grid is its rho=7 ramp; a sampling rho belongs to the "
+             "grid group")
+    return ConfigError(f"{key} is no longer a setting ({where}): write {MOVED_SETTINGS[key](value)}")
+
+
+def check_moved_settings(argv: list[str]) -> None:
+    """Before Hydra runs: old spellings such as ``sampler.rho=3,5,7`` get the new one."""
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        key = key.lstrip("+~")
+        if eq and key in MOVED_SETTINGS:
+            raise moved_setting_error(key, value)
+
+
+def validate_sampler(s, label: str = "sampler") -> dict:
     from .. import sampling
     from ..module import pop_denoiser_options
 
     s = OmegaConf.to_container(s, resolve=True) if isinstance(s, DictConfig) else dict(s)
+    for key in ("grid", "rho", "sigma_min", "sigma_max"):
+        if key in s:
+            raise moved_setting_error(f"sampler.{key}", s[key])
     try:
         sampling.validate_sampler_config(pop_denoiser_options(s)[0])
     except ValueError as e:
@@ -356,8 +394,25 @@ def validate_sampler(s) -> dict:
     return s
 
 
-def validate_eval_samplers(entries: dict, run_sampler: dict) -> dict:
-    """``eval.samplers``: each entry resolved to a complete, validated sampler config."""
+def validate_grid(g) -> dict:
+    """The grid group: ``schedule`` (uniform in the schedule's t), ``karras`` (with ``rho``) or
+    ``exponential``, each with optional ``sigma_min`` / ``sigma_max``."""
+    from .. import sampling
+
+    g = _typed(g if g is not None else {}, GridCfg, "grid")
+    if g["name"] == "ckpt":
+        raise ConfigError("grid=ckpt is for eval.py only (the checkpoint's own grid); choose one "
+                          f"of: {', '.join(sampling.GRIDS)}")
+    try:
+        return sampling.validate_grid_config(g)
+    except ValueError as e:
+        raise ConfigError(str(e).strip().splitlines()[0]) from None
+
+
+def validate_eval_samplers(entries: dict, run_sampler: dict, run_grid: dict | None = None) -> dict:
+    """``eval.samplers``: each entry resolved to a complete, validated sampler config. An entry may
+    carry ``grid:`` (a mapping laid over the run's grid, or starting from
+    ``conf/grid/<name>.yaml`` when it has a ``name``); it stays in the entry as a complete grid."""
     out = {}
     for label, entry in (entries or {}).items():
         key = f"eval.samplers.{label}"
@@ -366,6 +421,8 @@ def validate_eval_samplers(entries: dict, run_sampler: dict) -> dict:
                  "digits, _ . + -)", label)
         if not isinstance(entry, dict):
             raise ConfigError(f"{key} must be a mapping of sampler settings (got {entry!r})")
+        entry = dict(entry)
+        grid = entry.pop("grid", None)
         if "name" in entry:
             options = group_options("sampler")
             _choice(entry["name"], f"{key}.name", [o for o in options if o != "ckpt"])
@@ -375,6 +432,16 @@ def validate_eval_samplers(entries: dict, run_sampler: dict) -> dict:
             base = dict(run_sampler)
         try:
             out[str(label)] = validate_sampler({**base, **entry})
+            if grid is not None:
+                if not isinstance(grid, dict):
+                    raise ConfigError(f"grid must be a mapping of grid settings (got {grid!r})")
+                gbase = dict(run_grid or {"name": "schedule"})
+                if "name" in grid:
+                    _choice(grid["name"], "grid.name", [o for o in group_options("grid")
+                                                        if o != "ckpt"])
+                    gbase = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "grid" /
+                                                                  f"{grid['name']}.yaml"))
+                out[str(label)]["grid"] = validate_grid({**gbase, **grid})
         except ConfigError as e:
             raise ConfigError(f"{key}: {e}") from None
     return out
@@ -399,8 +466,8 @@ def validate_study(st) -> dict:
 
 
 TOP_KEYS = {"defaults", "task", "seed", "name", "ckpt_path", "train", "data", "model", "schedule",
-            "objective", "sampler", "optim", "trainer", "logger", "hydra", "noise_level", "study",
-            "resume", "eval"}
+            "objective", "sampler", "grid", "optim", "trainer", "logger", "hydra", "noise_level",
+            "study", "resume", "eval"}
 
 
 def validate_train_config(cfg: DictConfig) -> dict:
@@ -423,6 +490,7 @@ def validate_train_config(cfg: DictConfig) -> dict:
     out["schedule"] = validate_schedule(cfg.schedule)
     out["objective"] = validate_objective(cfg.objective)
     out["sampler"] = validate_sampler(cfg.sampler)
+    out["grid"] = validate_grid(cfg.get("grid"))
     out["optim"] = validate_optim(cfg.optim)
     out["trainer"] = validate_trainer(cfg.trainer)
     out["logger"] = validate_logger(cfg.logger)
@@ -434,7 +502,8 @@ def validate_train_config(cfg: DictConfig) -> dict:
              out["eval"]["n_samples"])
     _require(out["eval"]["batch_size"] >= 1, "eval.batch_size", "must be >= 1",
              out["eval"]["batch_size"])
-    out["eval"]["samplers"] = validate_eval_samplers(out["eval"]["samplers"], out["sampler"])
+    out["eval"]["samplers"] = validate_eval_samplers(out["eval"]["samplers"], out["sampler"],
+                                                       out["grid"])
     o = out["objective"]
     if out["task"] == "diffusion" and o["name"] == "no_t" and o["use_predicted_noise_level"]:
         if not o["noise_level_ckpt"]:

@@ -36,14 +36,14 @@ class EvalCfg:
     device: str = "auto"
 
 
-EVAL_TOP_KEYS = {"defaults", "ckpt", "seed", "name", "data_root", "eval", "sampler", "logger",
-                 "objective", "hydra"}
+EVAL_TOP_KEYS = {"defaults", "ckpt", "seed", "name", "data_root", "eval", "sampler", "grid",
+                 "logger", "objective", "hydra"}
 NO_T_KEYS = ("noise_level_ckpt", "use_predicted_noise_level", "clamp_factor")
 
 
 def resolve_sampler(ckpt_sampler: dict, requested: dict) -> dict:
     """``sampler=ckpt`` (default): the checkpoint's sampler with every non-null key of the request
-    laid over it; any other sampler: the request as it is."""
+    laid over it; any other sampler: the request as it is. The same rule serves ``grid=ckpt``."""
     requested = {k: v for k, v in requested.items()}
     if requested.get("name") == "ckpt":
         out = dict(ckpt_sampler)
@@ -53,9 +53,7 @@ def resolve_sampler(ckpt_sampler: dict, requested: dict) -> dict:
 
 
 def validate_eval_config(cfg: DictConfig) -> dict:
-    from .. import sampling
-    from ..module import pop_denoiser_options
-    from .config import validate_logger
+    from .config import validate_grid, validate_logger, validate_sampler
 
     unknown = sorted(set(cfg.keys()) - EVAL_TOP_KEYS)
     if unknown:
@@ -81,10 +79,10 @@ def validate_eval_config(cfg: DictConfig) -> dict:
     c["eval"] = e
     c["sampler"] = OmegaConf.to_container(cfg.sampler, resolve=True)
     if c["sampler"].get("name") != "ckpt":
-        try:
-            sampling.validate_sampler_config(pop_denoiser_options(c["sampler"])[0])
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
+        validate_sampler(c["sampler"])
+    c["grid"] = OmegaConf.to_container(cfg.get("grid") or {"name": "ckpt"}, resolve=True)
+    if c["grid"].get("name") != "ckpt":
+        validate_grid(c["grid"])
     c["logger"] = validate_logger(cfg.logger)
     obj = OmegaConf.to_container(cfg.get("objective") or {}, resolve=True)
     unknown = sorted(set(obj) - set(NO_T_KEYS))
@@ -140,9 +138,11 @@ def run_eval(c: dict, run_dir: str | Path) -> dict:
         except ValueError as err:
             raise ConfigError(str(err)) from None
     sampler_cfg = resolve_sampler(mcfg["sampler"], c["sampler"])
+    grid_cfg = resolve_sampler(mcfg.get("grid") or {"name": "schedule"}, c.get("grid") or
+                               {"name": "ckpt"})
     try:
         plain_cfg, denoiser_opts = pop_denoiser_options(sampler_cfg)
-        grid_kw, options = sampling.split_sampler_config(plain_cfg)
+        grid_kw, options = sampling.split_sampler_config(plain_cfg, grid_cfg)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     data_root = c["data_root"] or mcfg["data"].get("root")
@@ -154,9 +154,11 @@ def run_eval(c: dict, run_dir: str | Path) -> dict:
         raise ConfigError(str(err)) from None
     run_dir.mkdir(parents=True, exist_ok=True)
     n = e["n_samples"]
+    rho = f" rho={grid_kw['rho']:g}" if grid_kw["grid"] == "karras" else ""
     print(f"[diffexp] eval {c['ckpt']}: {sampler_cfg['name']} steps={grid_kw['steps']} "
-          f"grid={grid_kw['grid']}, n={n}, device={device}")
-    metrics, u8, rows = evaluate_samples(module, evaluator, sampler_cfg, n=n, seed=c["seed"],
+          f"grid={grid_kw['grid']}{rho}, n={n}, device={device}")
+    metrics, u8, rows = evaluate_samples(module, evaluator, sampler_cfg, grid_cfg=grid_cfg,
+                                         n=n, seed=c["seed"],
                                          batch_size=e["batch_size"], use_ema=e["use_ema"],
                                          per_step=e["per_step"])
     floor = evaluator.floor(floor_images(n, data_root, seed=c["seed"])) if e["floor"] else None
@@ -167,6 +169,7 @@ def run_eval(c: dict, run_dir: str | Path) -> dict:
         "floor": floor,
         "seed": c["seed"],
         "sampler": {**grid_kw, "options": options, **denoiser_opts},
+        "grid": sampling.validate_grid_config(grid_cfg),
         "steps": grid_kw["steps"],
         "sampler_name": grid_kw["sampler"],
         "wall_time_s": None,  # filled in below

@@ -150,20 +150,22 @@ class FidProxy:
         self.callback = _CB()
 
 
-def evaluate_at_end(c: dict, run_dir: Path, logger) -> dict:
-    """Evaluate the final checkpoint: into ``run_dir/eval`` with the run's own sampler, or, when
-    ``eval.samplers`` lists samplers, once per entry into ``run_dir/eval/<label>`` (diagnostics
-    with the first only). The headline numbers also go to the training logger (``eval/fid`` or
-    ``eval/<label>/fid``)."""
+def evaluate_at_end(c: dict, run_dir: Path, logger, ckpt: Path | None = None) -> dict:
+    """Evaluate the final checkpoint (``ckpt``, default ``run_dir/checkpoints/last.ckpt``) with the
+    sampler and grid of ``c``: into ``run_dir/eval``, or, when ``eval.samplers`` lists samplers,
+    once per entry into ``run_dir/eval/<label>`` (diagnostics with the first only). The headline
+    numbers also go to ``logger`` (``eval/fid`` or ``eval/<label>/fid``)."""
     from .eval import EvalCfg, run_eval
 
     settings = {**EvalCfg().__dict__, **{k: v for k, v in c["eval"].items() if k != "samplers"}}
+    ckpt = ckpt or run_dir / "checkpoints" / "last.ckpt"
 
     def evaluate(sampler: dict, label: str, diagnostics: bool) -> dict:
-        ec = {"ckpt": str(run_dir / "checkpoints" / "last.ckpt"), "seed": c["seed"],
+        sampler = dict(sampler)
+        ec = {"ckpt": str(ckpt), "seed": c["seed"],
               "name": c["name"], "data_root": c["data"].get("root"), "logger": {"name": "none"},
               "objective": {}, "eval": {**settings, "diagnostics": diagnostics},
-              "sampler": dict(sampler)}
+              "sampler": sampler, "grid": sampler.pop("grid", None) or c["grid"]}
         m = run_eval(ec, run_dir / "eval" / label if label else run_dir / "eval")
         prefix = f"eval/{label}/" if label else "eval/"
         if logger:
@@ -176,7 +178,7 @@ def evaluate_at_end(c: dict, run_dir: Path, logger) -> dict:
 
     samplers = c["eval"]["samplers"]
     if not samplers:
-        return evaluate({"name": "ckpt"}, "", diagnostics=True)
+        return evaluate(c["sampler"], "", diagnostics=True)
     return {label: evaluate(s, label, diagnostics=i == 0)
             for i, (label, s) in enumerate(samplers.items())}
 
@@ -193,8 +195,12 @@ def check_resume(c: dict) -> None:
     """A resumed run continues the same LR schedule: its length must not change."""
     if not c["ckpt_path"]:
         return
+    from ..module import upgrade_config
+
     ckpt = torch.load(c["ckpt_path"], map_location="cpu", weights_only=False)
     old = ckpt.get("hyper_parameters", {}).get("cfg")
+    if old is not None:
+        old = upgrade_config(old)
     if old is None:
         raise ConfigError(f"ckpt_path={c['ckpt_path']!r} is not a diffexp training checkpoint")
     if c["optim"]["lr_schedule"] != "constant" and old["train"]["epochs"] != c["train"]["epochs"]:
@@ -318,9 +324,11 @@ def resume_config(cfg: DictConfig) -> tuple[dict, Path]:
     if not saved.is_file() or not last.is_file():
         raise ConfigError(f"resume={str(run)!r} is not a run folder with config.yaml and "
                           f"checkpoints/last.ckpt")
-    old = OmegaConf.load(saved)
-    old.ckpt_path = str(last)
-    return validate_train_config(old), run
+    from ..module import upgrade_config
+
+    old = upgrade_config(OmegaConf.to_container(OmegaConf.load(saved)))
+    old["ckpt_path"] = str(last)
+    return validate_train_config(OmegaConf.create(old)), run
 
 
 def dispatch(cfg: DictConfig, run_dir: Path) -> dict:
