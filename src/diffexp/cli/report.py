@@ -2,14 +2,32 @@
 
 A *job* is a folder holding ``.hydra/overrides.yaml``, ``metrics.json`` (eval), ``summary.json``
 (train) or ``error.txt`` (a failed job). Each job becomes one row: its overrides, its status, and
-its final numbers (FID, KID +- std, floor, NFE, model size, epochs, device, loss, wall times).
-Train jobs that ran an evaluation at the end keep it in ``eval/metrics.json`` inside their folder,
-or, with ``eval.samplers``, in ``eval/<label>/metrics.json``: one row per label then, with the
-label in the ``eval`` column.
+its final numbers (FID, KID +- std, floor, NFE, model size, epochs, device, loss, wall times, and
+whether the job trained its model or reused one trained earlier in the sweep). Train jobs that ran
+an evaluation at the end keep it in ``eval/metrics.json`` inside their folder, or, with
+``eval.samplers``, in ``eval/<label>/metrics.json``: one row per label then, with the label in the
+``eval`` column.
 
-Writes ``report.md``, ``report.csv`` and plots into DIR (or ``--out``): ``fid_vs_nfe.png`` (one
-line per sampler) when the jobs are evaluations, and ``fid_vs_<param>.png`` for every swept
-parameter with numeric values.
+Rows that differ only in ``seed`` form one *cell* (:func:`cells`): the mean and sample std (ddof=1)
+over seeds of FID, KID and the floor, and the number of seeds. The other swept keys are the
+*axes* of the picture; ``seed`` never is one.
+
+Writes into DIR (or ``--out``):
+
+- ``report.md``: the per-job table (failed jobs included), the cell table and, with two or more
+  axes, a pivot table of FID per cell (one per facet);
+- ``report.csv``: the per-job table;
+- ``heatmap.png`` (two or more axes): FID per cell, annotated with its value (mean ± std over
+  seeds), lower is greener, one colour scale for all panels, the real-vs-real floor in the title.
+  ``--x``/``--y`` pick its axes (default: x the first numeric axis, y the first other one); any
+  further axes become facets, one panel per combination of their values;
+- ``fid_vs_<key>.png`` for every axis with two or more values: FID against that key (numeric or
+  categorical), one line per combination of the other axes, error bars over seeds;
+- ``fid_vs_nfe.png`` (one line per sampler) when the jobs are evaluations.
+
+Numeric values are ordered numerically; categorical ones keep the order in which they first appear
+in the jobs. ``--wandb`` also logs a summary run (:func:`log_to_wandb`): the cell table, the plots
+and the best FID, grouped with the sweep's training runs.
 """
 
 from __future__ import annotations
@@ -18,17 +36,22 @@ import argparse
 import csv
 import json
 import math
+import os
+import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 import yaml
 
-__all__ = ["collect", "write_report", "main"]
+__all__ = ["collect", "cells", "value_order", "heatmap_axes", "write_report", "log_to_wandb", "main"]
 
-COLUMNS = ["job", "status", "fid", "kid_mean", "kid_std", "floor_fid", "floor_kid", "n", "nfe",
-           "sampler", "steps", "parameters", "epochs", "device", "final_train_loss",
+COLUMNS = ["job", "status", "model", "fid", "kid_mean", "kid_std", "floor_fid", "floor_kid", "n",
+           "nfe", "sampler", "steps", "parameters", "epochs", "device", "final_train_loss",
            "final_val_loss", "train_s", "eval_s", "wall_time_s", "error"]
+
+#: the metrics averaged over the seeds of a cell
+CELL_METRICS = ("fid", "kid_mean", "floor_fid")
 
 
 def _read_json(path: Path) -> dict | None:
@@ -116,6 +139,9 @@ def collect(root: str | Path) -> tuple[list[dict], list[str]]:
                 for key in ("parameters", "epochs", "device", "host"):
                     if row.get(key) is None:
                         row[key] = summary.get(key)
+                trained = summary.get("model")
+                if isinstance(trained, dict) and trained.get("status"):
+                    row["model"], row["model_dir"] = trained["status"], trained.get("dir")
                 row["wall_time_s"] = summary.get("wall_time_s") if not metrics else (
                     (summary.get("wall_time_s") or 0) + (metrics.get("wall_time_s") or 0))
             rows.append(row)
@@ -141,53 +167,225 @@ def _float(v):
         return None
 
 
-def write_report(root: str | Path, out: str | Path | None = None) -> dict[str, Path]:
+def _pm(mean, std) -> str:
+    """``mean ± std``, or ``mean`` alone when there is no std (one seed)."""
+    if mean is None:
+        return ""
+    return _fmt(mean) if std is None else f"{_fmt(mean)} ± {_fmt(std)}"
+
+
+def _md(v) -> str:
+    return _fmt(v).replace("|", "\\|")
+
+
+def _mean_std(values) -> tuple[float | None, float | None]:
+    """Mean and sample std (ddof=1) of the values that are numbers; std is None below two values."""
+    vals = [f for f in (_float(v) for v in values) if f is not None]
+    if not vals:
+        return None, None
+    mean = sum(vals) / len(vals)
+    if len(vals) < 2:
+        return mean, None
+    if not all(math.isfinite(v) for v in vals):
+        return mean, math.nan
+    return mean, statistics.stdev(vals)
+
+
+def _is_numeric(values) -> bool:
+    values = list(values)
+    return bool(values) and all(_float(v) is not None for v in values)
+
+
+def value_order(values) -> list[str]:
+    """The distinct values, sorted numerically when all are numbers, else in order of appearance."""
+    distinct = list(dict.fromkeys(values))
+    if _is_numeric(distinct):
+        distinct.sort(key=_float)
+    return distinct
+
+
+def cells(rows: list[dict], swept: list[str]) -> tuple[list[dict], list[str]]:
+    """Group the ok rows that have a FID into *cells*: rows whose overrides differ only in ``seed``.
+
+    Returns ``(cell_rows, axes)``. ``axes`` are the swept keys other than ``seed``, in ``swept``'s
+    order. Each cell row has ``overrides`` (axis -> value, ``""`` where a row lacks the key), the
+    mean over its rows of ``fid``, ``kid_mean`` and ``floor_fid``, their sample std (ddof=1) as
+    ``fid_std``, ``kid_mean_std``, ``floor_fid_std`` (None with a single seed), ``n_seeds``,
+    ``seeds`` and ``jobs``. Cells are ordered by their axis values (see :func:`value_order`)."""
+    axes = [k for k in swept if k != "seed"]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("status") != "ok" or _float(r.get("fid")) is None:
+            continue
+        groups.setdefault(tuple(r["overrides"].get(k, "") for k in axes), []).append(r)
+    out = []
+    for key, rs in groups.items():
+        cell = {"overrides": dict(zip(axes, key)), "n_seeds": len(rs),
+                "seeds": [r["overrides"].get("seed", "") for r in rs], "jobs": [r["job"] for r in rs]}
+        for m in CELL_METRICS:
+            cell[m], cell[f"{m}_std"] = _mean_std(r.get(m) for r in rs)
+        out.append(cell)
+    orders = {k: value_order(c["overrides"][k] for c in out) for k in axes}
+    out.sort(key=lambda c: tuple(orders[k].index(c["overrides"][k]) for k in axes))
+    return out, axes
+
+
+def heatmap_axes(cell_rows: list[dict], axes: list[str], x: str | None = None,
+                 y: str | None = None) -> tuple[str, str, list[str]] | None:
+    """``(x, y, facet_keys)`` of the heatmap, or None with fewer than two axes.
+
+    By default x is the first axis whose values are all numbers (else the first axis) and y the
+    first other axis; the remaining axes are facets. Raises ValueError for a key that is no axis."""
+    for opt, key in (("--x", x), ("--y", y)):
+        if key is not None and key not in axes:
+            why = "seed is averaged over, not an axis" if key == "seed" else "not a swept key"
+            raise ValueError(f"{opt} {key}: {why} (axes: {', '.join(axes) or 'none'})")
+    if x is not None and x == y:
+        raise ValueError(f"--x and --y both name {x}")
+    if len(axes) < 2:
+        return None
+    if x is None:
+        numeric = [k for k in axes if k != y and _is_numeric(c["overrides"][k] for c in cell_rows)]
+        x = numeric[0] if numeric else next(k for k in axes if k != y)
+    if y is None:
+        y = next(k for k in axes if k != x)
+    return x, y, [k for k in axes if k not in (x, y)]
+
+
+def _facets(cell_rows: list[dict], keys: list[str]) -> list[tuple[str, list[dict]]]:
+    """[(title "k=v k2=v2", cells)] for each combination of the facet keys' values that occurs."""
+    orders = {k: value_order(c["overrides"][k] for c in cell_rows) for k in keys}
+    groups: dict[tuple, list[dict]] = {}
+    for c in cell_rows:
+        groups.setdefault(tuple(c["overrides"][k] for k in keys), []).append(c)
+    combos = sorted(groups, key=lambda t: tuple(orders[k].index(v) for k, v in zip(keys, t)))
+    return [(" ".join(f"{k}={v}" for k, v in zip(keys, t)), groups[t]) for t in combos]
+
+
+def _floor_text(cell_rows: list[dict]) -> str:
+    """"floor F" (the cells' floors agree) or "floor a–b" (they differ)."""
+    floors = [c["floor_fid"] for c in cell_rows if c.get("floor_fid") is not None]
+    if not floors:
+        return ""
+    lo, hi = _fmt(min(floors)), _fmt(max(floors))
+    return f"real-vs-real floor {lo}" if lo == hi else f"real-vs-real floor {lo}–{hi}"
+
+
+def _pivot_md(cell_rows: list[dict], x: str, y: str, facet_keys: list[str], seeds: bool) -> list[str]:
+    xs = value_order(c["overrides"][x] for c in cell_rows)
+    ys = value_order(c["overrides"][y] for c in cell_rows)
+    lines = ["", "## FID pivot", "",
+             f"FID per cell: rows {y}, columns {x}"
+             + (" (mean ± std over seeds)" if seeds else "")
+             + (f", one table per {', '.join(facet_keys)}" if facet_keys else "") + "."]
+    for title, cs in _facets(cell_rows, facet_keys):
+        grid = {(c["overrides"][y], c["overrides"][x]): c for c in cs}
+        if title:
+            lines += ["", f"### {_md(title)}"]
+        lines += ["", "| " + " | ".join([_md(f"{y} \\ {x}")] + [_md(v) for v in xs]) + " |",
+                  "|" + "---|" * (len(xs) + 1)]
+        for yv in ys:
+            vals = [_pm(grid[yv, xv]["fid"], grid[yv, xv]["fid_std"]) if (yv, xv) in grid else ""
+                    for xv in xs]
+            lines.append("| " + " | ".join([_md(yv)] + [v.replace("|", "\\|") for v in vals]) + " |")
+    return lines
+
+
+def _cells_md(cell_rows: list[dict], axes: list[str], seeds: bool) -> list[str]:
+    lines = ["", "## Cells", ""]
+    lines.append("Rows that differ only in seed form one cell: mean ± sample std (ddof=1) over its "
+                 "seeds." if seeds else "One cell per combination of the swept keys.")
+    heads = axes + ["fid", "kid_mean", "floor_fid"] + (["n_seeds"] if seeds else [])
+    lines += ["", "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    for c in cell_rows:
+        vals = [_md(c["overrides"][k]) for k in axes]
+        vals += [_pm(c[m], c[f"{m}_std"]) for m in CELL_METRICS]
+        vals += [str(c["n_seeds"])] if seeds else []
+        lines.append("| " + " | ".join(vals) + " |")
+    best = min((c for c in cell_rows if not math.isnan(c["fid"])), key=lambda c: c["fid"], default=None)
+    if best is not None:
+        where = " ".join(f"{k}={best['overrides'][k]}" for k in axes)
+        n = f", {best['n_seeds']} seed(s)" if seeds else ""
+        lines += ["", f"Lowest FID cell: {_pm(best['fid'], best['fid_std'])}"
+                  + (f" ({where}{n})" if where or n else "") + "."]
+    return lines
+
+
+def write_report(root: str | Path, out: str | Path | None = None, *, x: str | None = None,
+                 y: str | None = None) -> dict[str, Path]:
+    """Write report.md, report.csv and the plots of the jobs under ``root`` into ``out`` (default
+    ``root``); ``x``/``y`` choose the heatmap's axes. Returns {name: path}."""
+    return _write_report(root, out, x, y)[0]
+
+
+def _write_report(root, out, x, y) -> tuple[dict[str, Path], list[dict], list[str]]:
     root = Path(root)
     out = Path(out) if out else root
-    out.mkdir(parents=True, exist_ok=True)
     rows, swept = collect(root)
     if not rows:
         raise SystemExit(f"error: no jobs found under {root} (no metrics.json / summary.json / "
                          f".hydra/overrides.yaml)")
-    cols = swept + [c for c in COLUMNS if c not in swept and (
-        c in ("job", "status") or any(r.get(c) is not None for r in rows))]
-    cols = ["job", "status"] + [c for c in cols if c not in ("job", "status")]
+    cell_rows, axes = cells(rows, swept)
+    hm = heatmap_axes(cell_rows, axes, x, y)  # before writing anything: a bad --x/--y stops here
+    seeds = "seed" in swept
+    out.mkdir(parents=True, exist_ok=True)
+    mcol = "model_status" if "model" in swept else "model"  # a `model=` override is a column too
+
+    def value(r, c):
+        if c in swept:
+            return r["overrides"].get(c, "")
+        return r.get("model") if c == mcol else r.get(c)
+
+    cols = ["job", "status"] + [c for c in swept if c not in ("job", "status")] + [
+        c for c in (mcol if c == "model" else c for c in COLUMNS) if c not in swept
+        and c not in ("job", "status") and any(value(r, c) is not None for r in rows)]
+    csv_cols = cols + (["model_dir"] if any(r.get("model_dir") for r in rows) else [])
     files = {}
     with open(out / "report.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(cols)
+        w.writerow(csv_cols)
         for r in rows:
-            w.writerow([r["overrides"].get(c, "") if c in swept else r.get(c, "") for c in cols])
+            w.writerow([value(r, c) if value(r, c) is not None else "" for c in csv_cols])
     files["csv"] = out / "report.csv"
 
+    models = list({r["job"]: r["model"] for r in rows if r.get("model")}.values())  # one per job
+    model_note = ""
+    if models:
+        kinds = list(dict.fromkeys(["trained", "reused", *models]))
+        model_note = " Models: " + ", ".join(f"{models.count(s)} {s}" for s in kinds) + "."
     lines = [f"# Report: {root}", "", f"{len(rows)} job(s), "
              f"{sum(r['status'] == 'ok' for r in rows)} ok, "
              f"{sum(r['status'] == 'failed' for r in rows)} failed."
-             + (f" Swept: {', '.join(swept)}." if swept else ""), "",
+             + model_note + (f" Swept: {', '.join(swept)}." if swept else ""), "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        cells = []
+        vals = []
         for c in cols:
-            v = r["overrides"].get(c, "") if c in swept else r.get(c)
+            v = value(r, c)
             if c == "kid_mean" and r.get("kid_std") is not None:
                 v = f"{_fmt(r['kid_mean'])} ± {_fmt(r['kid_std'])}"
-            cells.append(_fmt(v).replace("|", "\\|"))
-        lines.append("| " + " | ".join(cells) + " |")
+            vals.append(_md(v))
+        lines.append("| " + " | ".join(vals) + " |")
     ok = [r for r in rows if r["status"] == "ok" and r.get("fid") is not None]
     if ok:
-        best = min(ok, key=lambda r: r["fid"])
+        best = min(ok, key=lambda r: _float(r["fid"]) if _float(r["fid"]) is not None else math.inf)
         lines += ["", f"Lowest FID: {_fmt(best['fid'])} ({best['job']})."]
         floors = [r["floor_fid"] for r in ok if r.get("floor_fid") is not None]
         if floors:
             lines.append(f"Real-vs-real floor at the same n: {_fmt(min(floors))} to "
                          f"{_fmt(max(floors))}.")
+    if cell_rows:
+        lines += _cells_md(cell_rows, axes, seeds)
+        if hm is not None:
+            lines += _pivot_md(cell_rows, *hm, seeds)
     (out / "report.md").write_text("\n".join(lines) + "\n")
     files["md"] = out / "report.md"
-    files.update(_plots(ok, swept, out))
-    return files
+    files.update(_plots(ok, swept, out, cell_rows, axes, hm))
+    return files, rows, swept
 
 
-def _plots(ok: list[dict], swept: list[str], out: Path) -> dict[str, Path]:
+def _plots(ok: list[dict], swept: list[str], out: Path, cell_rows: list[dict], axes: list[str],
+           hm: tuple[str, str, list[str]] | None) -> dict[str, Path]:
     if not ok:
         return {}
     import matplotlib
@@ -216,40 +414,204 @@ def _plots(ok: list[dict], swept: list[str], out: Path) -> dict[str, Path]:
         ax.set_ylabel("FID")
         ax.legend(fontsize=7)
         files["fid_vs_nfe"] = save_figure(fig, out / "fid_vs_nfe.png")
-    for key in swept:
-        pts = [(_float(r["overrides"].get(key)), r["fid"]) for r in ok]
-        if any(x is None for x, _ in pts) or len({x for x, _ in pts}) < 2:
-            continue
-        rest = [k for k in swept if k != key]
-        groups = defaultdict(list)
-        for r in ok:
-            groups[" ".join(f"{k}={r['overrides'].get(k)}" for k in rest)].append(
-                (_float(r["overrides"][key]), r["fid"]))
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for label, p in sorted(groups.items()):
-            p.sort()
-            ax.plot([x for x, _ in p], [y for _, y in p], "o-", label=label or None)
-        ax.set_xlabel(key)
-        ax.set_ylabel("FID")
-        if rest:
-            ax.legend(fontsize=7)
-        safe = key.replace("/", "_")
-        files[f"fid_vs_{safe}"] = save_figure(fig, out / f"fid_vs_{safe}.png")
+    seeds = "seed" in swept
+    if hm is not None and cell_rows:
+        fig = _heatmap_figure(plt, cell_rows, *hm, seeds)
+        if fig is not None:
+            files["heatmap"] = save_figure(fig, out / "heatmap.png")
+    for key in axes:
+        fig = _line_figure(plt, cell_rows, axes, key, seeds)
+        if fig is not None:
+            safe = key.replace("/", "_")
+            files[f"fid_vs_{safe}"] = save_figure(fig, out / f"fid_vs_{safe}.png")
     return files
+
+
+def _heatmap_figure(plt, cell_rows, x, y, facet_keys, seeds):
+    import numpy as np
+    from matplotlib import colormaps, colors
+
+    fids = [c["fid"] for c in cell_rows if math.isfinite(c["fid"])]
+    if not fids:
+        return None
+    lo, hi = min(fids), max(fids)
+    if lo == hi:
+        lo, hi = lo - 0.5, hi + 0.5
+    # one scale for every panel; logarithmic when FID spans more than a factor of 10
+    norm = colors.LogNorm(lo, hi) if lo > 0 and hi / lo > 10 else colors.Normalize(lo, hi)
+    cmap = colormaps["RdYlGn_r"].with_extremes(bad="#e0e0e0")  # green = low FID = better
+    xs = value_order(c["overrides"][x] for c in cell_rows)
+    ys = value_order(c["overrides"][y] for c in cell_rows)
+    facets = _facets(cell_rows, facet_keys)
+    ncols = min(len(facets), 3)
+    nrows = -(-len(facets) // ncols)
+    pw = max(3.2, 0.95 * len(xs) + 1.6)
+    ph = max(2.4, (0.75 if seeds else 0.5) * len(ys) + 1.2)
+    fig, axs = plt.subplots(nrows, ncols, figsize=(pw * ncols + 1.0, ph * nrows + 0.4), squeeze=False,
+                            layout="constrained")
+    size = 8 if len(xs) <= 6 else 6
+    im = None
+    for ax, (title, cs) in zip(axs.flat, facets):
+        grid = np.full((len(ys), len(xs)), np.nan)
+        for c in cs:
+            i, j = ys.index(c["overrides"][y]), xs.index(c["overrides"][x])
+            grid[i, j] = c["fid"]
+            text = _fmt(c["fid"]) + (f"\n± {_fmt(c['fid_std'])}" if c["fid_std"] is not None else "")
+            colour = "black"
+            if math.isfinite(c["fid"]):
+                r, g, b, _ = cmap(norm(c["fid"]))
+                colour = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+            ax.text(j, i, text, ha="center", va="center", fontsize=size, color=colour)
+        im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, norm=norm, aspect="auto")
+        ax.set_xticks(range(len(xs)))
+        ax.set_xticklabels(xs, rotation=30 if max(len(v) for v in xs) > 6 else 0)
+        ax.set_yticks(range(len(ys)))
+        ax.set_yticklabels(ys)
+        ax.set_xlabel(x)
+        ax.set_ylabel(y)
+        if title:
+            ax.set_title(title, fontsize=9)
+    for ax in list(axs.flat)[len(facets):]:
+        ax.axis("off")
+    fig.colorbar(im, ax=list(axs.flat[:len(facets)]), label="FID (lower is better)")
+    n = sorted({c["n_seeds"] for c in cell_rows})
+    over = (f", mean ± std over {n[0] if len(n) == 1 else f'{n[0]}–{n[-1]}'} seeds" if seeds else "")
+    floor = _floor_text(cell_rows)
+    fig.suptitle(f"FID{over}" + (f" ({floor})" if floor else ""), fontsize=10)
+    return fig
+
+
+def _line_figure(plt, cell_rows, axes, key, seeds):
+    xs = value_order(c["overrides"][key] for c in cell_rows)
+    if len(xs) < 2:
+        return None
+    numeric = _is_numeric(xs)
+    rest = [k for k in axes if k != key]
+    lines = _facets(cell_rows, rest)  # one line per combination of the other axes
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label, cs in lines:
+        cs = sorted(cs, key=lambda c: xs.index(c["overrides"][key]))
+        px = [_float(c["overrides"][key]) if numeric else xs.index(c["overrides"][key]) for c in cs]
+        py = [c["fid"] for c in cs]
+        err = [c["fid_std"] if c["fid_std"] is not None else math.nan for c in cs] if seeds else None
+        ax.errorbar(px, py, yerr=err, fmt="o-", capsize=3 if seeds else 0, label=label or None)
+    floor = [c["floor_fid"] for c in cell_rows if c.get("floor_fid") is not None]
+    if floor:
+        ax.axhline(sum(floor) / len(floor), color="gray", ls="--", label="real-vs-real floor")
+    if numeric:
+        vals = [_float(v) for v in xs]
+        if vals[0] > 0 and vals[-1] / vals[0] >= 10:
+            ax.set_xscale("log")
+        if len(xs) <= 12:
+            ax.set_xticks(vals)
+            ax.set_xticklabels(xs)
+            ax.minorticks_off()
+    else:
+        ax.set_xticks(range(len(xs)))
+        ax.set_xticklabels(xs, rotation=30 if max(len(v) for v in xs) > 8 else 0)
+        ax.set_xlim(-0.5, len(xs) - 0.5)
+    ax.set_xlabel(key)
+    ax.set_ylabel("FID" + (" (mean ± std over seeds)" if seeds else ""))
+    if rest or floor:
+        handles, labels = ax.get_legend_handles_labels()
+        order = sorted(range(len(labels)), key=lambda i: labels[i] == "real-vs-real floor")
+        ax.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=7,
+                  loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return fig
+
+
+def _wandb_mode(mode: str = "auto") -> str:
+    """``mode`` itself unless "auto"; then ``$WANDB_MODE`` if set, else "online" with an API key
+    (``WANDB_API_KEY`` or a netrc entry), else "offline"."""
+    if mode != "auto":
+        return mode
+    from .common import _wandb_logged_in
+
+    return os.environ.get("WANDB_MODE") or ("online" if _wandb_logged_in() else "offline")
+
+
+def log_to_wandb(root: str | Path, files: dict[str, Path], rows: list[dict], swept: list[str], *,
+                 project: str = "diffexp", entity: str | None = None, group: str | None = None,
+                 mode: str = "auto") -> Path:
+    """Log the report of ``root`` as one wandb run and return the run's folder.
+
+    The run (``job_type="report"``, name ``report-<folder>``, group ``group`` or the folder's name,
+    the group the sweep's training runs use) carries the cell table (``cells``), the heatmap and
+    line plots among ``files`` as images, and ``fid_best`` in its summary. ``mode="auto"``:
+    ``$WANDB_MODE`` if set, else online with an API key (env or netrc), else offline. The run's
+    files go under ``root`` (``root/wandb/``)."""
+    import wandb
+
+    root = Path(root).resolve()
+    mode = _wandb_mode(mode)
+    cell_rows, axes = cells(rows, swept)
+    numeric = {k: _is_numeric(c["overrides"][k] for c in cell_rows) for k in axes}
+
+    def axis_value(k, v):
+        if not numeric[k]:
+            return v
+        f = _float(v)
+        return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
+
+    stats = ["fid", "fid_std", "kid_mean", "kid_mean_std", "floor_fid", "floor_fid_std", "n_seeds"]
+    table = wandb.Table(columns=axes + stats + ["jobs"], data=[
+        [axis_value(k, c["overrides"][k]) for k in axes] + [c[s] for s in stats]
+        + [", ".join(c["jobs"])] for c in cell_rows])
+    try:
+        settings = wandb.Settings(silent=True, console="off", x_disable_stats=True)
+    except Exception:  # older wandb: no x_disable_stats
+        settings = wandb.Settings(silent=True, console="off")
+    run = wandb.init(project=project, entity=entity, group=group or root.name, job_type="report",
+                     name=f"report-{root.name}", dir=str(root), mode=mode, settings=settings,
+                     config={"report_dir": str(root), "swept": swept, "axes": axes,
+                             "jobs": len(rows), "failed": sum(r["status"] == "failed" for r in rows)})
+    payload = {"cells": table}
+    for name, path in files.items():
+        if (name == "heatmap" or name.startswith("fid_vs_")) and Path(path).is_file():
+            payload[name] = wandb.Image(str(path))
+    run.log(payload)
+    finite = [c for c in cell_rows if math.isfinite(c["fid"])]
+    if finite:
+        best = min(finite, key=lambda c: c["fid"])
+        run.summary["fid_best"] = best["fid"]
+        run.summary["fid_best_std"] = best["fid_std"]
+        run.summary["fid_best_cell"] = " ".join(f"{k}={v}" for k, v in best["overrides"].items())
+    run_dir = Path(run.dir).parent
+    run.finish()
+    return run_dir
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="diffexp-report", description=__doc__.splitlines()[0])
     p.add_argument("dir", help="a multirun folder (or any folder of runs)")
     p.add_argument("--out", default=None, help="where to write the report (default: DIR)")
+    p.add_argument("--x", default=None, metavar="KEY",
+                   help="the heatmap's x axis (default: the first numeric swept key)")
+    p.add_argument("--y", default=None, metavar="KEY",
+                   help="the heatmap's y axis (default: the first other swept key)")
+    p.add_argument("--wandb", action="store_true",
+                   help="also log a summary run (cell table, plots, fid_best) to wandb")
+    p.add_argument("--wandb-project", default="diffexp")
+    p.add_argument("--wandb-entity", default=None)
+    p.add_argument("--wandb-group", default=None, help="default: DIR's name (the sweep's group)")
+    p.add_argument("--wandb-mode", default="auto", choices=["auto", "online", "offline"],
+                   help="auto: $WANDB_MODE, else online when logged in, else offline (under DIR)")
     a = p.parse_args(argv)
     if not Path(a.dir).is_dir():
         print(f"error: {a.dir}: no such folder", file=sys.stderr)
         sys.exit(2)
-    files = write_report(a.dir, a.out)
+    try:
+        files, rows, swept = _write_report(a.dir, a.out, a.x, a.y)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     print((Path(files["md"])).read_text())
     for name, path in files.items():
         print(f"[diffexp] {name}: {path}")
+    if a.wandb:
+        run_dir = log_to_wandb(a.dir, files, rows, swept, project=a.wandb_project,
+                               entity=a.wandb_entity, group=a.wandb_group, mode=a.wandb_mode)
+        print(f"[diffexp] wandb: {run_dir}")
 
 
 if __name__ == "__main__":
