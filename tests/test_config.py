@@ -50,6 +50,8 @@ BAD = [
     (["grid=ckpt"], "grid=ckpt"),
     (["+sampler.rho=3"], "sampler.rho"),               # the old flat spelling, from any source
     (["schedule=karras", "+schedule.rho=3"], "schedule.rho"),
+    (["objective=karras", "+objective.normalize_input=true"], "objective.normalize_input"),
+    (["objective.normalize_input=maybe"], "objective.normalize_input"),
 ]
 
 
@@ -67,6 +69,8 @@ def test_bad_values_name_the_key(overrides, key):
                                                   "objective=v", "data.scale=0.5"],
     ["schedule=linear", "objective=x0", "sampler=euler"], ["experiment=course_karras"],
     ["grid=karras", "grid.rho=3", "grid.sigma_max=20"], ["grid=exponential", "sampler=heun"],
+    ["objective=v", "objective.normalize_input=true", "data.scale=0.25"],
+    ["objective=no_t", "objective.normalize_input=true", "objective.use_predicted_noise_level=false"],
     ["experiment=course_cosine"], ["experiment=quickstart"], ["debug=fast"],
 ])
 def test_good_configs_validate(overrides):

@@ -113,3 +113,22 @@ def test_no_t_sampling_with_predictor(predictor_run, tmp_path):
                                                   "train.batch_size=16", *TINY_MODEL]))
         train(tc, tmp_path / "t")
         load_noise_level_net(tmp_path / "t" / "checkpoints" / "last.ckpt")
+
+
+def test_no_t_denoiser_normalizes_like_the_objective():
+    """A no_t model trained with objective.normalize_input sees its sampling input normalised the
+    same way as in training (EpsObjective.net_input)."""
+    from diffexp.objectives import NoTObjective
+
+    seen = []
+
+    def net(inp, cond):
+        seen.append(inp)
+        return torch.zeros_like(inp)
+
+    sigma = torch.full((4,), 0.3)
+    x = torch.randn(4, 1, 32, 32) * 0.5
+    no_t_denoiser(net, None, use_predicted=False, normalize_input=True)(x, sigma)
+    expect, _ = NoTObjective(CosineSchedule(), normalize_input=True).net_input(x, sigma)
+    torch.testing.assert_close(seen[0], expect)
+    assert not torch.allclose(seen[0], x / (1 + 0.3 ** 2) ** 0.5)

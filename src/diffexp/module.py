@@ -91,7 +91,8 @@ def effective_sigma_data(obj_cfg: dict) -> float | None:
 
 
 def build_objective_from_cfg(obj_cfg: dict, schedule: Schedule) -> Objective:
-    return build_objective(obj_cfg["name"], schedule, effective_sigma_data(obj_cfg))
+    return build_objective(obj_cfg["name"], schedule, effective_sigma_data(obj_cfg),
+                           bool(obj_cfg.get("normalize_input") or False))
 
 
 class IndexBatches:
@@ -256,7 +257,8 @@ class DiffusionModule(_DataModuleMixin):
             use_pred = bool(o.get("use_predicted_noise_level", True))
             pred = self.noise_level_net() if use_pred else None
             den = no_t_denoiser(net, pred, use_predicted=use_pred,
-                                clamp_factor=o.get("clamp_factor", 2.0), record=record)
+                                clamp_factor=o.get("clamp_factor", 2.0), record=record,
+                                normalize_input=self.objective.normalize_input)
         if not clip:
             return den
         bound = float(self.cfg["data"]["scale"])

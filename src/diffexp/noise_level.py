@@ -4,7 +4,8 @@ The denoiser of a no_t model, in sigma space like every other (``denoiser(x, sig
 
 1. the sampler's state as a VP image, ``x_vp = x / sqrt(1 + sigma^2)`` (what the lesson's sampler
    carries);
-2. ``eps_hat = net(x_vp)``, no conditioning input;
+2. ``eps_hat = net(x_vp)``, no conditioning input (``x_vp`` divided by its per-image std first
+   when the model was trained with ``objective.normalize_input``);
 3. ``abar``: the predictor's estimate for each image, kept within a factor of the batch median
    (``clamp_to_median``), or the schedule's ``1 / (1 + sigma^2)`` when
    ``use_predicted_noise_level`` is false;
@@ -19,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .objectives import normalize_per_image
 from .schedules import sigma_to_alpha_bar, to_vp
 
 __all__ = ["clamp_to_median", "no_t_denoiser", "ABAR_EPS"]
@@ -39,7 +41,8 @@ def clamp_to_median(abar: Tensor, factor: float = 2.0) -> Tensor:
 
 
 def no_t_denoiser(net, noise_level_net=None, *, use_predicted: bool = True,
-                  clamp_factor: float = 2.0, record: list | None = None):
+                  clamp_factor: float = 2.0, record: list | None = None,
+                  normalize_input: bool = False):
     """Build the no_t denoiser; ``record`` (a list) receives ``(sigma, abar_used)`` per call."""
     if use_predicted and noise_level_net is None:
         raise ValueError("objective.noise_level_ckpt is required to sample a no_t model with "
@@ -50,7 +53,7 @@ def no_t_denoiser(net, noise_level_net=None, *, use_predicted: bool = True,
         if sigma.dim() == 0:
             sigma = sigma.expand(x.shape[0])
         x_vp = to_vp(x.float(), sigma)
-        eps = net(x_vp, None).float()
+        eps = net(normalize_per_image(x_vp) if normalize_input else x_vp, None).float()
         if use_predicted:
             abar = clamp_to_median(noise_level_net.alpha_bar(x_vp), clamp_factor)
         else:

@@ -27,6 +27,15 @@ c_in = 1 / sqrt(sigma^2 + sd^2), c_noise = ln(sigma) / 4; the target is
 All loss weights are 1 for the MSE on each objective's own target (the lesson's losses); they are
 kept as a method so a weighting can be added in one place.
 
+``normalize_input`` (VP objectives: eps, x0, v, no_t) is Chen 2023's input normalisation
+(Algorithm 1, ``normalize=True``): the network sees ``c_in x`` divided by its own per-image
+standard deviation, so its input has unit variance at every noise level whatever the input scaling
+b (``data.scale``); without it the VP input has variance ``abar b^2 Var(x0) + (1 - abar)``. It acts
+in :meth:`Objective.net_input`, the one place both training and sampling form the network input.
+The karras objective refuses it: its ``c_in = 1 / sqrt(sigma^2 + sigma_data^2)`` already gives
+unit variance in expectation (sigma_data is measured on the data as scaled), so the switch would
+only swap that for a noisier per-image estimate.
+
 Pure torch; no Lightning, no Hydra.
 """
 
@@ -38,7 +47,7 @@ from torch import Tensor
 from .schedules import Schedule
 
 __all__ = ["Objective", "EpsObjective", "X0Objective", "VObjective", "KarrasObjective",
-           "NoTObjective", "OBJECTIVES", "build_objective", "make_denoiser"]
+           "NoTObjective", "OBJECTIVES", "build_objective", "make_denoiser", "normalize_per_image"]
 
 
 def _b(v: Tensor, x: Tensor) -> Tensor:
@@ -46,13 +55,20 @@ def _b(v: Tensor, x: Tensor) -> Tensor:
     return v.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
 
 
+def normalize_per_image(x: Tensor) -> Tensor:
+    """``x`` divided by each image's standard deviation over all its pixels (Chen 2023, Alg. 1)."""
+    dims = tuple(range(1, x.dim()))
+    return x / x.std(dim=dims, keepdim=True, correction=0).clamp_min(1e-6)
+
+
 class Objective:
     name = "base"
     #: does the network receive a conditioning value at all?
     conditioned = True
 
-    def __init__(self, schedule: Schedule):
+    def __init__(self, schedule: Schedule, normalize_input: bool = False):
         self.schedule = schedule
+        self.normalize_input = bool(normalize_input)
 
     def c_in(self, sigma: Tensor) -> Tensor:
         return (1.0 + sigma * sigma).rsqrt()
@@ -72,7 +88,10 @@ class Objective:
 
     # the pieces a training step needs, in one call
     def net_input(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor | None]:
-        return _b(self.c_in(sigma), x) * x, self.cond(sigma)
+        inp = _b(self.c_in(sigma), x) * x
+        if self.normalize_input:
+            inp = normalize_per_image(inp)
+        return inp, self.cond(sigma)
 
 
 class EpsObjective(Objective):
@@ -110,8 +129,11 @@ class VObjective(Objective):
 class KarrasObjective(Objective):
     name = "karras"
 
-    def __init__(self, schedule: Schedule, sigma_data: float):
+    def __init__(self, schedule: Schedule, sigma_data: float, normalize_input: bool = False):
         super().__init__(schedule)
+        if normalize_input:
+            raise ValueError("objective.normalize_input applies to the VP objectives (eps, x0, v, "
+                             "no_t); karras' c_in already scales its input to unit variance")
         if not sigma_data > 0:
             raise ValueError(f"objective.sigma_data must be > 0 (got {sigma_data})")
         self.sigma_data = float(sigma_data)
@@ -157,12 +179,13 @@ OBJECTIVES = {"eps": EpsObjective, "x0": X0Objective, "v": VObjective, "karras":
               "no_t": NoTObjective}
 
 
-def build_objective(name: str, schedule: Schedule, sigma_data: float | None = None) -> Objective:
+def build_objective(name: str, schedule: Schedule, sigma_data: float | None = None,
+                    normalize_input: bool = False) -> Objective:
     if name not in OBJECTIVES:
         raise ValueError(f"objective.name={name!r} is not one of {sorted(OBJECTIVES)}")
     if name == "karras":
-        return KarrasObjective(schedule, sigma_data)
-    return OBJECTIVES[name](schedule)
+        return KarrasObjective(schedule, sigma_data, normalize_input)
+    return OBJECTIVES[name](schedule, normalize_input)
 
 
 def make_denoiser(net, objective: Objective):

@@ -106,6 +106,7 @@ class ObjectiveCfg:
     name: str = "eps"
     sigma_data: Any = None  # karras only: "auto" or a positive number
     sigma_data_factor: Any = None  # karras only: the objective uses sigma_data * this factor
+    normalize_input: bool = False  # VP objectives: Chen 2023's per-image input normalisation
 
 
 @dataclass
@@ -114,6 +115,7 @@ class NoTObjectiveCfg:
     noise_level_ckpt: str | None = None
     use_predicted_noise_level: bool = True
     clamp_factor: float = 2.0
+    normalize_input: bool = False
 
 
 @dataclass
@@ -295,6 +297,10 @@ def validate_objective(o) -> dict:
         ok = isinstance(f, (int, float)) and not isinstance(f, bool) and f > 0
         _require(ok, "objective.sigma_data_factor", "must be a number > 0", f)
         o["sigma_data_factor"] = float(f)
+        if o["normalize_input"]:
+            raise ConfigError("objective.normalize_input applies to the VP objectives (eps, x0, "
+                              "v, no_t); karras' c_in already scales its input to unit variance "
+                              "(see docs/DESIGN.md)")
     elif name == "no_t":
         _require(o["clamp_factor"] >= 1, "objective.clamp_factor", "must be >= 1",
                  o["clamp_factor"])

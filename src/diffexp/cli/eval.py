@@ -185,6 +185,7 @@ def run_eval(c: dict, run_dir: str | Path) -> dict:
                   "parameters": sum(p.numel() for p in module.net.parameters()),
                   "schedule": mcfg["schedule"]["name"], "objective": mcfg["objective"]["name"],
                   "data_scale": mcfg["data"]["scale"], "epochs": mcfg["train"]["epochs"],
+                  "normalize_input": bool(mcfg["objective"].get("normalize_input") or False),
                   "sigma_data": effective_sigma_data(mcfg["objective"]),
                   **({"sigma_data_factor": mcfg["objective"].get("sigma_data_factor", 1.0)}
                      if mcfg["objective"]["name"] == "karras" else {}),
