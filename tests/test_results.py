@@ -185,3 +185,22 @@ def test_resume_accepts_checkpoints_from_before_sigma_data_factor(tmp_path):
     c["objective"]["sigma_data_factor"] = 0.5
     with pytest.raises(ConfigError, match="objective differs"):
         check_resume(c)
+
+
+def test_resume_accepts_checkpoints_from_before_the_grid_group_and_normalize_input(tmp_path):
+    """A checkpoint config with a karras schedule rho of 7, the flat sampler grid keys and no
+    normalize_input is the same training as today's config (resume accepts it)."""
+    from diffexp.cli.train import check_resume
+
+    c = validate_train_config(compose_train(["objective=eps", "schedule=karras"]))
+    old = {**c, "schedule": {**c["schedule"], "rho": 7.0},
+           "objective": {"name": "eps", "sigma_data": None, "sigma_data_factor": None},
+           "sampler": {**c["sampler"], "grid": "schedule", "rho": 7.0, "sigma_min": None,
+                       "sigma_max": None}}
+    del old["grid"]
+    torch.save({"hyper_parameters": {"cfg": old}}, tmp_path / "old.ckpt")
+    c["ckpt_path"] = str(tmp_path / "old.ckpt")
+    check_resume(c)
+    c["objective"]["normalize_input"] = True
+    with pytest.raises(ConfigError, match="objective differs"):
+        check_resume(c)

@@ -50,7 +50,7 @@ def upgrade_config(cfg: dict) -> dict:
     ``sigma_max`` (rho acting only with grid=karras) and the karras schedule a ``rho`` of its own
     that its default grid used. They become ``cfg["grid"]`` with the meaning they had: a karras
     schedule's own grid with a rho other than 7 is written as the karras grid with that rho, which
-    is the same grid."""
+    is the same grid. Objectives from before ``normalize_input`` did not normalise."""
     if "grid" not in cfg and isinstance(cfg.get("sampler"), dict):
         smp = cfg["sampler"]
         grid = {"name": smp.pop("grid", "schedule"), "rho": smp.pop("rho", None),
@@ -67,6 +67,8 @@ def upgrade_config(cfg: dict) -> dict:
     sched = cfg.get("schedule", {})
     if sched.get("name") == "karras" and float(sched.get("rho", 7.0)) == 7.0:
         sched.pop("rho", None)  # the fixed time map; a rho other than 7 stays (it defined t)
+    if isinstance(cfg.get("objective"), dict):
+        cfg["objective"].setdefault("normalize_input", False)  # before the switch existed
     return cfg
 
 
