@@ -9,6 +9,8 @@ import sys
 import traceback
 from pathlib import Path
 
+from hydra.experimental.callback import Callback
+
 from .config import ConfigError, check_group_choices, check_moved_settings, fail
 
 #: jobs of this process's multirun that failed: (run_dir, one-line error)
@@ -70,7 +72,25 @@ def _wandb_logged_in() -> bool:
         return False
 
 
-def make_logger(c: dict, run_dir: Path):
+def in_multirun() -> bool:
+    """True inside a job of a Hydra multirun."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except (ImportError, ValueError):
+        return False
+
+
+def wants_eval_at_end(c: dict) -> bool:
+    """``train.eval_at_end``: true, false, or auto (true in a multirun, whose jobs are compared
+    by their FID; false in a single run)."""
+    e = c["train"]["eval_at_end"]
+    return e is True or (e == "auto" and in_multirun())
+
+
+def make_logger(c: dict, run_dir: Path, *, job_type: str = "train", name: str | None = None):
     lg = c["logger"]
     if lg["name"] == "none":
         return False
@@ -89,7 +109,8 @@ def make_logger(c: dict, run_dir: Path):
     id_file = run_dir / "wandb_id.txt"
     run_id = id_file.read_text().strip() if id_file.exists() else None
     logger = WandbLogger(project=lg["project"], entity=lg["entity"], group=group,
-                         tags=list(lg["tags"]), name=c["name"], save_dir=str(run_dir), mode=mode,
+                         tags=list(lg["tags"]), name=name or c["name"], job_type=job_type,
+                         save_dir=str(run_dir), mode=mode,
                          id=run_id, resume="allow" if run_id else None, config=c,
                          anonymous="never" if mode == "online" else None)
     return logger
@@ -97,16 +118,11 @@ def make_logger(c: dict, run_dir: Path):
 
 def _sweep_name() -> str | None:
     """The multirun folder's name when running as a multirun job, else None."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
+    if not in_multirun():
+        return None
+    from hydra.core.hydra_config import HydraConfig
 
-        hc = HydraConfig.get()
-    except (ImportError, ValueError):
-        return None
-    if hc.mode != RunMode.MULTIRUN:
-        return None
-    return Path(hc.sweep.dir).name
+    return Path(HydraConfig.get().sweep.dir).name
 
 
 def _run_dir_from_hydra() -> Path:
@@ -226,14 +242,76 @@ def _register_resolvers() -> None:
         OmegaConf.register_new_resolver("diffexp_job_name", job_name)
 
 
+#: top-level keys whose sweeps only change how a model is sampled, scored or logged
+SAMPLING_GROUPS = ("sampler", "grid", "eval", "logger", "name")
+
+
+def sampling_sweeps_first(argv: list[str]) -> list[str]:
+    """A multirun command line with its sampling-only sweeps (sampler, grid, eval, ...) moved in
+    front of the others. Hydra's sweep varies the first key slowest, so consecutive jobs then need
+    different models, and a parallel launcher trains those at once instead of queueing jobs on
+    one model's lock (see :mod:`diffexp.cli.store`)."""
+    def sampling_sweep(arg: str) -> bool:
+        key, eq, value = arg.partition("=")
+        key = key.lstrip("+~")
+        swept = value.startswith(("range(", "choice(", "glob(")) or len(
+            _top_level_split(value)) > 1
+        return bool(eq) and swept and key.split(".")[0] in SAMPLING_GROUPS
+    slots = [i for i, a in enumerate(argv) if "=" in a and not a.startswith("-")]
+    overrides = [argv[i] for i in slots]
+    ordered = ([a for a in overrides if sampling_sweep(a)]
+               + [a for a in overrides if not sampling_sweep(a)])
+    out = list(argv)  # flags stay where they are; only the overrides change places
+    for i, a in zip(slots, ordered):
+        out[i] = a
+    return out
+
+
+class SweepEnd(Callback):
+    """A Hydra callback (``hydra.callbacks`` in train.yaml / eval.yaml), run in the launching
+    process when a multirun ends, whatever the launcher: records every job that left an
+    ``error.txt`` (parallel launchers' workers fail in their own processes) so the command exits 1,
+    prints how many models were trained and reused, and writes the sweep's report (report.md,
+    heatmap, line plots) into the sweep folder, plus a wandb summary run when logging to wandb."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        known = {d for d, _ in FAILED_JOBS}
+        for err in sorted(sweep_dir.glob("*/error.txt")):
+            if str(err.parent) not in known and str(err.parent.resolve()) not in known:
+                FAILED_JOBS.append((str(err.parent), err.read_text().strip()))
+        models = [json.loads(p.read_text())["status"] for p in sweep_dir.glob("*/model.json")]
+        if models:
+            print(f"[diffexp] models: {models.count('trained')} trained, "
+                  f"{models.count('reused')} reused, for {len(models)} job(s)")
+        try:
+            from .report import _write_report, log_to_wandb
+
+            files, rows, swept = _write_report(sweep_dir, None, None, None)
+            print(f"[diffexp] report: {files['md']}"
+                  + (f", {files['heatmap']}" if "heatmap" in files else ""))
+            lg = config.get("logger") or {}
+            if lg.get("name") == "wandb":
+                log_to_wandb(sweep_dir, files, rows, swept, project=lg.get("project", "diffexp"),
+                             entity=lg.get("entity"), group=lg.get("group") or sweep_dir.name,
+                             mode=lg.get("mode", "auto"))
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - the sweep's results stand without it
+            print(f"[diffexp] no sweep report: {e}", file=sys.stderr)
+
+
 def cli_main(hydra_main) -> None:
     """Pre-check group choices, run Hydra, and exit non-zero if any multirun job failed."""
+    argv = sys.argv[1:]
     try:
-        check_group_choices(sys.argv[1:])
-        check_moved_settings(sys.argv[1:])
+        check_group_choices(argv)
+        check_moved_settings(argv)
     except ConfigError as e:
         fail(str(e))
-    os.environ["DIFFEXP_SWEPT_KEYS"] = ";".join(swept_keys(sys.argv[1:]))
+    if "-m" in argv or "--multirun" in argv:
+        sys.argv = [sys.argv[0], *sampling_sweeps_first(argv)]
+    os.environ["DIFFEXP_SWEPT_KEYS"] = ";".join(swept_keys(argv))
     _register_resolvers()
     hydra_main()
     if FAILED_JOBS:

@@ -190,7 +190,10 @@ class TrainCfg:
     fid_every_n_epochs: int = 0
     fid_n_samples: int = 512
     auto_resume: bool = True
-    eval_at_end: bool = False
+    eval_at_end: Any = "auto"  # true | false | auto (true in a multirun)
+    reuse: Any = "auto"  # share trained models through the store: true | false | auto (multirun)
+    retrain: bool = False  # with reuse: train a fresh model once per sweep instead of reusing
+    model_store: str = "runs/models"
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -355,6 +358,11 @@ def validate_train(t) -> dict:
         _require(t[k] >= 0, f"train.{k}", "must be >= 0 (0 disables)", t[k])
     _require(0 <= t["ema_decay"] < 1, "train.ema_decay", "must be in [0, 1)", t["ema_decay"])
     _require(t["grad_clip"] >= 0, "train.grad_clip", "must be >= 0 (0 disables)", t["grad_clip"])
+    for k in ("eval_at_end", "reuse"):
+        _require(t[k] is True or t[k] is False or t[k] == "auto", f"train.{k}",
+                 "must be true, false or auto", t[k])
+    _require(bool(str(t["model_store"]).strip()), "train.model_store", "must be a folder",
+             t["model_store"])
     return t
 
 

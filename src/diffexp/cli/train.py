@@ -18,7 +18,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .common import cli_main, host_info, make_logger, run_job, write_json
+from .common import cli_main, host_info, make_logger, run_job, wants_eval_at_end, write_json
 from .config import CONF_DIR, ConfigError, validate_train_config
 
 
@@ -300,7 +300,7 @@ def train(c: dict, run_dir: str | Path, callbacks: list | None = None) -> dict:
                "checkpoint": str(run_dir / "checkpoints" / "last.ckpt")}
     if proxy is not None:
         summary["fid_proxy"] = proxy.history
-    if t["eval_at_end"] and c["task"] == "diffusion" and trainer.is_global_zero:
+    if wants_eval_at_end(c) and c["task"] == "diffusion" and trainer.is_global_zero:
         summary["eval"] = evaluate_at_end(c, run_dir, logger)
     if c["task"] == "noise_level":
         h = module.held_out(n=2048)
@@ -340,6 +340,10 @@ def dispatch(cfg: DictConfig, run_dir: Path) -> dict:
         from .no_t_study import run_study
 
         return run_study(c, run_dir)
+    from .store import reuse_active, run_cell
+
+    if reuse_active(c):
+        return run_cell(c, run_dir)
     return train(c, run_dir)
 
 

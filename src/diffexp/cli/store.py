@@ -1,0 +1,301 @@
+"""Train once, evaluate many: the jobs of a sweep share every model they have in common.
+
+Jobs whose configs differ only in how the model is sampled or scored (sampler, grid, eval.*,
+logger, run name) need the same trained model. Each training job therefore looks its model up in a
+*model store* (``train.model_store``, default ``runs/models``) under a *fingerprint* of what was
+trained, trains it there only if it is not there yet, and then evaluates it into its own folder
+(a *cell*). The rules that keep this from giving a wrong answer:
+
+* **The fingerprint covers everything but what is known not to affect training.** It is the
+  SHA-256 of the whole validated config with only :data:`SAMPLING_ONLY` removed (so a key added
+  tomorrow is part of it by default), the resolved accelerator and precision, the seed, the
+  package and torch versions, and a hash of the package's training code (every module except the
+  evaluation-only ones in :data:`EVALUATION_ONLY_MODULES`). The model folder keeps the
+  fingerprint's input as ``fingerprint.json``, and a reuse compares it in full.
+* **A model is finished only when ``DONE.json`` says so.** It is written (atomically) after
+  training returned; a folder without it is a partial model: the next job that needs it continues
+  it from its ``checkpoints/last.ckpt`` (``train.auto_resume``), never reuses it as finished.
+* **One job trains a model at a time.** Jobs hold an exclusive ``flock`` on ``<model>.lock`` while
+  they look and train; the operating system releases it when the process ends, however it ends
+  (``kill -9`` included), so a killed job cannot leave a stuck lock. Other jobs wait and print
+  that they are waiting. (flock works across processes on one machine and, on Linux, on NFS.)
+* **A failed training is not retried by every job of the same sweep**: ``FAILED.txt`` records the
+  sweep and the error, and the sweep's later jobs fail fast with it; a new sweep tries again.
+* **A user can force a retrain**: ``train.retrain=true`` trains a fresh model in the first job of
+  the sweep that needs it (the old folder is moved aside to ``<model>.replaced-<time>``), and the
+  sweep's other jobs reuse that fresh model.
+
+``train.reuse``: ``auto`` (default) shares models in multiruns and trains single runs in their own
+folder as before; ``true`` shares in single runs too; ``false`` never shares (every job trains its
+own model in its folder: the way to time a sweep without sharing).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import subprocess
+import time
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from .common import in_multirun, make_logger, wants_eval_at_end, write_json
+from .config import ConfigError
+
+__all__ = ["SAMPLING_ONLY", "EVALUATION_ONLY_MODULES", "fingerprint", "code_hash", "model_lock",
+           "reuse_active", "run_cell", "model_dir_for"]
+
+#: config keys (top-level groups, or ``group.key``) that change how a trained model is sampled,
+#: scored, logged or named, never the weights; everything else is part of the fingerprint
+SAMPLING_ONLY = ("sampler", "grid", "eval", "logger", "name", "ckpt_path", "resume",
+                 "train.eval_at_end", "train.reuse", "train.retrain", "train.model_store")
+
+#: package modules that only sample, score or report (relative to the package); every other
+#: module's source is hashed into the fingerprint
+EVALUATION_ONLY_MODULES = ("cli/report.py", "cli/eval.py", "evaluation.py", "metrics/", "viz.py",
+                           "sampling.py")
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+def code_hash() -> str:
+    """SHA-256 over the source of the package's training code (paths and bytes, sorted)."""
+    h = hashlib.sha256()
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        rel = path.relative_to(PACKAGE_DIR).as_posix()
+        if any(rel == m or (m.endswith("/") and rel.startswith(m))
+               for m in EVALUATION_ONLY_MODULES):
+            continue
+        h.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _git_commit() -> str | None:
+    """The checkout's commit (with ``-dirty``), for the record only: not part of the key."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=40"],
+                             cwd=PACKAGE_DIR, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def fingerprint(c: dict, accelerator: str, precision: str) -> tuple[str, dict]:
+    """``(sha256 hex, the canonical content hashed)`` of what training ``c`` produces."""
+    from .. import __version__
+
+    trained = copy.deepcopy(c)
+    for key in SAMPLING_ONLY:
+        group, _, leaf = key.partition(".")
+        if leaf:
+            trained.get(group, {}).pop(leaf, None)
+        else:
+            trained.pop(group, None)
+    content = {"config": trained, "accelerator": accelerator, "precision": precision,
+               "diffexp": __version__, "torch": torch.__version__, "code": code_hash()}
+    blob = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest(), json.loads(blob)
+
+
+def model_dir_for(c: dict, key: str) -> Path:
+    return Path(c["train"]["model_store"]) / (f"{c['schedule']['name']}-{c['objective']['name']}"
+                                              f"-{key[:12]}")
+
+
+@contextmanager
+def model_lock(lock_path: Path, poll_s: float = 1.0):
+    """Hold an exclusive flock on ``lock_path`` (created if needed); wait for it, saying so once.
+    The operating system drops the lock when this process ends, so a killed holder frees it."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        raise ConfigError("train.reuse needs file locks (fcntl), which this platform lacks; "
+                          "use train.reuse=false") from None
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as f:
+        said = False
+        while True:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not said:
+                    f.seek(0)
+                    holder = f.read().strip() or "another job"
+                    print(f"[diffexp] waiting for {lock_path.with_suffix('')}: {holder} is "
+                          f"training it", flush=True)
+                    said = True
+                time.sleep(poll_s)
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {os.uname().nodename}")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            f.flush()
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _sweep_id(run_dir: Path) -> str:
+    """What the jobs of one multirun share (its folder); a single run is its own sweep."""
+    if in_multirun():
+        from hydra.core.hydra_config import HydraConfig
+
+        return str(Path(HydraConfig.get().sweep.dir).resolve())
+    return str(Path(run_dir).resolve())
+
+
+def reuse_active(c: dict) -> bool:
+    """Whether this training job shares its model through the store (``train.reuse``)."""
+    reuse = c["train"]["reuse"]
+    if reuse is False or c["task"] != "diffusion" or c["ckpt_path"]:
+        return False
+    tr = c["trainer"]
+    multi_process = "ddp" in str(tr["strategy"]) or tr["num_nodes"] != 1 or tr["devices"] not in (
+        1, "1")
+    if reuse is True:
+        if multi_process:
+            raise ConfigError("train.reuse=true supports one training process per job (not "
+                              "trainer=ddp or several devices); use train.reuse=false")
+        return True
+    return in_multirun() and not multi_process
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _finished(model_dir: Path, key: str, content: dict) -> dict | None:
+    """The DONE record of a finished model with this exact fingerprint, else None."""
+    done = _read_json(model_dir / "DONE.json")
+    if not done or done.get("fingerprint") != key:
+        return None
+    if _read_json(model_dir / "fingerprint.json") != content:
+        return None
+    if not (model_dir / "checkpoints" / "last.ckpt").is_file():
+        return None
+    return done
+
+
+def _move_aside(model_dir: Path, why: str) -> None:
+    dest = model_dir.with_name(f"{model_dir.name}.replaced-{datetime.now():%Y%m%d-%H%M%S}")
+    os.replace(model_dir, dest)
+    print(f"[diffexp] {why}: moved {model_dir} to {dest}", flush=True)
+
+
+def obtain_model(c: dict, run_dir: Path) -> tuple[Path, str, dict]:
+    """The store's finished model for ``c``, training it first if needed.
+    Returns ``(model_dir, "trained" | "reused", its summary)``."""
+    from .train import _accelerator, _precision, train
+
+    accelerator = _accelerator(c["trainer"])
+    precision = _precision(c["trainer"], accelerator)
+    key, content = fingerprint(c, accelerator, precision)
+    model_dir = model_dir_for(c, key)
+    sweep = _sweep_id(run_dir)
+    with model_lock(model_dir.with_name(model_dir.name + ".lock")):
+        done = _finished(model_dir, key, content)
+        if done and c["train"]["retrain"] and done.get("sweep") != sweep:
+            _move_aside(model_dir, "train.retrain=true")
+            done = None
+        if done:
+            return model_dir, "reused", _read_json(model_dir / "summary.json") or {}
+        failed = model_dir / "FAILED.txt"
+        if failed.is_file():
+            sweep_of_failure, _, error = failed.read_text().partition("\n")
+            if sweep_of_failure == sweep:
+                raise RuntimeError(f"training {model_dir} failed earlier in this sweep: "
+                                   f"{error.strip()}")
+            failed.unlink()
+        if model_dir.exists() and not c["train"]["auto_resume"]:
+            _move_aside(model_dir, "a partial model and train.auto_resume=false")
+        model_dir.mkdir(parents=True, exist_ok=True)
+        write_json(model_dir / "fingerprint.json", content)
+        mc = copy.deepcopy(c)
+        mc["name"] = model_dir.name
+        mc["train"]["eval_at_end"] = False
+        resumed = (model_dir / "checkpoints" / "last.ckpt").is_file()
+        try:
+            summary = train(mc, model_dir)
+        except BaseException as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            failed.write_text(f"{sweep}\n{type(e).__name__}: {first}\n")
+            raise
+        write_json(model_dir / "DONE.json", {
+            "fingerprint": key, "sweep": sweep, "finished": datetime.now().isoformat(),
+            "resumed_partial_model": resumed, "git": _git_commit(),
+            "global_step": summary.get("global_step"), "wall_time_s": summary.get("wall_time_s")})
+        return model_dir, "trained", summary
+
+
+def run_cell(c: dict, run_dir: Path) -> dict:
+    """One job of a sweep: obtain its model from the store (training it if no job has), then
+    evaluate it with this job's sampler, grid and eval settings into ``run_dir``."""
+    from .train import evaluate_at_end, write_config
+
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir)
+    model_dir, status, model_summary = obtain_model(c, run_dir)
+    trained_cfg = _read_yaml(model_dir / "config.yaml")
+    c = copy.deepcopy(c)
+    c["objective"]["sigma_data"] = trained_cfg["objective"].get("sigma_data")  # as measured
+    c["trainer"]["precision"] = trained_cfg["trainer"]["precision"]
+    model = {"status": status, "dir": str(model_dir.resolve()),
+             "fingerprint": _read_json(model_dir / "DONE.json")["fingerprint"],
+             "checkpoint": str((model_dir / "checkpoints" / "last.ckpt").resolve()),
+             "wandb_id": _read_text(model_dir / "wandb_id.txt")}
+    print(f"[diffexp] {run_dir.name}: {status} {model_dir}", flush=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_config(c, run_dir)
+    write_json(run_dir / "model.json", model)
+    summary = {k: v for k, v in model_summary.items() if k not in ("eval", "name")}
+    summary.update(name=c["name"], model=model)
+    if wants_eval_at_end(c):
+        logger = make_logger({**c, "model": model}, run_dir, job_type="eval",
+                             name=_cell_name(c, run_dir))
+        summary["eval"] = evaluate_at_end(c, run_dir, logger, ckpt=Path(model["checkpoint"]))
+        if logger and c["logger"]["name"] == "wandb":
+            _headline_to_summary(logger, summary["eval"])
+            logger.experiment.finish()
+    summary["job_wall_time_s"] = round(time.perf_counter() - t0, 2)
+    write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def _headline_to_summary(logger, evals: dict) -> None:
+    """fid / kid / floor_fid at the top of the wandb run's summary (parallel coordinates, tables);
+    with several end samplers, the first one's, and each under its label too."""
+    first = evals if "fid" in evals else next(iter(evals.values()))
+    head = {"fid": first["fid"], "kid": first["kid_mean"], "kid_std": first["kid_std"],
+            "floor_fid": first["floor_fid"], "nfe": first["nfe"]}
+    if "fid" not in evals:
+        head.update({f"{label}/fid": e["fid"] for label, e in evals.items()})
+    logger.experiment.summary.update(head)
+
+
+def _cell_name(c: dict, run_dir: Path) -> str:
+    return f"{c['name']}/{run_dir.name}" if in_multirun() else c["name"]
+
+
+def _read_yaml(path: Path) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(path))
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
