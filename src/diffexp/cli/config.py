@@ -172,6 +172,7 @@ class EndEvalCfg:
     n_samples: int = 2048
     batch_size: int = 512
     floor: bool = True
+    diagnostics: bool = True
     # label -> sampler settings: evaluate the final model once per entry into eval/<label>/.
     # An entry with a name starts from conf/sampler/<name>.yaml, one without from the run's sampler.
     samplers: dict[str, Any] = field(default_factory=dict)

@@ -164,7 +164,8 @@ def evaluate_at_end(c: dict, run_dir: Path, logger, ckpt: Path | None = None) ->
         sampler = dict(sampler)
         ec = {"ckpt": str(ckpt), "seed": c["seed"],
               "name": c["name"], "data_root": c["data"].get("root"), "logger": {"name": "none"},
-              "objective": {}, "eval": {**settings, "diagnostics": diagnostics},
+              "objective": {}, "eval": {**settings,
+                                        "diagnostics": diagnostics and settings["diagnostics"]},
               "sampler": sampler, "grid": sampler.pop("grid", None) or c["grid"]}
         m = run_eval(ec, run_dir / "eval" / label if label else run_dir / "eval")
         prefix = f"eval/{label}/" if label else "eval/"
