@@ -258,7 +258,7 @@ def test_kill_the_training_job_then_rerun_the_sweep(tmp_path):
                          stderr=subprocess.DEVNULL, start_new_session=True)
     models = tmp_path / "runs" / "models"
     deadline = time.time() + 300
-    while not list(models.glob("*/checkpoints/epoch000.ckpt")):
+    while not list(models.glob("*/checkpoints/last.ckpt")):
         assert p.poll() is None, "the sweep ended before it could be killed"
         assert time.time() < deadline
         time.sleep(0.2)
