@@ -165,14 +165,20 @@ def test_finished_partial_failed_and_forced(tmp_path, monkeypatch):
     _, s4, _ = store.obtain_model(c, tmp_path / "cell3")
     assert s4 == "trained" and len(calls) == 3
     assert json.loads((d1 / "DONE.json").read_text())["resumed_partial_model"] is True
-    # a fingerprint.json that does not match (a collision, a hand edit) is not reused either
+    # a fingerprint.json that does not match (a collision, a hand edit) is neither reused nor
+    # continued: that folder is moved aside and the model trained afresh
     (d1 / "fingerprint.json").write_text("{}")
     assert store.obtain_model(c, tmp_path / "cell4")[1] == "trained" and len(calls) == 4
+
+    def aside():
+        return len(list((tmp_path / "models").glob(f"{d1.name}.replaced-*")))
+
+    assert aside() == 1
     # train.retrain=true: trained again once in a new sweep, reused within that sweep
     sweep[0] = "B"
     forced = _store_cfg(tmp_path, "train.retrain=true")
     assert store.obtain_model(forced, tmp_path / "cell5")[1] == "trained" and len(calls) == 5
-    assert list((tmp_path / "models").glob(f"{d1.name}.replaced-*")), "old model kept aside"
+    assert aside() == 2, "the old model is kept aside, not deleted"
     assert store.obtain_model(forced, tmp_path / "cell6")[1] == "reused" and len(calls) == 5
 
 
@@ -274,3 +280,45 @@ def test_kill_the_training_job_then_rerun_the_sweep(tmp_path):
     assert done["resumed_partial_model"] is True and done["global_step"] == 100
     assert all((d / "eval" / "metrics.json").is_file() for d in (tmp_path / "sweep2").iterdir()
                if d.is_dir() and not d.name.startswith("wandb"))
+
+
+def test_sampling_sweeps_vary_slowest():
+    from diffexp.cli.common import sampling_sweeps_first
+
+    argv = ["-m", "data.scale=0.5,1,2", "grid=karras", "grid.rho=3,5,7", "sampler=euler,heun",
+            "--config-name", "train", "seed=0"]
+    out = sampling_sweeps_first(argv)
+    assert out == ["-m", "grid.rho=3,5,7", "sampler=euler,heun", "data.scale=0.5,1,2",
+                   "grid=karras", "--config-name", "train", "seed=0"]
+    assert sorted(out) == sorted(argv)  # the same arguments, flags where they were
+
+
+def test_study_recipe_composes_its_cells():
+    import yaml
+
+    from diffexp.cli.common import swept_keys
+    from diffexp.cli.config import CONF_DIR
+
+    c = validate_train_config(compose_train(["experiment=study_scale"]))
+    assert c["data"]["subset"] and c["eval"]["n_samples"] == 512 and c["task"] == "diffusion"
+    params = yaml.safe_load((CONF_DIR / "experiment" / "study_scale.yaml").read_text())[
+        "hydra"]["sweeper"]["params"]
+    values = {k: str(v).split(",") for k, v in params.items()}
+    assert values["data.scale"] == ["0.25", "0.5", "1", "2"]
+    assert values["schedule"] == ["cosine", "sigmoid"]
+    assert values["objective.normalize_input"] == ["false", "true"]
+    assert len(values["sampler"]) == 4
+    assert list(params)[0] == "sampler"  # sampling sweep first: consecutive jobs train new models
+    trained = {_fp("experiment=study_scale", f"data.scale={b}", f"schedule={s}",
+                   f"objective.normalize_input={n}", f"sampler={smp}")
+               for b in values["data.scale"] for s in values["schedule"]
+               for n in values["objective.normalize_input"] for smp in values["sampler"]}
+    assert len(trained) == 16  # 64 cells, 16 trainings
+    assert set(swept_keys(["-m", "experiment=study_scale"])) == set(params)
+
+
+def test_failed_jobs_of_a_parallel_launcher_exit_1(tmp_path):
+    r = _train_cli("-m", "data.scale=-1,-2", "logger=none", "hydra/launcher=joblib",
+                   "hydra.launcher.n_jobs=2", "hydra.sweep.dir=sweep", cwd=tmp_path, timeout=300)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "2 job(s) failed" in r.stderr and "data.scale must be > 0" in r.stderr

@@ -272,7 +272,11 @@ class SweepEnd(Callback):
     process when a multirun ends, whatever the launcher: records every job that left an
     ``error.txt`` (parallel launchers' workers fail in their own processes) so the command exits 1,
     prints how many models were trained and reused, and writes the sweep's report (report.md,
-    heatmap, line plots) into the sweep folder, plus a wandb summary run when logging to wandb."""
+    heatmap, line plots) into the sweep folder, plus a wandb summary run when logging to wandb.
+    ``x`` / ``y`` choose the heatmap's axes (a recipe sets ``hydra.callbacks.sweep_end.y``)."""
+
+    def __init__(self, x: str | None = None, y: str | None = None):
+        self.x, self.y = x, y
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -289,7 +293,7 @@ class SweepEnd(Callback):
         try:
             from .report import _write_report, log_to_wandb
 
-            files, rows, swept = _write_report(sweep_dir, None, None, None)
+            files, rows, swept = _write_report(sweep_dir, None, self.x, self.y)
             print(f"[diffexp] report: {files['md']}"
                   + (f", {files['heatmap']}" if "heatmap" in files else ""))
             lg = config.get("logger") or {}

@@ -33,6 +33,7 @@ own model in its folder: the way to time a sweep without sharing).
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -61,6 +62,13 @@ EVALUATION_ONLY_MODULES = ("cli/report.py", "cli/eval.py", "evaluation.py", "met
                            "sampling.py")
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+@functools.lru_cache(maxsize=1)
+def _code_hash_of_this_process() -> str:
+    """:func:`code_hash` taken once per process: the code this process runs, even if the files
+    are edited while a sweep is under way."""
+    return code_hash()
 
 
 def code_hash() -> str:
@@ -97,7 +105,8 @@ def fingerprint(c: dict, accelerator: str, precision: str) -> tuple[str, dict]:
         else:
             trained.pop(group, None)
     content = {"config": trained, "accelerator": accelerator, "precision": precision,
-               "diffexp": __version__, "torch": torch.__version__, "code": code_hash()}
+               "diffexp": __version__, "torch": torch.__version__,
+               "code": _code_hash_of_this_process()}
     blob = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest(), json.loads(blob)
 
@@ -189,7 +198,7 @@ def _finished(model_dir: Path, key: str, content: dict) -> dict | None:
 
 
 def _move_aside(model_dir: Path, why: str) -> None:
-    dest = model_dir.with_name(f"{model_dir.name}.replaced-{datetime.now():%Y%m%d-%H%M%S}")
+    dest = model_dir.with_name(f"{model_dir.name}.replaced-{datetime.now():%Y%m%d-%H%M%S-%f}")
     os.replace(model_dir, dest)
     print(f"[diffexp] {why}: moved {model_dir} to {dest}", flush=True)
 
@@ -220,6 +229,8 @@ def obtain_model(c: dict, run_dir: Path) -> tuple[Path, str, dict]:
             failed.unlink()
         if model_dir.exists() and not c["train"]["auto_resume"]:
             _move_aside(model_dir, "a partial model and train.auto_resume=false")
+        elif model_dir.exists() and _read_json(model_dir / "fingerprint.json") != content:
+            _move_aside(model_dir, "a partial model of another fingerprint")
         model_dir.mkdir(parents=True, exist_ok=True)
         write_json(model_dir / "fingerprint.json", content)
         mc = copy.deepcopy(c)
@@ -262,7 +273,7 @@ def run_cell(c: dict, run_dir: Path) -> dict:
     summary = {k: v for k, v in model_summary.items() if k not in ("eval", "name")}
     summary.update(name=c["name"], model=model)
     if wants_eval_at_end(c):
-        logger = make_logger({**c, "model": model}, run_dir, job_type="eval",
+        logger = make_logger({**c, "trained_model": model}, run_dir, job_type="eval",
                              name=_cell_name(c, run_dir))
         summary["eval"] = evaluate_at_end(c, run_dir, logger, ckpt=Path(model["checkpoint"]))
         if logger and c["logger"]["name"] == "wandb":
