@@ -113,8 +113,10 @@ def test_cli_bad_value_exits_cleanly(tmp_path):
 def test_cli_help_lists_groups(tmp_path):
     r = _cli("--help", cwd=tmp_path)
     assert r.returncode == 0
+    assert "grid=karras grid.rho=3,5,7" in r.stdout and "sampler.rho" not in r.stdout
     for group, option in [("schedule", "sigmoid"), ("objective", "karras"), ("model", "unet_course"),
-                          ("sampler", "heun"), ("experiment", "course_karras"), ("logger", "wandb")]:
+                          ("sampler", "heun"), ("experiment", "course_karras"), ("logger", "wandb"),
+                          ("grid", "karras"), ("experiment", "study_scale")]:
         assert f"{group}:" in r.stdout and option in r.stdout, (group, option)
 
 

@@ -324,6 +324,14 @@ def test_model_status_column(tmp_path):
         got = list(csv.DictReader(f))
     assert [r["model"] for r in got] == ["trained"] * 2 + ["reused"] * 4
     assert got[0]["model_dir"] == "/models/0_x=1"
+    # a reusing job's wall time is its own (job_wall_time_s), not the model's training plus eval
+    assert [r["wall_time_s"] for r in rows] == [55.0] * 6  # 50 s training + 5 s eval
+    summary = json.loads((tmp_path / "1_x=2" / "summary.json").read_text())
+    (tmp_path / "1_x=2" / "summary.json").write_text(json.dumps({**summary,
+                                                                 "job_wall_time_s": 7.5}))
+    rows, _ = collect(tmp_path)
+    assert [r["wall_time_s"] for r in rows] == [55.0] * 2 + [7.5] * 2 + [55.0] * 2
+    assert rows[2]["train_s"] == 50.0  # the model's training time stays on record
     # without the record, no column
     _job(tmp_path / "old", "0_x=1", {"x": 1}, 10.0)
     assert "model" not in _md_tables(write_report(tmp_path / "old")["md"].read_text(), "# Report")[0][0]

@@ -99,10 +99,14 @@ def test_named_sweep_with_joblib_and_report(tmp_path):
 
 @pytest.mark.slow
 def test_submitit_local_launcher(tmp_path):
+    """submitit runs the jobs as parallel processes: the two rho cells of each seed's model meet
+    at its lock, and each model is trained once."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     r = _train("-m", *TINY, "debug=fast", "logger=none", "hydra/launcher=submitit_local",
-               "hydra.launcher.timeout_min=10", "seed=0,1", "hydra.sweep.dir=sweep",
-               cwd=tmp_path, timeout=900)
+               "hydra.launcher.timeout_min=10", "seed=0,1", "grid=karras", "grid.rho=3,7",
+               "eval.n_samples=32", "eval.batch_size=32", "eval.diagnostics=false",
+               "hydra.sweep.dir=sweep", cwd=tmp_path, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     rows, _ = collect(tmp_path / "sweep")
-    assert len(rows) == 2 and all(x["status"] == "ok" for x in rows)
+    assert len(rows) == 4 and all(x["status"] == "ok" and x["fid"] > 0 for x in rows)
+    assert sorted(x["model"] for x in rows) == ["reused", "reused", "trained", "trained"]

@@ -144,6 +144,10 @@ def collect(root: str | Path) -> tuple[list[dict], list[str]]:
                     row["model"], row["model_dir"] = trained["status"], trained.get("dir")
                 row["wall_time_s"] = summary.get("wall_time_s") if not metrics else (
                     (summary.get("wall_time_s") or 0) + (metrics.get("wall_time_s") or 0))
+                if summary.get("job_wall_time_s") is not None:
+                    # a job of a shared-model sweep: what it took itself (train_s stays the
+                    # model's training time, which a reusing job did not spend)
+                    row["wall_time_s"] = summary["job_wall_time_s"]
             rows.append(row)
     keys = sorted({k for r in rows for k in r["overrides"]})
     swept = [k for k in keys if len({r["overrides"].get(k) for r in rows}) > 1]
