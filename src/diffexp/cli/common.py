@@ -242,21 +242,19 @@ def _register_resolvers() -> None:
         OmegaConf.register_new_resolver("diffexp_job_name", job_name)
 
 
-#: top-level keys whose sweeps only change how a model is sampled, scored or logged
-SAMPLING_GROUPS = ("sampler", "grid", "eval", "logger", "name")
-
-
 def sampling_sweeps_first(argv: list[str]) -> list[str]:
-    """A multirun command line with its sampling-only sweeps (sampler, grid, eval, ...) moved in
-    front of the others. Hydra's sweep varies the first key slowest, so consecutive jobs then need
-    different models, and a parallel launcher trains those at once instead of queueing jobs on
-    one model's lock (see :mod:`diffexp.cli.store`)."""
+    """A multirun command line with its sampling-only sweeps (``store.SAMPLING_ONLY``: sampler,
+    grid, eval, ...) moved in front of the others. Hydra's sweep varies the first key slowest, so
+    consecutive jobs then need different models, and a parallel launcher trains those at once
+    instead of queueing jobs on one model's lock (see :mod:`diffexp.cli.store`)."""
+    from .store import SAMPLING_ONLY
+
     def sampling_sweep(arg: str) -> bool:
         key, eq, value = arg.partition("=")
         key = key.lstrip("+~")
         swept = value.startswith(("range(", "choice(", "glob(")) or len(
             _top_level_split(value)) > 1
-        return bool(eq) and swept and key.split(".")[0] in SAMPLING_GROUPS
+        return bool(eq) and swept and (key in SAMPLING_ONLY or key.split(".")[0] in SAMPLING_ONLY)
     slots = [i for i, a in enumerate(argv) if "=" in a and not a.startswith("-")]
     overrides = [argv[i] for i in slots]
     ordered = ([a for a in overrides if sampling_sweep(a)]
