@@ -14,7 +14,7 @@ ARGS ?=
 .PHONY: install run test test-slow test-all lint bench results clean help
 
 help:
-	@echo "make install | run | test | test-slow | test-all | lint | bench | results | clean"
+	@echo "make install | run | test | test-slow | test-all | lint | bench | results | gpu-check | gpu-prep | clean"
 
 $(STAMP): pyproject.toml
 	@if [ "$(PY)" = "$(VENV)/bin/python" ] && [ ! -x $(PY) ]; then python3 -m venv $(VENV); fi
@@ -47,6 +47,17 @@ lint: install
 
 bench: install
 	$(PY) scripts/bench.py $(ARGS)
+
+# the GPU readiness check, one command for a short GPU window (docs/PERFORMANCE.md, "GPU
+# readiness check"); `make gpu-check ARGS=--dry-run` runs its CPU-sized version anywhere
+.PHONY: gpu-check gpu-prep
+gpu-check: install
+	$(PY) scripts/gpu_check.py $(ARGS)
+
+# before a GPU window on a machine without network: wheels and data into .gpu-carry/ (carry it,
+# then run scripts/gpu_session.sh there)
+gpu-prep: install
+	PYTHON=$(PY) scripts/gpu_prep.sh
 
 clean:
 	rm -rf build dist src/*.egg-info .pytest_cache .ruff_cache $(STAMP)

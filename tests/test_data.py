@@ -71,3 +71,29 @@ def test_synthetic_deterministic():
     b, lb = synthetic_images(16, seed=1)
     assert torch.equal(a, b) and torch.equal(la, lb) and a.dtype == torch.uint8
     assert int(a.max()) > 200 and int(a.min()) == 0
+
+
+def test_gzipped_files_read_like_the_release_and_match_torchvision(tmp_path, data_root):
+    """The four files may be present gzipped only (a copy that travels compressed); they read as
+    the same tensors as the uncompressed release, which read as torchvision reads them."""
+    import gzip
+
+    from torchvision.datasets import FashionMNIST
+
+    from diffexp.data import RAW_FILES, DataError, load_fashion_mnist, read_idx
+
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in RAW_FILES:
+        (raw / (f + ".gz")).write_bytes(gzip.compress((data_root / "FashionMNIST" / "raw" / f)
+                                                      .read_bytes(), compresslevel=1))
+    for train in (True, False):
+        gz = load_fashion_mnist(tmp_path, train=train, download=False)
+        plain = load_fashion_mnist(data_root, train=train, download=False)
+        tv = FashionMNIST(str(data_root), train=train, download=False)
+        assert torch.equal(gz[0], plain[0]) and torch.equal(gz[1], plain[1])
+        assert torch.equal(plain[0], tv.data) and torch.equal(plain[1], tv.targets)
+    for bad in (b"\x00\x00\x08\x01\x00\x00", b"\x00\x00\x08\x01\x00\x00\x00\x05\x01\x02"):
+        (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(bad))
+        with pytest.raises(DataError, match="truncated or corrupt"):
+            read_idx(raw / "t10k-labels-idx1-ubyte")

@@ -10,6 +10,8 @@ padded image is exactly what ``pad`` would give on the [0, 1] image mapped to [-
 
 from __future__ import annotations
 
+import gzip
+import math
 import os
 from pathlib import Path
 
@@ -63,18 +65,45 @@ def load_fashion_mnist(root=None, train: bool = True, download: bool = True) -> 
     Reads ``ROOT/FashionMNIST/raw`` (torchvision's layout); downloads through torchvision when the
     files are absent and ``download`` is true. Raises :class:`DataError` with one line saying where to
     put the files when neither works."""
-    from torchvision.datasets import FashionMNIST
-
     root = resolve_root(root)
-    have = _have_raw(root)
-    if not have and not download:
-        raise DataError(_missing_msg(root, "download is disabled (data.download=false)"))
-    try:
-        ds = FashionMNIST(str(root), train=train, download=not have)
-    except Exception as e:  # network down, read-only folder, corrupt file ...
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(_missing_msg(root, f"download failed: {reason}")) from None
-    return ds.data.clone(), ds.targets.clone()
+    if not _have_raw(root):
+        if not download:
+            raise DataError(_missing_msg(root, "download is disabled (data.download=false)"))
+        from torchvision.datasets import FashionMNIST
+
+        try:
+            FashionMNIST(str(root), train=train, download=True)
+        except Exception as e:  # network down, read-only folder, corrupt file ...
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DataError(_missing_msg(root, f"download failed: {reason}")) from None
+    prefix = "train" if train else "t10k"
+    raw = root / "FashionMNIST" / "raw"
+    images = read_idx(raw / f"{prefix}-images-idx3-ubyte")
+    labels = read_idx(raw / f"{prefix}-labels-idx1-ubyte").long()
+    if images.dim() != 3 or images.shape[1:] != (28, 28) or len(labels) != len(images):
+        raise DataError(f"{raw}: {prefix} files hold {tuple(images.shape)} images and "
+                        f"{len(labels)} labels, not N x 28 x 28 and N")
+    return images, labels
+
+
+def read_idx(path: Path) -> Tensor:
+    """An IDX file of unsigned bytes (the MNIST format: magic 0x0000 08 <ndim>, big-endian sizes,
+    then the data) as a uint8 tensor; ``path`` or, when absent, ``path.gz``. Read directly rather
+    than through torchvision, which ignores files that are only present gzipped."""
+    if not path.exists():
+        path = path.with_name(path.name + ".gz")
+    with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise DataError(f"{path}: not an IDX file of unsigned bytes")
+    ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise DataError(f"{path}: truncated or corrupt (its header is cut short)")
+    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    body = data[4 + 4 * ndim:]
+    if len(body) != math.prod(dims) or not body:
+        raise DataError(f"{path}: truncated or corrupt ({len(body)} bytes for shape {dims})")
+    return torch.frombuffer(bytearray(body), dtype=torch.uint8).reshape(dims)
 
 
 def _missing_msg(root: Path, why: str) -> str:

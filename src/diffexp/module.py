@@ -168,6 +168,28 @@ class _DataModuleMixin(pl.LightningModule):
         if self._train_loader is not None:
             self._train_loader.epoch = self.current_epoch
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
+                                    gradient_clip_algorithm=None) -> None:
+        """Lightning's mixed-precision plugin refuses to clip for an optimizer that unscales
+        gradients itself (the fused Adam used on CUDA), under bf16 too, which has no gradient
+        scaler: the gradients here are the true ones, so they are clipped directly. fp16 (which
+        has a scaler) keeps Lightning's path."""
+        if (gradient_clip_val and optimizer.defaults.get("fused")
+                and self.trainer.precision != "16-mixed"):
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def _loss_on_prog_bar(self) -> bool:
+        """Lightning converts every ``prog_bar`` metric to a Python number after each batch, a
+        host-device sync per step on a GPU even with no bar shown; so the training loss goes to the
+        progress bar only when there is one."""
+        return self._trainer is not None and self.trainer.progress_bar_callback is not None
+
     def configure_optimizers(self):
         o = self.cfg["optim"]
         name = o["name"]
@@ -233,8 +255,8 @@ class DiffusionModule(_DataModuleMixin):
 
     def training_step(self, idx: Tensor, batch_idx: int) -> Tensor:
         loss = self.diffusion_loss(self.data.batch(idx))
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
-                 batch_size=len(idx))
+        self.log("train/loss", loss, on_step=True, on_epoch=True,
+                 prog_bar=self._loss_on_prog_bar(), batch_size=len(idx))
         return loss
 
     def validation_step(self, idx: Tensor, batch_idx: int) -> None:
@@ -386,8 +408,8 @@ class NoiseLevelModule(_DataModuleMixin):
 
     def training_step(self, idx: Tensor, batch_idx: int) -> Tensor:
         loss, base, _, _ = self.losses(self.data.batch(idx))
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
-                 batch_size=len(idx))
+        self.log("train/loss", loss, on_step=True, on_epoch=True,
+                 prog_bar=self._loss_on_prog_bar(), batch_size=len(idx))
         self.log("train/baseline", base, on_step=False, on_epoch=True, batch_size=len(idx))
         return loss
 
