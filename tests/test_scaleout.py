@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from diffexp.cli.report import collect, write_report
 from diffexp.module import IndexBatches, load_module
@@ -93,8 +94,12 @@ def test_named_sweep_with_joblib_and_report(tmp_path):
     assert any("data.scale=0.5" in n and "grid.rho=3" in n for n in names)  # readable
     files = write_report(tmp_path / "sweep")
     assert files["fid_vs_data.scale"].is_file() and files["fid_vs_grid.rho"].is_file()
-    cfg = (tmp_path / "sweep" / names[0] / "config.yaml").read_text()
-    assert "grid: karras" in cfg
+    cells = [n for n in names if "grid.rho=" in n]
+    assert len(cells) == 4
+    for name in cells:  # each cell samples on the Karras grid with its own rho
+        cfg = OmegaConf.load(tmp_path / "sweep" / name / "config.yaml")
+        assert cfg["grid"]["name"] == "karras"
+        assert f"grid.rho={cfg['grid']['rho']:g}" in name
 
 
 @pytest.mark.slow
