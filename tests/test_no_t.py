@@ -108,7 +108,7 @@ def test_no_t_sampling_with_predictor(predictor_run, tmp_path):
     # the predictor is not saved inside the no_t model's checkpoint (it has its own)
     assert not any(k.startswith("_noise_level_net") for k in m.state_dict())
     # a diffusion checkpoint is not a predictor: one clear error
-    with pytest.raises(ValueError, match="not a noise-level checkpoint"):
+    with pytest.raises(ValueError, match="is a task=diffusion checkpoint; this needs a task=noise_l"):
         tc = validate_train_config(compose_train(["data=synthetic", "debug=fast", "logger=none",
                                                   "train.batch_size=16", *TINY_MODEL]))
         train(tc, tmp_path / "t")

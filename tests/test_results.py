@@ -179,11 +179,11 @@ def test_resume_accepts_checkpoints_from_before_sigma_data_factor(tmp_path):
 
     c = validate_train_config(compose_train(["objective=karras", "schedule=karras"]))
     old = {**c, "objective": {"name": "karras", "sigma_data": 0.66}}  # no factor recorded
-    torch.save({"hyper_parameters": {"cfg": old}}, tmp_path / "old.ckpt")
+    torch.save({"state_dict": {}, "hyper_parameters": {"cfg": old}}, tmp_path / "old.ckpt")
     c["ckpt_path"] = str(tmp_path / "old.ckpt")
     check_resume(c)  # factor 1 == the measured value used as is: same objective
     c["objective"]["sigma_data_factor"] = 0.5
-    with pytest.raises(ConfigError, match="objective differs"):
+    with pytest.raises(ConfigError, match="objective.sigma_data_factor=0.5 differs"):
         check_resume(c)
 
 
@@ -198,9 +198,9 @@ def test_resume_accepts_checkpoints_from_before_the_grid_group_and_normalize_inp
            "sampler": {**c["sampler"], "grid": "schedule", "rho": 7.0, "sigma_min": None,
                        "sigma_max": None}}
     del old["grid"]
-    torch.save({"hyper_parameters": {"cfg": old}}, tmp_path / "old.ckpt")
+    torch.save({"state_dict": {}, "hyper_parameters": {"cfg": old}}, tmp_path / "old.ckpt")
     c["ckpt_path"] = str(tmp_path / "old.ckpt")
     check_resume(c)
     c["objective"]["normalize_input"] = True
-    with pytest.raises(ConfigError, match="objective differs"):
+    with pytest.raises(ConfigError, match="objective.normalize_input=True differs"):
         check_resume(c)

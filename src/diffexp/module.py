@@ -15,8 +15,10 @@ import torch
 from torch import Tensor
 
 from . import sampling
+from .checkpoint_io import CHECKPOINT_FORMAT, read_checkpoint
 from .data import DeviceData, decode
 from .ema import EMA
+from .errors import CheckpointError
 from .models.noise_level import NoiseLevelNet
 from .models.unet import UNet, count_parameters
 from .noise_level import ABAR_EPS, no_t_denoiser
@@ -365,7 +367,7 @@ class DiffusionModule(_DataModuleMixin):
         return path
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["diffexp_version"] = 1
+        checkpoint["diffexp_version"] = CHECKPOINT_FORMAT
 
 
 class NoiseLevelModule(_DataModuleMixin):
@@ -459,26 +461,28 @@ class NoiseLevelModule(_DataModuleMixin):
 
 def load_noise_level_net(path: str | Path) -> tuple[NoiseLevelNet, dict]:
     """The predictor of a ``task=noise_level`` checkpoint and that run's config."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"objective.noise_level_ckpt={str(path)!r}: no such checkpoint file")
-    ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
-    cfg = ckpt.get("hyper_parameters", {}).get("cfg")
-    if not cfg or cfg.get("task") != "noise_level":
-        raise ValueError(f"objective.noise_level_ckpt={str(path)!r} is not a noise-level "
-                         f"checkpoint (train one with task=noise_level)")
+    ckpt = read_checkpoint(path, setting="objective.noise_level_ckpt", task="noise_level")
+    cfg = ckpt["hyper_parameters"]["cfg"]
     module = NoiseLevelModule(cfg)
     module.load_state_dict(ckpt["state_dict"])
     return module.net, cfg
 
 
-def load_module(path: str | Path, map_location="cpu") -> DiffusionModule:
-    """Rebuild a module from a checkpoint written by training (config from the checkpoint)."""
-    ckpt = torch.load(str(path), map_location=map_location, weights_only=False)
+def load_module(path: str | Path, map_location="cpu", *, setting: str = "ckpt"
+                ) -> DiffusionModule:
+    """Rebuild a module from a checkpoint written by training (config from the checkpoint).
+    A missing, damaged, foreign or wrong-task file raises a one-line :class:`CheckpointError`
+    naming ``setting``."""
+    ckpt = read_checkpoint(path, setting=setting, task="diffusion")
     cfg = upgrade_config(ckpt["hyper_parameters"]["cfg"])
-    module = DiffusionModule(cfg)
-    module.load_state_dict(ckpt["state_dict"])
-    return module
+    try:
+        module = DiffusionModule(cfg)
+        module.load_state_dict(ckpt["state_dict"])
+    except (KeyError, TypeError, RuntimeError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise CheckpointError(f"{setting}={str(path)!r}: its weights do not fit the model its "
+                              f"config describes ({first})") from None
+    return module.to(map_location) if map_location != "cpu" else module
 
 
 def describe(module: DiffusionModule) -> str:

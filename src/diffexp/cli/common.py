@@ -11,6 +11,7 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
+from ..errors import DiffexpError
 from .config import ConfigError, check_group_choices, check_moved_settings, fail
 
 #: jobs of this process's multirun that failed: (run_dir, one-line error)
@@ -29,10 +30,10 @@ def _json_safe(obj):
 
 
 def write_json(path: Path, obj) -> None:
-    """Write strict JSON to a temporary file, then rename it over ``path``."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_json_safe(obj), indent=2, allow_nan=False))
-    os.replace(tmp, path)
+    """Write strict JSON atomically: a kill or a full disk leaves the previous file intact."""
+    from ..files import atomic_write_text
+
+    atomic_write_text(path, json.dumps(_json_safe(obj), indent=2, allow_nan=False))
 
 
 def cpu_model() -> str:
@@ -136,7 +137,7 @@ def discard_empty_run_dir(run_dir: Path) -> None:
     files, and the parents that are left empty, so a rejected command leaves nothing behind."""
     if not run_dir.is_dir():
         return
-    if any(p.name not in {".hydra"} and p.suffix != ".log" for p in run_dir.iterdir()):
+    if any(p.name not in {".hydra", ".lock"} and p.suffix != ".log" for p in run_dir.iterdir()):
         return
     import logging
     import shutil
@@ -153,7 +154,8 @@ def discard_empty_run_dir(run_dir: Path) -> None:
 def run_job(fn):
     """Run ``fn(run_dir)`` as a Hydra job.
 
-    Single run: a :class:`ConfigError` prints one line and exits with status 2, leaving no run folder.
+    Single run: a :class:`DiffexpError` (a bad setting or input file) prints one line and exits
+    with status 2, leaving no run folder it did not need.
     Multirun: any failure is recorded in the job's folder as ``error.txt`` (one line) and in
     :data:`FAILED_JOBS`, and the sweep goes on with the next job."""
     from hydra.core.hydra_config import HydraConfig
@@ -163,7 +165,7 @@ def run_job(fn):
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         return fn(run_dir)
-    except ConfigError as e:
+    except DiffexpError as e:
         if not multirun:
             discard_empty_run_dir(run_dir)
             fail(str(e))

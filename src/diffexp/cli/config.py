@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,15 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ..errors import DiffexpError
+
 __all__ = ["ConfigError", "validate_train_config", "validate_eval_samplers", "check_group_choices",
            "check_moved_settings", "CONF_DIR"]
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
-class ConfigError(ValueError):
+class ConfigError(DiffexpError):
     """A setting is wrong; the message is one line naming it."""
 
 
@@ -184,6 +187,7 @@ class TrainCfg:
     epochs: int = 5
     ema_decay: float = 0.999
     grad_clip: float = 1.0
+    skip_nonfinite: bool = False  # drop a batch with non-finite gradients instead of stopping
     sample_every_n_epochs: int = 1
     n_sample_images: int = 64
     checkpoint_every_n_epochs: int = 1
@@ -261,14 +265,24 @@ def validate_schedule(s) -> dict:
     if "rho" in s:
         raise moved_setting_error("schedule.rho", s["rho"])
     s = _typed(s, SCHEDULE_SCHEMAS[name], "schedule")
+    for key, value in s.items():
+        if isinstance(value, float):
+            _require(math.isfinite(value), f"schedule.{key}", "must be a finite number", value)
     if name == "karras":
         _require(s["sigma_min"] > 0, "schedule.sigma_min", "must be > 0", s["sigma_min"])
         _require(s["sigma_max"] > s["sigma_min"], "schedule.sigma_max",
                  f"must be > schedule.sigma_min={s['sigma_min']}", s["sigma_max"])
         _require(s["p_std"] > 0, "schedule.p_std", "must be > 0", s["p_std"])
+        # training draws ln(sigma) ~ N(p_mean, p_std^2) and the losses weigh by sigma^2: six
+        # standard deviations out, sigma^2 must stay finite in float32 (e^88 is its largest)
+        _require(abs(s["p_mean"]) + 6 * s["p_std"] <= 40, "schedule.p_mean/p_std",
+                 "must keep |p_mean| + 6 p_std <= 40 (training noise levels beyond e^40 overflow "
+                 "float32 in the loss)", (s["p_mean"], s["p_std"]))
         return s
-    _require(0 <= s["t_min"] < s["t_max"] <= 1, "schedule.t_min/t_max",
-             "must satisfy 0 <= t_min < t_max <= 1", (s["t_min"], s["t_max"]))
+    # t_min > 0: the sampling grids end at the schedule's smallest noise level sigma(t_min),
+    # which is 0 at t = 0 (and sigma-space samplers divide by it)
+    _require(0 < s["t_min"] < s["t_max"] <= 1, "schedule.t_min/t_max",
+             "must satisfy 0 < t_min < t_max <= 1", (s["t_min"], s["t_max"]))
     if name == "linear":
         _require(s["beta_min"] > 0, "schedule.beta_min", "must be > 0", s["beta_min"])
         _require(s["beta_max"] >= s["beta_min"], "schedule.beta_max",
@@ -282,10 +296,16 @@ def validate_schedule(s) -> dict:
                      "must lie in [0, 1] for the cosine schedule", (s["start"], s["end"]))
     from ..schedules import build_schedule
 
-    sched = build_schedule(name, **{k: v for k, v in s.items() if k != "name"})
-    smax = sched.sigma_max
-    _require(math.isfinite(smax) and smax > sched.sigma_min, "schedule.t_max",
-             "gives no finite noise level above t_min (alpha_bar reaches 0); lower it", s["t_max"])
+    try:
+        sched = build_schedule(name, **{k: v for k, v in s.items() if k != "name"})
+        smax = sched.sigma_max
+    except (ArithmeticError, ValueError) as e:  # e.g. an overflow for a tiny tau
+        keys = "/".join(k for k in s if k != "name")
+        raise ConfigError(f"schedule.{keys}: these values give no usable noise levels "
+                          f"({type(e).__name__}: {e})") from None
+    _require(math.isfinite(smax) and smax > sched.sigma_min > 0, "schedule.t_max",
+             "gives no finite noise level above a positive one at t_min (alpha_bar reaches 0 or "
+             "1); lower t_max or change the schedule's shape", s["t_max"])
     return s
 
 
@@ -294,12 +314,15 @@ def validate_objective(o) -> dict:
     _choice(name, "objective.name", ["eps", "x0", "v", "karras", "no_t"])
     o = _typed(o, NoTObjectiveCfg if name == "no_t" else ObjectiveCfg, "objective")
     if name == "karras":
+        def positive(v) -> bool:
+            return (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                    and math.isfinite(v))
+
         sd = o["sigma_data"]
-        ok = sd == "auto" or (isinstance(sd, (int, float)) and not isinstance(sd, bool) and sd > 0)
-        _require(ok, "objective.sigma_data", "must be 'auto' or a number > 0", sd)
+        _require(sd == "auto" or positive(sd), "objective.sigma_data",
+                 "must be 'auto' or a finite number > 0", sd)
         f = 1.0 if o["sigma_data_factor"] is None else o["sigma_data_factor"]
-        ok = isinstance(f, (int, float)) and not isinstance(f, bool) and f > 0
-        _require(ok, "objective.sigma_data_factor", "must be a number > 0", f)
+        _require(positive(f), "objective.sigma_data_factor", "must be a finite number > 0", f)
         o["sigma_data_factor"] = float(f)
         if o["normalize_input"]:
             raise ConfigError("objective.normalize_input applies to the VP objectives (eps, x0, "
@@ -480,6 +503,63 @@ def validate_study(st) -> dict:
     return st
 
 
+def validate_resume(r) -> dict:
+    r = OmegaConf.to_container(r) if isinstance(r, DictConfig) else r
+    if r is None:  # configs written before resume.allow_changes existed
+        return {"run": None, "allow_changes": []}
+    if not isinstance(r, dict):
+        raise ConfigError(f"resume={r!r}: write resume=RUN_DIR (a run folder) or "
+                          f"resume.allow_changes=[KEY,...]")
+    unknown = sorted(set(r) - {"run", "allow_changes"})
+    if unknown:
+        raise ConfigError(f"resume.{unknown[0]}: unknown setting; valid: run, allow_changes")
+    allow = r.get("allow_changes") or []
+    _require(isinstance(allow, list) and all(isinstance(a, str) and a for a in allow),
+             "resume.allow_changes", "must be a list of setting names (e.g. [data.scale, seed])",
+             allow)
+    run = r.get("run")
+    _require(run is None or isinstance(run, str), "resume.run", "must be a run folder", run)
+    return {"run": run, "allow_changes": list(allow)}
+
+
+def check_sampling_grids(c: dict) -> None:
+    """Build every sampling grid the run will use (its sampler's, each eval.samplers entry's) on
+    its schedule now, so a grid that cannot be built fails before training, not at the first
+    sample grid. On the VP schedules a grid must stay inside the schedule's noise range (beyond
+    it the network is asked about times it never saw, and sigma(1) is infinite for some)."""
+    from .. import sampling
+    from ..schedules import build_schedule
+
+    sched_cfg = c["schedule"]
+    schedule = build_schedule(sched_cfg["name"], **{k: v for k, v in sched_cfg.items()
+                                                     if k != "name"})
+    entries = [("sampler", c["sampler"], c["grid"])]
+    entries += [(f"eval.samplers.{label}", e, e.get("grid") or c["grid"])
+                for label, e in (c["eval"].get("samplers") or {}).items()]
+    for label, smp, grid in entries:
+        steps = smp.get("steps")
+        g = sampling.validate_grid_config(grid)
+        where = f"grid ({label}: grid={g['name']}, steps={steps})"
+        if sched_cfg["name"] != "karras":
+            lo, hi = float(schedule.sigma_min), float(schedule.sigma_max)
+            for key in ("sigma_min", "sigma_max"):
+                v = g[key]
+                if v is not None and not lo * (1 - 1e-9) <= v <= hi * (1 + 1e-9):
+                    raise ConfigError(
+                        f"grid.{key}={v!r} lies outside schedule={sched_cfg['name']}'s noise range "
+                        f"[{lo:.4g}, {hi:.4g}] (its t_min/t_max); choose a value inside it")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                sampling.build_sigmas(schedule, steps, grid=g["name"], rho=g["rho"] or 7.0,
+                                      sigma_min=g["sigma_min"], sigma_max=g["sigma_max"])
+        except (ValueError, ArithmeticError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ConfigError(f"grid.rho/sigma_min/sigma_max: {where} cannot be built on "
+                              f"schedule={sched_cfg['name']} ({type(e).__name__}: {first})"
+                              ) from None
+
+
 TOP_KEYS = {"defaults", "task", "seed", "name", "ckpt_path", "train", "data", "model", "schedule",
             "objective", "sampler", "grid", "optim", "trainer", "logger", "hydra", "noise_level",
             "study", "resume", "eval"}
@@ -512,6 +592,7 @@ def validate_train_config(cfg: DictConfig) -> dict:
     out["train"] = validate_train(cfg.train)
     out["noise_level"] = validate_noise_level(cfg.get("noise_level") or {})
     out["study"] = validate_study(cfg.get("study") or {})
+    out["resume"] = validate_resume(cfg.get("resume"))
     out["eval"] = _typed(cfg.get("eval") or {}, EndEvalCfg, "eval")
     _require(out["eval"]["n_samples"] >= 2, "eval.n_samples", "must be >= 2",
              out["eval"]["n_samples"])
@@ -519,6 +600,7 @@ def validate_train_config(cfg: DictConfig) -> dict:
              out["eval"]["batch_size"])
     out["eval"]["samplers"] = validate_eval_samplers(out["eval"]["samplers"], out["sampler"],
                                                        out["grid"])
+    check_sampling_grids(out)
     o = out["objective"]
     if out["task"] == "diffusion" and o["name"] == "no_t" and o["use_predicted_noise_level"]:
         if not o["noise_level_ckpt"]:

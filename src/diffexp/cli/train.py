@@ -8,6 +8,7 @@ measured values such as sigma_data filled in), ``checkpoints/`` (``last.ckpt`` a
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import sys
@@ -185,40 +186,83 @@ def evaluate_at_end(c: dict, run_dir: Path, logger, ckpt: Path | None = None) ->
 
 
 def write_config(c: dict, run_dir: Path) -> Path:
+    from ..files import atomic_write_text
+
     path = run_dir / "config.yaml"
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(c)))
-    os.replace(tmp, path)
+    atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(c)))
     return path
 
 
+#: what a resumed run continues and so may not change (unless resume.allow_changes names it)
+RESUME_FIXED = ("task", "seed", "data", "model", "schedule", "objective")
+#: settings inside those groups that say how or where, not what, is trained
+RESUME_FREE = {"data.root", "data.download", "model.compile", "model.channels_last",
+               "objective.noise_level_ckpt", "objective.use_predicted_noise_level"}
+
+
+def _flatten(value, prefix: str) -> dict:
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}"))
+        return out
+    return {prefix: value}
+
+
+def _same_setting(key: str, old, new) -> bool:
+    if key == "objective.sigma_data":
+        # measured at the start of a run: "auto" (or none) continues the measured value
+        return new in ("auto", None) or old in ("auto", None) or float(old) == float(new)
+    if key == "objective.sigma_data_factor":  # 1 and none (before the setting) both mean "as is"
+        return (1.0 if old is None else float(old)) == (1.0 if new is None else float(new))
+    if isinstance(old, (int, float)) and isinstance(new, (int, float)) \
+            and not isinstance(old, bool) and not isinstance(new, bool):
+        return float(old) == float(new)
+    return old == new
+
+
+def resume_changes(old: dict, new: dict, groups=RESUME_FIXED) -> list[tuple[str, object, object]]:
+    """The settings of ``groups`` whose value in ``new`` differs from the resumed run's ``old``,
+    as (dotted key, old value, new value)."""
+    if new.get("task") == "noise_level":
+        groups = (*groups, "noise_level")
+    a = {k: v for g in groups for k, v in _flatten(old.get(g), g).items()}
+    b = {k: v for g in groups for k, v in _flatten(new.get(g), g).items()}
+    out = []
+    # a group's name first (a changed schedule is reported as schedule.name, not as the first
+    # parameter it does not share); a key missing on one side counts as None there
+    for key in sorted(set(a) | set(b), key=lambda k: (k.split(".")[0], not k.endswith(".name"), k)):
+        if key not in RESUME_FREE and not _same_setting(key, a.get(key), b.get(key)):
+            out.append((key, a.get(key), b.get(key)))
+    return out
+
+
 def check_resume(c: dict) -> None:
-    """A resumed run continues the same LR schedule: its length must not change."""
+    """A resumed run continues the same training: the checkpoint must be a readable diffexp
+    checkpoint of the same task, and data, model, schedule, objective and seed must not change
+    (``resume.allow_changes=[key or group, ...]`` lets named ones change); a resumed LR schedule
+    keeps its length."""
     if not c["ckpt_path"]:
         return
+    from ..checkpoint_io import read_checkpoint
     from ..module import upgrade_config
 
-    ckpt = torch.load(c["ckpt_path"], map_location="cpu", weights_only=False)
-    old = ckpt.get("hyper_parameters", {}).get("cfg")
-    if old is not None:
-        old = upgrade_config(old)
-    if old is None:
-        raise ConfigError(f"ckpt_path={c['ckpt_path']!r} is not a diffexp training checkpoint")
+    ckpt = read_checkpoint(c["ckpt_path"], setting="ckpt_path", task=c["task"])
+    old = upgrade_config(ckpt["hyper_parameters"]["cfg"])
+    allowed = c.get("resume", {}).get("allow_changes") or []
+    for key, was, now in resume_changes(old, c):
+        if any(key == a or key.startswith(a + ".") for a in allowed):
+            print(f"[diffexp] resume: {key} changed from {was!r} to {now!r} "
+                  f"(resume.allow_changes)")
+            continue
+        raise ConfigError(
+            f"{key}={now!r} differs from the resumed run's {was!r} ({c['ckpt_path']}); a resume "
+            f"continues the same training: change it back, or add resume.allow_changes=[{key}]")
     if c["optim"]["lr_schedule"] != "constant" and old["train"]["epochs"] != c["train"]["epochs"]:
         raise ConfigError(
             f"train.epochs={c['train']['epochs']} differs from the resumed run's "
             f"{old['train']['epochs']}; a resumed {c['optim']['lr_schedule']} LR schedule keeps "
             f"its length (use optim.lr_schedule=constant to extend a run)")
-    def comparable(group: dict) -> dict:
-        # sigma_data is measured at the start of a run; a sigma_data_factor of 1 (or none, in
-        # checkpoints written before the setting existed) means the measured value is used as is
-        return {k: v for k, v in group.items() if k != "sigma_data"
-                and not (k == "sigma_data_factor" and v in (None, 1.0))}
-
-    for group in ("model", "objective", "schedule"):
-        if comparable(old[group]) != comparable(c[group]):
-            raise ConfigError(f"{group} differs from the resumed run's ({old[group]['name']}); "
-                              f"resume with the same {group} settings")
 
 
 def train(c: dict, run_dir: str | Path, callbacks: list | None = None) -> dict:
@@ -229,6 +273,7 @@ def train(c: dict, run_dir: str | Path, callbacks: list | None = None) -> dict:
 
     from ..checkpoint_io import AtomicCheckpointIO
     from ..data import DataError, build_data
+    from ..guards import DivergenceGuard
     from ..module import DiffusionModule, NoiseLevelModule, describe
 
     run_dir = Path(run_dir)
@@ -283,7 +328,10 @@ def train(c: dict, run_dir: str | Path, callbacks: list | None = None) -> dict:
         max_epochs=t["epochs"], accelerator=accelerator, devices=tr["devices"],
         strategy=tr["strategy"], num_nodes=tr["num_nodes"], precision=precision,
         gradient_clip_val=t["grad_clip"] or None, logger=logger,
-        callbacks=[ckpt_cb, *extra, *(callbacks or [])], default_root_dir=str(run_dir),
+        # the divergence guard last: it judges the gradients every other hook has seen
+        callbacks=[ckpt_cb, *extra, *(callbacks or []),
+                   DivergenceGuard(t["skip_nonfinite"], str(last))],
+        default_root_dir=str(run_dir),
         log_every_n_steps=tr["log_every_n_steps"],
         limit_train_batches=tr["limit_train_batches"], limit_val_batches=tr["limit_val_batches"],
         check_val_every_n_epoch=t["val_every_n_epochs"] or None,
@@ -320,32 +368,54 @@ def train(c: dict, run_dir: str | Path, callbacks: list | None = None) -> dict:
 def resume_config(cfg: DictConfig) -> tuple[dict, Path]:
     """``resume=RUN_DIR``: that run's own resolved config, continued in its own folder from its
     last checkpoint (weights, optimizer, LR schedule, EMA, step, wandb run id)."""
-    run = Path(cfg.resume)
+    run = Path(cfg.resume.run)
     saved, last = run / "config.yaml", run / "checkpoints" / "last.ckpt"
     if not saved.is_file() or not last.is_file():
         raise ConfigError(f"resume={str(run)!r} is not a run folder with config.yaml and "
                           f"checkpoints/last.ckpt")
     from ..module import upgrade_config
 
-    old = upgrade_config(OmegaConf.to_container(OmegaConf.load(saved)))
+    try:
+        old = upgrade_config(OmegaConf.to_container(OmegaConf.load(saved)))
+    except Exception as e:  # noqa: BLE001 - a damaged yaml file: say which file and why
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise ConfigError(f"resume={str(run)!r}: its config.yaml cannot be read ({first})") from None
+    if not isinstance(old, dict) or not {"data", "model", "objective"} <= set(old):
+        raise ConfigError(f"resume={str(run)!r}: its config.yaml is not a diffexp training config")
     old["ckpt_path"] = str(last)
+    old["resume"] = {"run": str(run), "allow_changes": []}
     return validate_train_config(OmegaConf.create(old)), run
 
 
+def _launching_process() -> bool:
+    """False in the extra processes a multi-GPU/multi-node launcher starts for ranks > 0 (they
+    re-run this command and must not take the run folder's lock from their rank 0)."""
+    return all(os.environ.get(k, "0") == "0" for k in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def _holding(run_dir: Path):
+    from ..files import hold_run_folder
+
+    return hold_run_folder(run_dir) if _launching_process() else contextlib.nullcontext()
+
+
 def dispatch(cfg: DictConfig, run_dir: Path) -> dict:
-    if cfg.get("resume"):
+    if (cfg.get("resume") or {}).get("run"):
         c, resumed_dir = resume_config(cfg)
-        return train(c, resumed_dir)
+        with _holding(resumed_dir):
+            return train(c, resumed_dir)
     c = validate_train_config(cfg)
     if c["task"] == "no_t_study":
         from .no_t_study import run_study
 
-        return run_study(c, run_dir)
+        with _holding(run_dir):
+            return run_study(c, run_dir)
     from .store import reuse_active, run_cell
 
-    if reuse_active(c):
-        return run_cell(c, run_dir)
-    return train(c, run_dir)
+    with _holding(run_dir):
+        if reuse_active(c):
+            return run_cell(c, run_dir)
+        return train(c, run_dir)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
@@ -354,9 +424,11 @@ def _hydra_main(cfg: DictConfig):
 
 
 def _resume_in_place(argv: list[str]) -> list[str]:
-    """``resume=RUN_DIR`` runs in RUN_DIR itself (Hydra's log appends there; the run's original
-    .hydra/ is left untouched so reports still see its overrides)."""
-    resume = [a.split("=", 1)[1] for a in argv if a.startswith("resume=")]
+    """``resume=RUN_DIR`` (short for ``resume.run=RUN_DIR``) runs in RUN_DIR itself (Hydra's log
+    appends there; the run's original .hydra/ is left untouched so reports still see its
+    overrides)."""
+    argv = [f"resume.run={a.split('=', 1)[1]}" if a.startswith("resume=") else a for a in argv]
+    resume = [a.split("=", 1)[1] for a in argv if a.startswith("resume.run=")]
     if resume and resume[-1] and not any(a.startswith("hydra.run.dir=") for a in argv):
         return [*argv, f"hydra.run.dir={resume[-1]}", "hydra.output_subdir=null"]
     return argv

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -151,7 +152,12 @@ class Evaluator:
             if (json.loads(blob["key"]) != self.cache_key
                     or tuple(feats.shape) != (self.cache_key["n"], self.num_features)):
                 return None
-        except Exception:  # truncated / foreign file: recompute and overwrite
+        except Exception as e:  # noqa: BLE001 - truncated / foreign file: say so, recompute
+            # a cache is derived data: rebuilding it is the remedy, so this is a notice, not an
+            # error (a checkpoint or config file, which cannot be rebuilt, is an error instead)
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+            print(f"[diffexp] FID reference cache {self.cache_path} is unreadable ({first}); "
+                  f"recomputing it", file=sys.stderr)
             return None
         self.loaded_from_cache = True
         return feats.double()

@@ -1,0 +1,10 @@
+"""User-facing errors: the message is one line naming the setting or the file at fault, and the
+command-line tools print it and exit with status 2 (no traceback)."""
+
+
+class DiffexpError(ValueError):
+    """A setting or an input file is wrong; the message says which and what to do."""
+
+
+class CheckpointError(DiffexpError):
+    """A checkpoint file is missing, truncated, corrupt, foreign or of the wrong kind."""
