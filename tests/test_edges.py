@@ -125,3 +125,46 @@ def test_finite_noise_levels_of_valid_vp_schedules():
     c = validate_train_config(compose_train([*BASE, "schedule=linear", "schedule.t_min=1e-9"]))
     module = DiffusionModule(c)
     assert module.schedule.sigma_min > 0 and math.isfinite(module.schedule.sigma_max)
+
+
+#: the run-level groups: their numbers act inside Lightning's loop, so each validated edge value
+#: runs a real (tiny) training with its end-of-run evaluation
+RUN_BASE = [*BASE, "debug=fast", "logger=none", "trainer.limit_train_batches=2",
+            "train.epochs=1", "train.eval_at_end=true", "eval.n_samples=4", "eval.floor=false",
+            "eval.diagnostics=false", "train.fid_n_samples=4", "train.n_sample_images=2"]
+RUN_INT_EDGES = ["-1", "0", "1", "3"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("group", ["optim", "train", "trainer", "eval"])
+def test_every_numeric_edge_of_the_run_groups_fails_at_validation_or_trains(tmp_path, one_thread,
+                                                                           group):
+    from diffexp.cli.train import train
+
+    base = compose_train(RUN_BASE)
+    broken, tried, ran = [], 0, 0
+    for _ in [group]:
+        for key, value in _numeric_keys(base, group):
+            integer = isinstance(value, int)
+            for edge in RUN_INT_EDGES if integer else FLOAT_EDGES:
+                tried += 1
+                cfg = OmegaConf.create(OmegaConf.to_container(base))
+                OmegaConf.update(cfg, key, int(edge) if integer else float(edge))
+                try:
+                    c = validate_train_config(cfg)
+                except ConfigError as e:
+                    if "\n" in str(e) or not str(e).startswith(group + "."):
+                        broken.append(f"{key}={edge}: unclear refusal: {e}")
+                    continue
+                except Exception as e:  # noqa: BLE001
+                    broken.append(f"{key}={edge}: validation crashed: {type(e).__name__}: {e}")
+                    continue
+                try:
+                    s = train(c, tmp_path / f"{key}={edge}")
+                    assert s["global_step"] >= 1 and math.isfinite(s["eval"]["fid"])
+                    ran += 1
+                except Exception as e:  # noqa: BLE001
+                    broken.append(f"{key}={edge}: {type(e).__name__}: "
+                                  f"{(str(e).splitlines() or [''])[0]}")
+    assert not broken, f"{len(broken)} of {tried}:\n" + "\n".join(broken)
+    assert ran > 0

@@ -8,6 +8,7 @@ an OmegaConf structured schema (a dataclass per option); values by the rules bel
 from __future__ import annotations
 
 import math
+import os
 import re
 import sys
 import warnings
@@ -362,6 +363,15 @@ def validate_trainer(t) -> dict:
             _require(t[k] >= 0, f"trainer.{k}", "must be >= 0", t[k])
     _require(t["log_every_n_steps"] >= 1, "trainer.log_every_n_steps", "must be >= 1",
              t["log_every_n_steps"])
+    _require(isinstance(t["num_nodes"], int) and t["num_nodes"] >= 1, "trainer.num_nodes",
+             "must be an int >= 1", t["num_nodes"])
+    # several nodes need a launcher that starts and connects them; without one, the first
+    # process would wait for the others forever
+    launcher_env = ("SLURM_JOB_ID", "MASTER_ADDR", "TORCHELASTIC_RUN_ID", "LSB_JOBID")
+    if t["num_nodes"] > 1 and not any(k in os.environ for k in launcher_env):
+        raise ConfigError(f"trainer.num_nodes={t['num_nodes']} needs a multi-node launcher "
+                          f"(SLURM, torchrun) and none is present (no {', '.join(launcher_env)}); "
+                          f"use trainer.num_nodes=1 here")
     return t
 
 
