@@ -102,24 +102,39 @@ def _fake_scontrol(tmp_path, monkeypatch) -> Path:
     return log
 
 
-def test_sigterm_mid_epoch_writes_checkpoint_and_resumes_bitwise(tmp_path, monkeypatch,
-                                                                 reference):
+# where the signal lands: the step it arrives in, the step and train-loader position that
+# last.ckpt then holds, and the epoch-end files already written
+SIGTERM_CASES = {
+    "mid-epoch": (STEPS_PER_EPOCH + 1, STEPS_PER_EPOCH + 2, {"epoch": 1, "served": 2}, []),
+    # in an epoch's last step: the epoch's end (validation, epoch checkpoint) runs, then it stops
+    "last-step-of-epoch": (STEPS_PER_EPOCH - 1, STEPS_PER_EPOCH,
+                           {"epoch": 0, "served": STEPS_PER_EPOCH}, ["checkpoints/epoch000.ckpt"]),
+    "last-step-of-run": (TOTAL - 1, TOTAL, {"epoch": 1, "served": STEPS_PER_EPOCH},
+                         ["checkpoints/epoch001.ckpt", "samples/final.png"]),
+}
+
+
+@pytest.mark.parametrize("case", list(SIGTERM_CASES))
+def test_sigterm_writes_checkpoint_exits_nonzero_and_resumes_bitwise(case, tmp_path, monkeypatch,
+                                                                     reference):
+    at, saved_step, loader, written = SIGTERM_CASES[case]
     # under SLURM too, SIGTERM (scancel, or the end of the grace time) stops without a requeue
     log = _fake_scontrol(tmp_path, monkeypatch)
     run = tmp_path / "run"
-    at = STEPS_PER_EPOCH + 1  # the second step of the second epoch
     with pytest.raises(Preempted) as e:
         train(_cfg(), run, callbacks=[SendSignal(signal.SIGTERM, at)])
     assert e.value.code == 128 + signal.SIGTERM
     ck = _load(run / "checkpoints" / "last.ckpt")
     # the step under way when the signal came was finished, then saved
-    assert ck["global_step"] == at + 1 and ck["epoch"] == 1
-    assert ck["diffexp_train_loader"] == {"epoch": 1, "served": 2}  # mid-epoch
+    assert ck["global_step"] == saved_step
+    assert ck["diffexp_train_loader"] == loader
+    assert all((run / f).is_file() for f in written)
     assert not (run / "summary.json").exists()
     assert not log.exists()
     s = train(_cfg(), run)  # train.auto_resume picks up last.ckpt
     assert s["global_step"] == TOTAL
     _assert_same_training_state(_load(run / "checkpoints" / "last.ckpt"), reference)
+    assert (run / "samples" / "final.png").is_file() and (run / "summary.json").is_file()
 
 
 def test_slurm_sigusr1_checkpoints_and_requeues(tmp_path, monkeypatch):

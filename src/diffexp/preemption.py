@@ -109,22 +109,28 @@ class PreemptionGuard:
                 guard.in_loop = True
 
             def on_train_batch_end(cb, trainer, module, outputs, batch, batch_idx):
-                stop = guard.signum is not None
-                if trainer.world_size > 1:  # every rank stops at the same step
-                    stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
-                if not stop:
+                signum = guard._agreed_signal(trainer)
+                if signum is None:
                     return
-                signum = guard.signum
-                if trainer.world_size > 1:
-                    signum = trainer.strategy.broadcast(signum)
-                signum = signum or signal.SIGTERM
-                guard.acting = True
                 trainer.save_checkpoint(guard.last)
-                if trainer.is_global_zero:
-                    print(f"[diffexp] {signal.Signals(signum).name}: wrote {guard.last} at step "
-                          f"{trainer.global_step} (epoch {trainer.current_epoch}); stopping",
-                          file=sys.stderr, flush=True)
-                raise Preempted(signum)
+                if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+                    # after an epoch's last step its end (validation, sample grid, epoch
+                    # checkpoint) runs first: Lightning resumes a checkpoint from the last step
+                    # with the next epoch and would skip them. This one covers a kill meanwhile.
+                    return
+                guard._stop(trainer, signum)
+
+            def on_train_epoch_end(cb, trainer, module):
+                if guard._agreed_signal(trainer) is not None:
+                    # the state Lightning's own epoch-end checkpoints have, and resume from
+                    trainer.save_checkpoint(guard.last)
+
+            def on_train_epoch_start(cb, trainer, module):
+                # the previous epoch has ended and is saved (a checkpoint taken here would not
+                # resume: Lightning then takes the new epoch for finished)
+                signum = guard._agreed_signal(trainer)
+                if signum is not None:
+                    guard._stop(trainer, signum)
 
             def on_train_end(cb, trainer, module):
                 guard.in_loop = False
@@ -133,6 +139,23 @@ class PreemptionGuard:
                 guard.in_loop = False
 
         self.callback = _CB()
+
+    def _agreed_signal(self, trainer) -> int | None:
+        """The signal to stop on, the same on every rank (one small collective per step under
+        DDP: a signal may reach one rank only), or None."""
+        if trainer.world_size == 1:
+            return self.signum
+        if not trainer.strategy.reduce_boolean_decision(self.signum is not None, all=False):
+            return None
+        return trainer.strategy.broadcast(self.signum) or signal.SIGTERM
+
+    def _stop(self, trainer, signum: int) -> None:
+        self.acting = True
+        if trainer.is_global_zero:
+            print(f"[diffexp] {signal.Signals(signum).name}: wrote {self.last} at step "
+                  f"{trainer.global_step} (epoch {trainer.current_epoch}); stopping",
+                  file=sys.stderr, flush=True)
+        raise Preempted(signum)
 
     # ------------------------------------------------------------------ handlers
     def signals(self) -> list[int]:
