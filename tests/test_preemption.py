@@ -254,7 +254,7 @@ def test_sigterm_cli_exits_nonzero_and_resumes_bitwise(tmp_path, reference):
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=600)
     assert p.returncode == 128 + signal.SIGTERM, err[-3000:]
-    assert "SIGTERM: wrote" in err
+    assert "SIGTERM: stopping at step" in err
     assert 2 < _ckpt_step(last) < TOTAL
     p = _run_cli(tmp_path, "train.checkpoint_every_n_steps=2")
     _, err = p.communicate(timeout=600)

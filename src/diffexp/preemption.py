@@ -2,9 +2,10 @@
 
 SIGTERM and SIGUSR1 (and, inside a submitit job, submitit's own preemption signal) do not stop
 training where they land: the handler only records the signal, and the training loop acts at the
-end of the current optimizer step, where the state is whole. There :class:`PreemptionGuard` writes
-``checkpoints/last.ckpt`` (atomically, through the Trainer's checkpoint IO) and raises
-:class:`Preempted`, which ends the process with status 128 + the signal number. Under SLURM
+end of the current optimizer step, where the state is whole (after an epoch's last step, once the
+epoch's end has run). There :class:`PreemptionGuard` writes ``checkpoints/last.ckpt``
+(atomically, through the Trainer's checkpoint IO) and raises :class:`Preempted`, which ends the
+process with status 128 + the signal number. Under SLURM
 (``SLURM_JOB_ID`` set), SIGUSR1 also requeues the job (``scontrol requeue``); a handler that was
 installed before training (submitit's) is called after the checkpoint instead, and requeues.
 
@@ -152,8 +153,8 @@ class PreemptionGuard:
     def _stop(self, trainer, signum: int) -> None:
         self.acting = True
         if trainer.is_global_zero:
-            print(f"[diffexp] {signal.Signals(signum).name}: wrote {self.last} at step "
-                  f"{trainer.global_step} (epoch {trainer.current_epoch}); stopping",
+            print(f"[diffexp] {signal.Signals(signum).name}: stopping at step "
+                  f"{trainer.global_step} (epoch {trainer.current_epoch}), saved in {self.last}",
                   file=sys.stderr, flush=True)
         raise Preempted(signum)
 
