@@ -306,9 +306,10 @@ def _plain(d: dict) -> dict:
 def train_diffexp(c: dict, data, device: torch.device, warmup: int, n: int, seed: int,
                   profiler=None) -> dict:
     """One ``Trainer.fit`` of a fresh DiffusionModule; images/s over the ``n`` batches after
-    ``warmup``. The Callback's on_train_batch_end runs before the module's (the EMA update), so
-    the interval from the end of batch ``warmup - 1`` to the end of the last batch holds exactly
-    ``n`` full step cycles (data, forward, backward, clip, optimizer, LR step, EMA, logging)."""
+    ``warmup``. The EMA update follows the optimizer step (DiffusionModule.optimizer_step), before
+    the Callback's on_train_batch_end, so the interval from the end of batch ``warmup - 1`` to the
+    end of the last batch holds exactly ``n`` full step cycles (data, forward, backward, clip,
+    optimizer, EMA, LR step, logging)."""
     import pytorch_lightning as pl
 
     from diffexp.module import DiffusionModule

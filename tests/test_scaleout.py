@@ -61,7 +61,10 @@ def test_kill_and_resume(tmp_path):
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run = tmp_path / "run"
     deadline = time.time() + 300
-    while not (run / "checkpoints" / "epoch001.ckpt").exists():
+    epoch1, last = run / "checkpoints" / "epoch001.ckpt", run / "checkpoints" / "last.ckpt"
+    # the epoch's checkpoint is written first, then last.ckpt: wait for both (a kill in between
+    # leaves last.ckpt at the previous epoch)
+    while not (epoch1.exists() and last.stat().st_mtime_ns >= epoch1.stat().st_mtime_ns):
         assert p.poll() is None, "training ended before it could be killed"
         assert time.time() < deadline
         time.sleep(0.2)

@@ -23,6 +23,7 @@ from .models.noise_level import NoiseLevelNet
 from .models.unet import UNet, count_parameters
 from .noise_level import ABAR_EPS, no_t_denoiser
 from .objectives import Objective, build_objective, make_denoiser
+from .preemption import step_seed
 from .schedules import Schedule, build_schedule
 from .viz import save_grid
 
@@ -104,7 +105,11 @@ class IndexBatches:
     (``seed + epoch``), so the order is reproducible and resumable. Only indices travel; the images
     are gathered on the device by :meth:`DeviceData.batch`.
 
-    ``rank`` / ``world_size`` give each process a disjoint, equally sized share of every epoch."""
+    ``rank`` / ``world_size`` give each process a disjoint, equally sized share of every epoch.
+
+    ``state_dict`` / ``load_state_dict`` (the protocol Lightning's fit loop saves into a checkpoint
+    and restores when it resumes mid-epoch) hold the epoch and how many of its batches were handed
+    out, so a resumed run's next iteration starts at the first batch not yet trained on."""
 
     def __init__(self, indices: Tensor, batch_size: int, *, shuffle: bool = True, seed: int = 0,
                  drop_last: bool = True, rank: int = 0, world_size: int = 1):
@@ -112,6 +117,8 @@ class IndexBatches:
         self.shuffle, self.seed, self.drop_last = shuffle, int(seed), drop_last
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
+        self._served = 0  # batches handed out in the current iteration
+        self._skip = (0, 0)  # (epoch, batches): where a resumed iteration starts (load_state_dict)
 
     def _share(self) -> int:
         return len(self.indices) // self.world_size
@@ -121,14 +128,32 @@ class IndexBatches:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self):
+        # the skip applies once, and only to the epoch it was saved in: a checkpoint from an
+        # epoch's end is followed by the next epoch (on_train_epoch_start sets it before the
+        # first batch is drawn), which starts from its first batch
+        (epoch, skip), self._skip = self._skip, (0, 0)
+        skip = skip if epoch == self.epoch else 0
+        if skip and skip >= len(self):
+            # saved after the epoch's last batch but before its end: Lightning resumes with the
+            # next epoch without calling on_train_epoch_start, so the loader moves on by itself
+            self.epoch, skip = self.epoch + 1, 0
         idx = self.indices
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed + self.epoch)
             idx = idx[torch.randperm(len(idx), generator=g)]
         n = self._share()
         idx = idx[self.rank * n:(self.rank + 1) * n]
-        for b in range(len(self)):
+        self._served = skip
+        for b in range(skip, len(self)):
+            self._served = b + 1  # counted when handed out: a checkpoint taken after the step
             yield idx[b * self.batch_size:(b + 1) * self.batch_size]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "served": self._served}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = int(state["epoch"])
+        self._skip = (self.epoch, int(state["served"]))
 
 
 class _DataModuleMixin(pl.LightningModule):
@@ -142,6 +167,8 @@ class _DataModuleMixin(pl.LightningModule):
         self.data: DeviceData | None = None
         self.run_dir: Path | None = None
         self._train_loader: IndexBatches | None = None
+        self._noise_generator: torch.Generator | None = None
+        self._loader_state: dict | None = None  # the train loader's position, from a checkpoint
 
     # ------------------------------------------------------------------ data
     def attach_data(self, data: DeviceData, run_dir: str | Path | None = None) -> None:
@@ -157,6 +184,9 @@ class _DataModuleMixin(pl.LightningModule):
         self._train_loader = IndexBatches(
             self.data.train_index, t["batch_size"], shuffle=True, seed=self.cfg["seed"],
             rank=self.global_rank, world_size=self.trainer.world_size if self._trainer else 1)
+        if self._loader_state is not None:
+            self._train_loader.load_state_dict(self._loader_state)
+            self._loader_state = None
         return self._train_loader
 
     def val_dataloader(self):
@@ -169,6 +199,31 @@ class _DataModuleMixin(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         if self._train_loader is not None:
             self._train_loader.epoch = self.current_epoch
+
+    # The train loader's position travels in the checkpoint under a key of ours too. Lightning's
+    # fit loop saves it as well, but restores it only into a loader it creates after the restore;
+    # with a OneCycle or cosine LR schedule, configure_optimizers has already created the loader
+    # (estimated_stepping_batches), and a resumed run would restart its epoch from batch 0.
+    # on_load_checkpoint runs before configure_optimizers, so train_dataloader() applies it.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self._train_loader is not None:
+            checkpoint["diffexp_train_loader"] = self._train_loader.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._loader_state = checkpoint.get("diffexp_train_loader")
+        if self._loader_state is not None and self._train_loader is not None:
+            self._train_loader.load_state_dict(self._loader_state)
+
+    def training_generator(self) -> torch.Generator:
+        """The generator of this optimizer step's training noise, seeded from (seed, rank, global
+        step): a run resumed from any checkpoint draws exactly the noise the uninterrupted run
+        drew, whatever else used the global RNG in between (sample grids, validation, another
+        process's history), and each DDP rank draws its own. One generator per module, re-seeded
+        each step on the host (no device sync)."""
+        g = self._noise_generator
+        if g is None or g.device != self.device:
+            g = self._noise_generator = torch.Generator(device=self.device)
+        return g.manual_seed(step_seed(self.cfg["seed"], self.global_rank, self.global_step))
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
                                     gradient_clip_algorithm=None) -> None:
@@ -256,7 +311,7 @@ class DiffusionModule(_DataModuleMixin):
         return (self.objective.loss_weight(sigma) * per_image).mean()
 
     def training_step(self, idx: Tensor, batch_idx: int) -> Tensor:
-        loss = self.diffusion_loss(self.data.batch(idx))
+        loss = self.diffusion_loss(self.data.batch(idx), generator=self.training_generator())
         self.log("train/loss", loss, on_step=True, on_epoch=True,
                  prog_bar=self._loss_on_prog_bar(), batch_size=len(idx))
         return loss
@@ -268,7 +323,11 @@ class DiffusionModule(_DataModuleMixin):
         self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(idx),
                  sync_dist=True)
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        # the EMA follows each optimizer step here rather than in on_train_batch_end, which runs
+        # after the callbacks' hooks: a checkpoint a callback writes at the end of a batch
+        # (mid-epoch or on a signal) then holds the EMA of that very step
+        super().optimizer_step(*args, **kwargs)
         self.ema.update(self.net)
 
     # ------------------------------------------------------------------ sampling
@@ -367,6 +426,7 @@ class DiffusionModule(_DataModuleMixin):
         return path
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["diffexp_version"] = CHECKPOINT_FORMAT
 
 
@@ -409,7 +469,7 @@ class NoiseLevelModule(_DataModuleMixin):
         return loss, baseline, pred, abar
 
     def training_step(self, idx: Tensor, batch_idx: int) -> Tensor:
-        loss, base, _, _ = self.losses(self.data.batch(idx))
+        loss, base, _, _ = self.losses(self.data.batch(idx), generator=self.training_generator())
         self.log("train/loss", loss, on_step=True, on_epoch=True,
                  prog_bar=self._loss_on_prog_bar(), batch_size=len(idx))
         self.log("train/baseline", base, on_step=False, on_epoch=True, batch_size=len(idx))

@@ -192,6 +192,8 @@ class TrainCfg:
     sample_every_n_epochs: int = 1
     n_sample_images: int = 64
     checkpoint_every_n_epochs: int = 1
+    checkpoint_every_minutes: float | None = 10.0  # mid-epoch last.ckpt; null or 0 = off
+    checkpoint_every_n_steps: int | None = None  # mid-epoch last.ckpt; null or 0 = off
     val_every_n_epochs: int = 1
     fid_every_n_epochs: int = 0
     fid_n_samples: int = 512
@@ -390,6 +392,9 @@ def validate_train(t) -> dict:
     for k in ("sample_every_n_epochs", "checkpoint_every_n_epochs", "val_every_n_epochs",
               "fid_every_n_epochs"):
         _require(t[k] >= 0, f"train.{k}", "must be >= 0 (0 disables)", t[k])
+    for k in ("checkpoint_every_minutes", "checkpoint_every_n_steps"):
+        _require(t[k] is None or (t[k] >= 0 and math.isfinite(t[k])), f"train.{k}",
+                 "must be a positive number, or null or 0 to disable", t[k])
     _require(0 <= t["ema_decay"] < 1, "train.ema_decay", "must be in [0, 1)", t["ema_decay"])
     _require(t["grad_clip"] >= 0, "train.grad_clip", "must be >= 0 (0 disables)", t["grad_clip"])
     for k in ("eval_at_end", "reuse"):

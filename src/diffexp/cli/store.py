@@ -54,7 +54,9 @@ __all__ = ["SAMPLING_ONLY", "EVALUATION_ONLY_MODULES", "fingerprint", "code_hash
 #: config keys (top-level groups, or ``group.key``) that change how a trained model is sampled,
 #: scored, logged or named, never the weights; everything else is part of the fingerprint
 SAMPLING_ONLY = ("sampler", "grid", "eval", "logger", "name", "ckpt_path", "resume",
-                 "train.eval_at_end", "train.reuse", "train.retrain", "train.model_store")
+                 "train.eval_at_end", "train.reuse", "train.retrain", "train.model_store",
+                 # how often a run saves last.ckpt mid-epoch: resuming is exact, weights unchanged
+                 "train.checkpoint_every_minutes", "train.checkpoint_every_n_steps")
 
 #: package modules that only sample, score or report (relative to the package); every other
 #: module's source is hashed into the fingerprint

@@ -4,6 +4,11 @@ The run folder (Hydra's output dir) receives: ``config.yaml`` (the whole resolve
 measured values such as sigma_data filled in), ``checkpoints/`` (``last.ckpt`` and one per
 ``train.checkpoint_every_n_epochs``), ``samples/*.png``, ``losses.csv`` and ``loss.png``,
 ``summary.json``, and the logger's own files.
+
+``last.ckpt`` is also refreshed mid-epoch (``train.checkpoint_every_minutes``,
+``train.checkpoint_every_n_steps``) and when SIGTERM or SIGUSR1 stops the run (see
+:mod:`diffexp.preemption`); a run resumed from any of them continues at the next batch and ends
+bitwise as the uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -57,6 +62,10 @@ class LossHistory:
                 loss = outputs["loss"] if isinstance(outputs, dict) else outputs
                 # the index of the optimizer step just taken (global_step has already advanced)
                 cb.pending.append((trainer.global_step - 1, loss.detach()))
+
+            def on_train_start(cb, trainer, module):
+                # a run resumed mid-epoch starts without on_train_epoch_start for that epoch
+                cb.t0 = time.perf_counter()
 
             def on_train_epoch_start(cb, trainer, module):
                 cb.t0 = time.perf_counter()
@@ -265,16 +274,65 @@ def check_resume(c: dict) -> None:
             f"its length (use optim.lr_schedule=constant to extend a run)")
 
 
+def checkpoint_callbacks(t: dict, ckpt_dir: Path) -> list:
+    """The epoch checkpoints (and last.ckpt at each epoch end), plus one ModelCheckpoint per
+    mid-epoch interval that only refreshes last.ckpt. Several callbacks write last.ckpt, so none
+    may version the name (last-v1.ckpt) when it finds the file another one wrote."""
+    from datetime import timedelta
+
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    cbs = [ModelCheckpoint(dirpath=str(ckpt_dir), filename="epoch{epoch:03d}",
+                           auto_insert_metric_name=False, save_last=True, save_top_k=-1,
+                           every_n_epochs=t["checkpoint_every_n_epochs"] or None,
+                           enable_version_counter=False)]
+    if t["checkpoint_every_n_steps"]:
+        cbs.append(ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, save_top_k=0,
+                                   every_n_train_steps=int(t["checkpoint_every_n_steps"]),
+                                   enable_version_counter=False))
+    if t["checkpoint_every_minutes"]:
+        cbs.append(ModelCheckpoint(
+            dirpath=str(ckpt_dir), save_last=True, save_top_k=0, enable_version_counter=False,
+            train_time_interval=timedelta(minutes=float(t["checkpoint_every_minutes"]))))
+    return cbs
+
+
+def _cluster_plugins() -> list:
+    """Under srun Lightning would pick SLURMEnvironment with its own auto-requeue, which saves
+    from inside the signal handler at an arbitrary point into hpc_ckpt_*.ckpt; the environment
+    (ranks, world size) is kept and the requeue left to :class:`PreemptionGuard`."""
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+
+
 def train(c: dict, run_dir: str | Path, callbacks: list | None = None) -> dict:
     """Train from a validated config dict; return the summary written to summary.json.
-    ``callbacks``: extra Lightning callbacks (programmatic use and tests)."""
+    ``callbacks``: extra Lightning callbacks (programmatic use and tests).
+
+    SIGTERM or SIGUSR1 stops training at the end of the current step with ``last.ckpt`` written,
+    and raises :class:`~diffexp.preemption.Preempted` (a SystemExit with status 128 + signal)."""
+    from ..preemption import Preempted, PreemptionGuard
+
+    guard = PreemptionGuard(Path(run_dir) / "checkpoints" / "last.ckpt")
+    guard.install()
+    try:
+        return _train(c, run_dir, callbacks, guard)
+    except Preempted as e:
+        guard.finish(e.signum)
+        raise
+    finally:
+        guard.restore()
+
+
+def _train(c: dict, run_dir: str | Path, callbacks: list | None, guard) -> dict:
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ModelCheckpoint
 
     from ..checkpoint_io import AtomicCheckpointIO
     from ..data import DataError, build_data
     from ..guards import DivergenceGuard
     from ..module import DiffusionModule, NoiseLevelModule, describe
+    from ..preemption import Preempted
 
     run_dir = Path(run_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -320,26 +378,29 @@ def train(c: dict, run_dir: str | Path, callbacks: list | None = None) -> dict:
     if t["fid_every_n_epochs"] and c["task"] == "diffusion":
         proxy = FidProxy(t["fid_every_n_epochs"], t["fid_n_samples"])
         extra.append(proxy.callback)
-    ckpt_cb = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="epoch{epoch:03d}",
-                              auto_insert_metric_name=False, save_last=True, save_top_k=-1,
-                              every_n_epochs=t["checkpoint_every_n_epochs"] or None)
+    ckpt_cbs = checkpoint_callbacks(t, run_dir / "checkpoints")
     tr = c["trainer"]
     trainer = pl.Trainer(
         max_epochs=t["epochs"], accelerator=accelerator, devices=tr["devices"],
         strategy=tr["strategy"], num_nodes=tr["num_nodes"], precision=precision,
         gradient_clip_val=t["grad_clip"] or None, logger=logger,
-        # the divergence guard last: it judges the gradients every other hook has seen
-        callbacks=[ckpt_cb, *extra, *(callbacks or []),
-                   DivergenceGuard(t["skip_nonfinite"], str(last))],
+        # the divergence guard after the others: it judges the gradients every other hook has
+        # seen (and refuses any checkpoint, the preemption guard's included, of diverged weights)
+        callbacks=[*ckpt_cbs, *extra, *(callbacks or []),
+                   DivergenceGuard(t["skip_nonfinite"], str(last)), guard.callback],
         default_root_dir=str(run_dir),
         log_every_n_steps=tr["log_every_n_steps"],
         limit_train_batches=tr["limit_train_batches"], limit_val_batches=tr["limit_val_batches"],
         check_val_every_n_epoch=t["val_every_n_epochs"] or None,
         num_sanity_val_steps=0, deterministic=tr["deterministic"], enable_model_summary=False,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(), *_cluster_plugins()],
         enable_progress_bar=sys.stderr.isatty())
     t0 = time.perf_counter()
     trainer.fit(module, ckpt_path=c["ckpt_path"])
+    if guard.signum is not None:
+        # the signal came after the last step (final validation or sample grid): last.ckpt is
+        # the finished model; a resumed job goes straight to what follows training
+        raise Preempted(guard.signum)
     wall = time.perf_counter() - t0
     summary = {"name": c["name"], "wall_time_s": round(wall, 2), "epochs": trainer.current_epoch,
                "global_step": trainer.global_step, "device": accelerator, "precision": precision,
