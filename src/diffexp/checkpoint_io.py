@@ -29,7 +29,7 @@ __all__ = ["AtomicCheckpointIO", "CHECKPOINT_FORMAT", "atomic_torch_save", "read
 #: the checkpoint layout this version writes (``checkpoint["diffexp_version"]``) and can read
 CHECKPOINT_FORMAT = 1
 
-_TASK_HINT = {"diffusion": "train one with train.py (task=diffusion)",
+_TASK_HINT = {"diffusion": "train one with train.py",
               "noise_level": "train one with train.py task=noise_level"}
 
 

@@ -539,7 +539,10 @@ def load_module(path: str | Path, map_location="cpu", *, setting: str = "ckpt"
         module = DiffusionModule(cfg)
         module.load_state_dict(ckpt["state_dict"])
     except (KeyError, TypeError, RuntimeError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+        # torch's load_state_dict error opens with a generic line; the first fault follows
+        first = (lines[1] if len(lines) > 1 and lines[0].startswith("Error(s)") else
+                 (lines or [type(e).__name__])[0])[:160]
         raise CheckpointError(f"{setting}={str(path)!r}: its weights do not fit the model its "
                               f"config describes ({first})") from None
     return module.to(map_location) if map_location != "cpu" else module

@@ -365,6 +365,12 @@ def validate_trainer(t) -> dict:
             _require(t[k] >= 0, f"trainer.{k}", "must be >= 0", t[k])
     _require(t["log_every_n_steps"] >= 1, "trainer.log_every_n_steps", "must be >= 1",
              t["log_every_n_steps"])
+    dev = t["devices"]
+    ok = (dev == "auto" or (isinstance(dev, int) and not isinstance(dev, bool)
+                            and (dev >= 1 or dev == -1))
+          or (isinstance(dev, list) and dev and all(isinstance(d, int) and d >= 0 for d in dev)))
+    _require(ok, "trainer.devices", "must be auto, -1 (all), a count >= 1 or a list of device "
+             "indices", dev)
     _require(isinstance(t["num_nodes"], int) and t["num_nodes"] >= 1, "trainer.num_nodes",
              "must be an int >= 1", t["num_nodes"])
     # several nodes need a launcher that starts and connects them; without one, the first
@@ -537,6 +543,33 @@ def validate_resume(r) -> dict:
     return {"run": run, "allow_changes": list(allow)}
 
 
+def check_step_count(c: dict) -> None:
+    """The number of optimizer steps, where it is known before the data is loaded (one process):
+    a run that trains nothing, or too few steps for a one-cycle LR schedule, fails now."""
+    tr, t, d = c["trainer"], c["train"], c["data"]
+    limit = tr["limit_train_batches"]
+    if limit is not None and limit == 0:
+        raise ConfigError("trainer.limit_train_batches=0 trains nothing; leave it null or give a "
+                          "count >= 1 (or a fraction)")
+    if c["task"] == "no_t_study" or tr["devices"] not in (1, "auto") or tr["num_nodes"] != 1:
+        return
+    n = d["subset"] or (256 if d["name"] == "synthetic" else 60_000)
+    per_epoch = (n - d["val_size"]) // t["batch_size"]
+    if per_epoch < 1:
+        raise ConfigError(f"train.batch_size={t['batch_size']} exceeds the {n - d['val_size']} "
+                          f"training images (data.subset - data.val_size); lower it")
+    key = "train.epochs"
+    if limit is not None:
+        capped = int(limit) if limit >= 1 else int(per_epoch * limit)
+        if capped < per_epoch:
+            per_epoch, key = max(capped, 1), "trainer.limit_train_batches"
+    total = per_epoch * t["epochs"]
+    if c["optim"]["lr_schedule"] == "onecycle" and total < 3:
+        raise ConfigError(f"{key}: the run makes {total} optimizer step(s) and "
+                          f"optim.lr_schedule=onecycle needs at least 3; train longer or use "
+                          f"optim.lr_schedule=constant")
+
+
 def check_sampling_grids(c: dict) -> None:
     """Build every sampling grid the run will use (its sampler's, each eval.samplers entry's) on
     its schedule now, so a grid that cannot be built fails before training, not at the first
@@ -616,6 +649,7 @@ def validate_train_config(cfg: DictConfig) -> dict:
     out["eval"]["samplers"] = validate_eval_samplers(out["eval"]["samplers"], out["sampler"],
                                                        out["grid"])
     check_sampling_grids(out)
+    check_step_count(out)
     o = out["objective"]
     if out["task"] == "diffusion" and o["name"] == "no_t" and o["use_predicted_noise_level"]:
         if not o["noise_level_ckpt"]:
