@@ -346,9 +346,10 @@ def validate_optim(o) -> dict:
     o = _typed(o, OptimCfg, "optim")
     _choice(o["name"], "optim.name", ["adam", "adamw"])
     _choice(o["lr_schedule"], "optim.lr_schedule", ["onecycle", "cosine", "constant"])
-    _require(o["lr"] > 0, "optim.lr", "must be > 0", o["lr"])
-    _require(o["eps"] > 0, "optim.eps", "must be > 0", o["eps"])
-    _require(o["weight_decay"] >= 0, "optim.weight_decay", "must be >= 0", o["weight_decay"])
+    _require(0 < o["lr"] < math.inf, "optim.lr", "must be a finite number > 0", o["lr"])
+    _require(0 < o["eps"] < math.inf, "optim.eps", "must be a finite number > 0", o["eps"])
+    _require(0 <= o["weight_decay"] < math.inf, "optim.weight_decay",
+             "must be a finite number >= 0", o["weight_decay"])
     _require(len(o["betas"]) == 2 and all(0 <= b < 1 for b in o["betas"]), "optim.betas",
              "must be two numbers in [0, 1)", o["betas"])
     _require(0 < o["pct_start"] < 1, "optim.pct_start", "must be in (0, 1)", o["pct_start"])
