@@ -79,7 +79,7 @@ def test_eval_multirun_and_report(tiny_ckpt, tmp_path, data_root):
 @pytest.mark.parametrize("objective", ["eps", "x0", "v", "karras"])
 def test_every_sampler_on_every_objective(objective):
     c = validate_train_config(compose_train(
-        [f"objective={objective}", "data=synthetic", *TINY_MODEL]))
+        [f"objective={objective}", "data=synthetic", "train.batch_size=16", *TINY_MODEL]))
     if objective == "karras":
         c["objective"]["sigma_data"] = 0.5
     m = DiffusionModule(c)
@@ -92,7 +92,8 @@ def test_every_sampler_on_every_objective(objective):
 
 
 def test_clip_denoised_bounds_every_estimate():
-    c = validate_train_config(compose_train(["data=synthetic", "data.scale=0.5", *TINY_MODEL]))
+    c = validate_train_config(compose_train(["data=synthetic", "data.scale=0.5", "train.batch_size=16",
+                                                   *TINY_MODEL]))
     m = DiffusionModule(c)
     seen = []
     for name in ["euler", "heun", "dpmpp_2m"]:

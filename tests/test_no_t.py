@@ -50,7 +50,7 @@ def test_no_t_denoiser_matches_eps_objective_with_true_noise_level():
 def test_no_t_network_has_no_conditioning_input():
     c = validate_train_config(compose_train(
         ["objective=no_t", "objective.use_predicted_noise_level=false", "data=synthetic",
-         *TINY_MODEL]))
+         "train.batch_size=16", *TINY_MODEL]))
     m = DiffusionModule(c)
     assert m.net.cond_embedding is False and not hasattr(m.net, "emb_mlp")
     assert not any("emb" in name for name, _ in m.net.named_parameters())
@@ -60,9 +60,9 @@ def test_no_t_network_has_no_conditioning_input():
 
 def test_no_t_requires_predictor_checkpoint():
     with pytest.raises(ConfigError, match="objective.noise_level_ckpt"):
-        validate_train_config(compose_train(["objective=no_t", "data=synthetic"]))
+        validate_train_config(compose_train(["objective=no_t", "data=synthetic", "train.batch_size=16"]))
     with pytest.raises(ConfigError, match="no such checkpoint"):
-        validate_train_config(compose_train(["objective=no_t", "data=synthetic",
+        validate_train_config(compose_train(["objective=no_t", "data=synthetic", "train.batch_size=16",
                                              "objective.noise_level_ckpt=/nope.ckpt"]))
 
 
@@ -93,7 +93,8 @@ def test_no_t_sampling_with_predictor(predictor_run, tmp_path):
     run, _ = predictor_run
     ckpt = run / "checkpoints" / "last.ckpt"
     c = validate_train_config(compose_train(
-        ["objective=no_t", f"objective.noise_level_ckpt={ckpt}", "data=synthetic", *TINY_MODEL]))
+        ["objective=no_t", f"objective.noise_level_ckpt={ckpt}", "data=synthetic",
+         "train.batch_size=16", *TINY_MODEL]))
     m = DiffusionModule(c)
     for name in ["ddim", "euler", "heun"]:
         record = []

@@ -26,7 +26,8 @@ PAIRS = [pytest.param(o, s, marks=() if i == j else pytest.mark.slow, id=f"{o}-{
 @pytest.mark.parametrize(("objective", "schedule"), PAIRS)
 def test_loss_decreases_on_fixed_batch(objective, schedule):
     c = validate_train_config(compose_train(
-        [f"schedule={schedule}", f"objective={objective}", "data=synthetic", *TINY_MODEL]))
+        [f"schedule={schedule}", f"objective={objective}", "data=synthetic", "train.batch_size=16",
+         *TINY_MODEL]))
     if c["objective"]["name"] == "karras":
         c["objective"]["sigma_data"] = 0.5
     torch.manual_seed(0)
@@ -119,10 +120,11 @@ def test_fid_proxy_logged(tmp_path, data_root):
 
 
 def test_compile_and_channels_last_keep_checkpoint_keys():
-    base = validate_train_config(compose_train(["data=synthetic", *TINY_MODEL]))
+    base = validate_train_config(compose_train(["data=synthetic", "train.batch_size=16", *TINY_MODEL]))
     plain = DiffusionModule(base)
     fast = DiffusionModule(validate_train_config(compose_train(
-        ["data=synthetic", *TINY_MODEL, "model.compile=true", "model.channels_last=true"])))
+        ["data=synthetic", "train.batch_size=16", *TINY_MODEL, "model.compile=true",
+         "model.channels_last=true"])))
     assert list(fast.state_dict()) == list(plain.state_dict())
     assert fast._train_forward is not fast.net  # the compiled view, outside the registry
     fast.load_state_dict(plain.state_dict())
