@@ -10,19 +10,20 @@ from pathlib import Path
 
 from .errors import DiffexpError
 
-__all__ = ["RunFolderBusy", "atomic_write_bytes", "atomic_write_text", "hold_run_folder"]
+__all__ = ["RunFolderBusy", "atomic_open", "atomic_write_bytes", "atomic_write_text", "hold_run_folder"]
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, flush it to disk, then rename it over
-    ``path`` (atomic on POSIX within one file system). On any error (ENOSPC included) the
-    temporary file is removed and ``path`` keeps its previous content."""
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike):
+    """Yield a binary file that replaces ``path`` when the block ends: it is written beside
+    ``path``, flushed to disk and renamed over it (atomic on POSIX within one file system). On any
+    error (ENOSPC included) the temporary file is removed and ``path`` keeps its previous content."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         # mkstemp creates 0600; the file gets the permissions a plain open() would give
@@ -33,6 +34,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_open(path) as f:
+        f.write(data)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
