@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 from .files import atomic_open
 
 __all__ = ["AtomicCheckpointIO", "CHECKPOINT_FORMAT", "atomic_torch_save", "read_checkpoint"]
@@ -67,7 +67,7 @@ def read_checkpoint(path: str | os.PathLike, *, setting: str, task: str | None =
         raise CheckpointError(f"{where} holds {what}, not a diffexp checkpoint (loading it would "
                               f"run code from the file; refused)") from None
     except Exception as e:  # noqa: BLE001 - any reader failure is a damaged file
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        first = first_line(e)
         raise CheckpointError(f"{where} cannot be read ({first}): corrupt or truncated") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         kind = ("a bare dict of tensors (a state_dict?)" if isinstance(ckpt, dict)

@@ -8,3 +8,9 @@ class DiffexpError(ValueError):
 
 class CheckpointError(DiffexpError):
     """A checkpoint file is missing, truncated, corrupt, foreign or of the wrong kind."""
+
+
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """An exception's first message line (its type name when it has no message), cut to
+    ``limit`` characters: what a one-line error quotes of the fault beneath it."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]

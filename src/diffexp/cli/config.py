@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ..errors import DiffexpError
+from ..errors import DiffexpError, first_line
 
 __all__ = ["ConfigError", "validate_train_config", "validate_eval_samplers", "check_group_choices",
            "check_moved_settings", "CONF_DIR"]
@@ -603,7 +603,7 @@ def check_sampling_grids(c: dict) -> None:
                 sampling.build_sigmas(schedule, steps, grid=g["name"], rho=g["rho"] or 7.0,
                                       sigma_min=g["sigma_min"], sigma_max=g["sigma_max"])
         except (ValueError, ArithmeticError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            first = first_line(e)
             raise ConfigError(f"grid.rho/sigma_min/sigma_max: {where} cannot be built on "
                               f"schedule={sched_cfg['name']} ({type(e).__name__}: {first})"
                               ) from None

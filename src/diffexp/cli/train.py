@@ -24,6 +24,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ..errors import first_line
 from .common import cli_main, host_info, make_logger, run_job, wants_eval_at_end, write_json
 from .config import CONF_DIR, ConfigError, validate_train_config
 
@@ -439,7 +440,7 @@ def resume_config(cfg: DictConfig) -> tuple[dict, Path]:
     try:
         old = upgrade_config(OmegaConf.to_container(OmegaConf.load(saved)))
     except Exception as e:  # noqa: BLE001 - a damaged yaml file: say which file and why
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        first = first_line(e)
         raise ConfigError(f"resume={str(run)!r}: its config.yaml cannot be read ({first})") from None
     if not isinstance(old, dict) or not {"data", "model", "objective"} <= set(old):
         raise ConfigError(f"resume={str(run)!r}: its config.yaml is not a diffexp training config")

@@ -25,6 +25,7 @@ from torch import Tensor
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
+from ..errors import first_line
 from .features import (
     as_uint8_images,
     load_feature_net,
@@ -155,7 +156,7 @@ class Evaluator:
         except Exception as e:  # noqa: BLE001 - truncated / foreign file: say so, recompute
             # a cache is derived data: rebuilding it is the remedy, so this is a notice, not an
             # error (a checkpoint or config file, which cannot be rebuilt, is an error instead)
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+            first = first_line(e, 120)
             print(f"[diffexp] FID reference cache {self.cache_path} is unreadable ({first}); "
                   f"recomputing it", file=sys.stderr)
             return None
