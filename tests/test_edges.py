@@ -144,35 +144,34 @@ def test_every_numeric_edge_of_the_run_groups_fails_at_validation_or_trains(tmp_
 
     base = compose_train(RUN_BASE)
     broken, tried, ran = [], 0, 0
-    for _ in [group]:
-        for key, value in _numeric_keys(base, group):
-            if key == "trainer.devices":  # > 1 starts processes (the DDP tests cover that)
+    for key, value in _numeric_keys(base, group):
+        if key == "trainer.devices":  # > 1 starts processes (the DDP tests cover that)
+            continue
+        integer = isinstance(value, int)
+        for edge in RUN_INT_EDGES if integer else FLOAT_EDGES:
+            tried += 1
+            cfg = OmegaConf.create(OmegaConf.to_container(base))
+            OmegaConf.update(cfg, key, int(edge) if integer else float(edge))
+            try:
+                c = validate_train_config(cfg)
+            except ConfigError as e:
+                if "\n" in str(e) or not str(e).startswith(group + "."):
+                    broken.append(f"{key}={edge}: unclear refusal: {e}")
                 continue
-            integer = isinstance(value, int)
-            for edge in RUN_INT_EDGES if integer else FLOAT_EDGES:
-                tried += 1
-                cfg = OmegaConf.create(OmegaConf.to_container(base))
-                OmegaConf.update(cfg, key, int(edge) if integer else float(edge))
-                try:
-                    c = validate_train_config(cfg)
-                except ConfigError as e:
-                    if "\n" in str(e) or not str(e).startswith(group + "."):
-                        broken.append(f"{key}={edge}: unclear refusal: {e}")
-                    continue
-                except Exception as e:  # noqa: BLE001
-                    broken.append(f"{key}={edge}: validation crashed: {type(e).__name__}: {e}")
-                    continue
-                try:
-                    s = train(c, tmp_path / f"{key}={edge}")
-                    assert s["global_step"] >= 1 and math.isfinite(s["eval"]["fid"])
-                    ran += 1
-                except TrainingDiverged as e:
-                    # a valid but absurd learning rate: the guarded outcome is this one line
-                    if key != "optim.lr" or "\n" in str(e):
-                        broken.append(f"{key}={edge}: {e}")
-                    ran += 1
-                except Exception as e:  # noqa: BLE001
-                    broken.append(f"{key}={edge}: {type(e).__name__}: "
-                                  f"{(str(e).splitlines() or [''])[0]}")
+            except Exception as e:  # noqa: BLE001
+                broken.append(f"{key}={edge}: validation crashed: {type(e).__name__}: {e}")
+                continue
+            try:
+                s = train(c, tmp_path / f"{key}={edge}")
+                assert s["global_step"] >= 1 and math.isfinite(s["eval"]["fid"])
+                ran += 1
+            except TrainingDiverged as e:
+                # a valid but absurd learning rate: the guarded outcome is this one line
+                if key != "optim.lr" or "\n" in str(e):
+                    broken.append(f"{key}={edge}: {e}")
+                ran += 1
+            except Exception as e:  # noqa: BLE001
+                broken.append(f"{key}={edge}: {type(e).__name__}: "
+                              f"{(str(e).splitlines() or [''])[0]}")
     assert not broken, f"{len(broken)} of {tried}:\n" + "\n".join(broken)
     assert ran > 0
