@@ -223,7 +223,7 @@ def apply_mallopt(threshold: int = 1 << 30) -> str:
 def machine_info(device: torch.device) -> dict:
     import pytorch_lightning as pl
 
-    from diffexp.cli.common import cpu_model
+    from diffexp.runs.record import cpu_model
 
     info = {
         "device": str(device),
@@ -255,7 +255,7 @@ def build_config(args, device: torch.device) -> dict:
     """The training config of ``--model`` composed through the real Hydra tree, as train.py does."""
     from hydra import compose, initialize_config_dir
 
-    from diffexp.cli.config import CONF_DIR, validate_train_config
+    from diffexp.config import CONF_DIR, validate_train_config
 
     overrides = [f"model={args.model}", "logger=none", f"train.batch_size={args.batch_size}",
                  f"seed={args.seed}", f"trainer.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}",
@@ -328,7 +328,7 @@ def train_diffexp(c: dict, data, device: torch.device, warmup: int, n: int, seed
                     profiler.disable()
 
     torch.manual_seed(seed)
-    module = DiffusionModule(c)
+    module = DiffusionModule.from_config(c)
     module.attach_data(data, run_dir=None)  # no run folder: no sample grids
     timer = StepTimer()
     t = c["train"]
@@ -353,13 +353,13 @@ def train_diffexp(c: dict, data, device: torch.device, warmup: int, n: int, seed
 def train_bare(c: dict, data, device: torch.device, warmup: int, n: int, seed: int,
                profiler=None) -> dict:
     """The same training work in a plain PyTorch loop."""
+    from diffexp.build import build_network, build_objective, build_schedule
     from diffexp.data import encode
-    from diffexp.module import build_net, build_objective_from_cfg, build_schedule_from_cfg
 
     torch.manual_seed(seed)
-    schedule = build_schedule_from_cfg(c["schedule"])
-    objective = build_objective_from_cfg(c["objective"], schedule)
-    net = build_net(c["model"], conditioned=objective.conditioned).to(device)
+    schedule = build_schedule(c["schedule"])
+    objective = build_objective(c["objective"], schedule)
+    net = build_network(c["model"], conditioned=objective.conditioned).to(device)
     shadow = [p.detach().clone() for p in net.parameters()]
     params = list(net.parameters())
     cls, kw = optimizer_kwargs(c)
@@ -420,10 +420,10 @@ def sampling_module(c: dict, device: torch.device, ckpt: str | None, seed: int):
 
     if ckpt:
         module = load_module(ckpt, map_location="cpu")
-        module.cfg["trainer"]["precision"] = c["trainer"]["precision"]
+        module.precision = c["trainer"]["precision"]
     else:
         torch.manual_seed(seed)
-        module = DiffusionModule(c)
+        module = DiffusionModule.from_config(c)
         for net in (module.net, module.ema.shadow):
             torch.nn.init.normal_(net.conv_out.weight, std=0.02)
     return module.to(device).eval()

@@ -197,9 +197,9 @@ def unet_flops(model_cfg: dict, image_shape=(1, 32, 32), conditioned: bool = Tru
     compared with torch.utils.flop_counter, an independent count of the same forward pass."""
     import torch
 
-    from diffexp.module import build_net
+    from diffexp.build import build_network
 
-    net = build_net(model_cfg, conditioned=conditioned).eval()
+    net = build_network(model_cfg, conditioned=conditioned).eval()
     x = torch.randn(1, *image_shape)
     cond = torch.rand(1) if conditioned else None
     with torch.no_grad(), MacCounter(net) as counter:
@@ -315,7 +315,7 @@ def compose_config(overrides: list[str]) -> dict:
     """A validated training config composed through the real Hydra tree, as train.py does."""
     from hydra import compose, initialize_config_dir
 
-    from diffexp.cli.config import CONF_DIR, validate_train_config
+    from diffexp.config import CONF_DIR, validate_train_config
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return validate_train_config(compose("train", overrides=list(overrides)))
@@ -334,7 +334,7 @@ def _device(args):
 def _device_name(device) -> str:
     import torch
 
-    from diffexp.cli.common import cpu_model
+    from diffexp.runs.record import cpu_model
 
     return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({cpu_model()})"
 
@@ -644,7 +644,7 @@ def _last_line(path: Path) -> str:
 def machine_info() -> dict:
     import torch
 
-    from diffexp.cli.common import cpu_model
+    from diffexp.runs.record import cpu_model
 
     info = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "cuda_available": torch.cuda.is_available(),

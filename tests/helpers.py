@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hydra import compose, initialize_config_dir
 
-from diffexp.cli.config import CONF_DIR
+from diffexp.config import CONF_DIR
 
 TINY_MODEL = ["model.widths=[16,32]", "model.blocks=1", "model.attn_levels=[1]",
               "model.head_dim=16"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from diffexp.cli.config import (
+from diffexp.config import (
     ConfigError,
     check_group_choices,
     check_moved_settings,
@@ -50,7 +50,7 @@ BAD = [
     (["grid=ckpt"], "grid=ckpt"),
     (["+sampler.rho=3"], "sampler.rho"),               # the old flat spelling, from any source
     (["schedule=karras", "+schedule.rho=3"], "schedule.rho"),
-    (["objective=karras", "+objective.normalize_input=true"], "objective.normalize_input"),
+    (["objective=karras", "objective.normalize_input=true"], "objective.normalize_input"),
     (["objective.normalize_input=maybe"], "objective.normalize_input"),
 ]
 
@@ -152,7 +152,7 @@ def test_grid_group_reaches_the_config():
 
 
 def test_checkpoint_configs_from_before_the_grid_group_keep_their_meaning():
-    from diffexp.module import upgrade_config
+    from diffexp.build import upgrade_config
 
     old = {"schedule": {"name": "cosine"}, "sampler": {"name": "euler", "steps": 5,
                                                       "grid": "karras", "rho": 3.0,

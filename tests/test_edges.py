@@ -12,7 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from diffexp.cli.config import ConfigError, group_options, validate_train_config
+from diffexp.config import ConfigError, group_options, validate_train_config
 from diffexp.data import build_data
 from diffexp.module import DiffusionModule
 
@@ -67,7 +67,7 @@ def _one_step_and_sample(c: dict) -> None:
     if c["objective"]["name"] == "karras" and c["objective"]["sigma_data"] == "auto":
         c["objective"]["sigma_data"] = 0.5
     torch.manual_seed(0)
-    module = DiffusionModule(c)
+    module = DiffusionModule.from_config(c)
     data = build_data(c["data"], train=True)
     x0 = data.batch(data.train_index[:4])
     loss = module.diffusion_loss(x0)
@@ -123,7 +123,7 @@ def test_schedule_t_min_zero_is_refused_before_training(edge):
 
 def test_finite_noise_levels_of_valid_vp_schedules():
     c = validate_train_config(compose_train([*BASE, "schedule=linear", "schedule.t_min=1e-9"]))
-    module = DiffusionModule(c)
+    module = DiffusionModule.from_config(c)
     assert module.schedule.sigma_min > 0 and math.isfinite(module.schedule.sigma_max)
 
 
@@ -139,8 +139,8 @@ RUN_INT_EDGES = ["-1", "0", "1", "3"]
 @pytest.mark.parametrize("group", ["optim", "train", "trainer", "eval"])
 def test_every_numeric_edge_of_the_run_groups_fails_at_validation_or_trains(tmp_path, one_thread,
                                                                            group):
-    from diffexp.cli.train import train
     from diffexp.guards import TrainingDiverged
+    from diffexp.runs.train import train
 
     base = compose_train(RUN_BASE)
     broken, tried, ran = [], 0, 0

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from diffexp import sampling
-from diffexp.cli.config import validate_train_config
 from diffexp.cli.report import collect, write_report
-from diffexp.cli.train import train
+from diffexp.config import validate_train_config
 from diffexp.module import DiffusionModule
+from diffexp.runs.train import train
 
 from .helpers import TINY_MODEL, compose_train
 
@@ -82,7 +82,7 @@ def test_every_sampler_on_every_objective(objective):
         [f"objective={objective}", "data=synthetic", "train.batch_size=16", *TINY_MODEL]))
     if objective == "karras":
         c["objective"]["sigma_data"] = 0.5
-    m = DiffusionModule(c)
+    m = DiffusionModule.from_config(c)
     for name in sampling.SAMPLERS:
         cfg = {"name": name, "steps": 3}
         x0, u8, nfe = m.generate(4, seed=1, sampler_cfg=cfg, batch_size=4)
@@ -94,13 +94,13 @@ def test_every_sampler_on_every_objective(objective):
 def test_clip_denoised_bounds_every_estimate():
     c = validate_train_config(compose_train(["data=synthetic", "data.scale=0.5", "train.batch_size=16",
                                                    *TINY_MODEL]))
-    m = DiffusionModule(c)
+    m = DiffusionModule.from_config(c)
     seen = []
     for name in ["euler", "heun", "dpmpp_2m"]:
         x0, _, _ = m.generate(3, seed=0, batch_size=3, callback=lambda i: seen.append(i["x0_hat"]),
                               sampler_cfg={"name": name, "steps": 3, "clip_denoised": True})
         assert float(x0.abs().max()) <= 0.5 + 1e-6
     assert seen and all(float(t.abs().max()) <= 0.5 + 1e-6 for t in seen)
-    from diffexp.cli.config import ConfigError
+    from diffexp.config import ConfigError
     with pytest.raises(ConfigError, match="sampler.clip_denoised"):
         validate_train_config(compose_train(["sampler.clip_denoised=maybe"]))

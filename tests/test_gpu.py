@@ -17,10 +17,10 @@ import pytorch_lightning as pl
 import torch
 
 from diffexp import sampling
-from diffexp.cli.config import validate_train_config
-from diffexp.cli.train import train
+from diffexp.config import validate_train_config
 from diffexp.module import DiffusionModule, load_module
 from diffexp.objectives import make_denoiser
+from diffexp.runs.train import train
 
 from .helpers import TINY_MODEL, compose_train
 
@@ -73,7 +73,7 @@ def _random_output_module(*extra: str) -> DiffusionModule:
     """A module on the CPU whose zero-initialised output layer is given small random weights, so
     the denoiser is not the identity and comparisons compare something."""
     torch.manual_seed(0)
-    m = DiffusionModule(_cfg(*extra))
+    m = DiffusionModule.from_config(_cfg(*extra))
     for net in (m.net, m.ema.shadow):
         torch.nn.init.normal_(net.conv_out.weight, std=0.05)
     return m.eval()
@@ -221,7 +221,7 @@ def test_gpu_checkpoint_loads_and_samples_on_cpu(tmp_path):
     assert nfe == sampling.nfe("heun", 3)
     # the same weights on the GPU, in fp32, sample the same images
     m_gpu = load_module(ckpt, map_location="cpu").to(DEVICE)
-    m_gpu.cfg["trainer"]["precision"] = "32-true"
+    m_gpu.precision = "32-true"
     with _no_tf32():
         x_gpu, _, _ = m_gpu.generate(8, seed=1)
     err = (x_gpu.cpu() - x_cpu).abs().max().item()

@@ -21,11 +21,11 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from diffexp.cli.config import validate_train_config
-from diffexp.cli.train import train
+from diffexp.config import validate_train_config
 from diffexp.data import build_data
 from diffexp.models.unet import SelfAttention
 from diffexp.module import DiffusionModule
+from diffexp.runs.train import train
 
 from .helpers import TINY_MODEL, compose_train
 
@@ -78,7 +78,7 @@ def test_bf16_autocast_training_on_cpu_is_finite_and_learns():
     slow on CPUs without bf16 instructions (19 s here)."""
     c = _tiny_cfg()
     torch.manual_seed(0)
-    m = DiffusionModule(c)
+    m = DiffusionModule.from_config(c)
     data = build_data(c["data"])
     x0 = data.batch(data.train_index[:8])
     opt = torch.optim.Adam(m.net.parameters(), lr=5e-3)
@@ -142,7 +142,7 @@ def _grad_norm(module) -> float:
 def test_compiled_forward_on_cpu_equals_eager():
     c = _tiny_cfg("model.compile=true")
     torch.manual_seed(0)
-    m = DiffusionModule(c).eval()
+    m = DiffusionModule.from_config(c).eval()
     torch.nn.init.normal_(m.net.conv_out.weight, std=0.05)  # else both outputs are exactly 0
     g = torch.Generator().manual_seed(1)
     x = torch.randn(4, 1, 32, 32, generator=g)
@@ -228,7 +228,7 @@ def test_loss_still_on_the_progress_bar_when_there_is_one(tmp_path):
     c = _tiny_cfg("trainer.limit_train_batches=3")
     seen = {}
     for bar in (True, False):
-        m = DiffusionModule(c)
+        m = DiffusionModule.from_config(c)
         m.attach_data(build_data(c["data"]))
         trainer = pl.Trainer(max_epochs=1, accelerator="cpu", limit_train_batches=3,
                              limit_val_batches=0, logger=False, enable_checkpointing=False,

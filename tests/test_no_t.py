@@ -4,13 +4,13 @@ conditioning input, sampling with the predictor, and a predictor that beats the 
 import pytest
 import torch
 
-from diffexp.cli.config import ConfigError, validate_train_config
-from diffexp.cli.train import train
+from diffexp.config import ConfigError, validate_train_config
 from diffexp.models.noise_level import NoiseLevelNet
 from diffexp.models.unet import UNet
 from diffexp.module import DiffusionModule, load_noise_level_net
 from diffexp.noise_level import clamp_to_median, no_t_denoiser
 from diffexp.objectives import EpsObjective, make_denoiser
+from diffexp.runs.train import train
 from diffexp.schedules import CosineSchedule
 
 from .helpers import TINY_MODEL, compose_train
@@ -51,7 +51,7 @@ def test_no_t_network_has_no_conditioning_input():
     c = validate_train_config(compose_train(
         ["objective=no_t", "objective.use_predicted_noise_level=false", "data=synthetic",
          "train.batch_size=16", *TINY_MODEL]))
-    m = DiffusionModule(c)
+    m = DiffusionModule.from_config(c)
     assert m.net.cond_embedding is False and not hasattr(m.net, "emb_mlp")
     assert not any("emb" in name for name, _ in m.net.named_parameters())
     with pytest.raises(ValueError, match="no conditioning"):
@@ -95,7 +95,7 @@ def test_no_t_sampling_with_predictor(predictor_run, tmp_path):
     c = validate_train_config(compose_train(
         ["objective=no_t", f"objective.noise_level_ckpt={ckpt}", "data=synthetic",
          "train.batch_size=16", *TINY_MODEL]))
-    m = DiffusionModule(c)
+    m = DiffusionModule.from_config(c)
     for name in ["ddim", "euler", "heun"]:
         record = []
         den = m.denoiser(record=record)

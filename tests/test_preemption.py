@@ -18,10 +18,10 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from diffexp.cli.config import ConfigError, validate_train_config
-from diffexp.cli.train import train
+from diffexp.config import ConfigError, validate_train_config
 from diffexp.module import IndexBatches
 from diffexp.preemption import Preempted, slurm_job_id, step_seed
+from diffexp.runs.train import train
 
 from .helpers import TINY_MODEL, compose_train
 

@@ -18,13 +18,13 @@ import pytorch_lightning as pl
 import torch
 
 from diffexp.checkpoint_io import atomic_torch_save, read_checkpoint
-from diffexp.cli.common import write_json
-from diffexp.cli.config import ConfigError, validate_train_config
-from diffexp.cli.train import check_resume, train
+from diffexp.config import ConfigError, validate_train_config
 from diffexp.errors import CheckpointError
 from diffexp.files import RunFolderBusy, atomic_write_text, hold_run_folder
 from diffexp.guards import TrainingDiverged
 from diffexp.module import load_module, load_noise_level_net
+from diffexp.runs.record import write_json
+from diffexp.runs.train import check_resume, train
 
 from .helpers import TINY_MODEL, compose_train
 

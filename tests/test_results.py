@@ -10,11 +10,11 @@ import pytest
 import torch
 import yaml
 
+from diffexp.build import build_objective, build_schedule, upgrade_config
 from diffexp.cli.common import swept_keys
-from diffexp.cli.config import CONF_DIR, ConfigError, validate_eval_samplers, validate_train_config
 from diffexp.cli.report import collect, write_report
-from diffexp.cli.train import train
-from diffexp.module import build_objective_from_cfg, build_schedule_from_cfg
+from diffexp.config import CONF_DIR, ConfigError, validate_eval_samplers, validate_train_config
+from diffexp.runs.train import train
 from diffexp.sampling import nfe
 
 from .helpers import TINY_MODEL, compose_train
@@ -101,12 +101,12 @@ def test_bad_sigma_data_factor(overrides, key):
 
 
 def test_sigma_data_factor_scales_the_preconditioning():
-    sched = build_schedule_from_cfg({"name": "karras", "sigma_min": 0.002, "sigma_max": 80.0,
-                                     "rho": 7.0, "p_mean": -1.2, "p_std": 1.2})
-    full = build_objective_from_cfg({"name": "karras", "sigma_data": 0.6,
-                                     "sigma_data_factor": 1.0}, sched)
-    half = build_objective_from_cfg({"name": "karras", "sigma_data": 0.6,
-                                     "sigma_data_factor": 0.5}, sched)
+    sched = build_schedule({"name": "karras", "sigma_min": 0.002, "sigma_max": 80.0,
+                            "rho": 7.0, "p_mean": -1.2, "p_std": 1.2})
+    full = build_objective({"name": "karras", "sigma_data": 0.6, "sigma_data_factor": 1.0,
+                            "normalize_input": False}, sched)
+    half = build_objective({"name": "karras", "sigma_data": 0.6, "sigma_data_factor": 0.5,
+                            "normalize_input": False}, sched)
     assert half.sigma_data == pytest.approx(0.3) and full.sigma_data == pytest.approx(0.6)
     # c_skip = sd^2 / (sigma^2 + sd^2) is exactly 1/2 where sigma equals the effective sigma_data
     for obj, sd in ((full, 0.6), (half, 0.3)):
@@ -115,7 +115,8 @@ def test_sigma_data_factor_scales_the_preconditioning():
         assert c_out.item() == pytest.approx(sd / 2 ** 0.5)
         assert c_in.item() == pytest.approx(1 / (sd * 2 ** 0.5))
     # checkpoints written before the factor existed build the measured value unchanged
-    old = build_objective_from_cfg({"name": "karras", "sigma_data": 0.6}, sched)
+    old = build_objective(upgrade_config({"objective": {"name": "karras", "sigma_data": 0.6}})
+                          ["objective"], sched)
     assert old.sigma_data == pytest.approx(0.6)
 
 
@@ -126,12 +127,19 @@ def test_train_evaluates_each_end_sampler(tmp_path):
          "train.eval_at_end=true", "eval.n_samples=8", "eval.batch_size=8", "eval.floor=false",
          "+eval.samplers={heun_3:{name:heun,steps:3},euler_2:{name:euler,steps:2}}"]))
     s = train(c, tmp_path / "run")
+    assert c["objective"]["sigma_data"] == "auto"  # the caller's config is not changed
+    measured = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["objective"][
+        "sigma_data"]
+    assert isinstance(measured, float) and 0.3 < measured < 1.0
     assert set(s["eval"]) == {"heun_3", "euler_2"}
     for label, want_nfe in (("heun_3", 5), ("euler_2", 2)):
         m = json.loads((tmp_path / "run" / "eval" / label / "metrics.json").read_text())
         assert m["nfe"] == want_nfe == s["eval"][label]["nfe"] and m["n"] == 8
         assert m["fid"] == s["eval"][label]["fid"]
-        assert m["model"]["sigma_data"] == pytest.approx(0.5 * c["objective"]["sigma_data"])
+        # one name, one number: the summary and every metrics.json give the sigma_data the
+        # objective used (measured x factor) and what was measured
+        assert m["model"]["sigma_data"] == pytest.approx(0.5 * measured) == s["sigma_data"]
+        assert m["model"]["sigma_data_measured"] == measured == s["sigma_data_measured"]
         assert m["model"]["sigma_data_factor"] == 0.5
         assert m["host"]["cores"] == os.cpu_count() and m["host"]["torch_threads"] >= 1
     # diagnostics once per run, with the first sampler
@@ -175,7 +183,7 @@ def test_report_has_one_row_per_job_and_end_sampler(tmp_path):
 
 
 def test_resume_accepts_checkpoints_from_before_sigma_data_factor(tmp_path):
-    from diffexp.cli.train import check_resume
+    from diffexp.runs.train import check_resume
 
     c = validate_train_config(compose_train(["objective=karras", "schedule=karras"]))
     old = {**c, "objective": {"name": "karras", "sigma_data": 0.66}}  # no factor recorded
@@ -190,7 +198,7 @@ def test_resume_accepts_checkpoints_from_before_sigma_data_factor(tmp_path):
 def test_resume_accepts_checkpoints_from_before_the_grid_group_and_normalize_input(tmp_path):
     """A checkpoint config with a karras schedule rho of 7, the flat sampler grid keys and no
     normalize_input is the same training as today's config (resume accepts it)."""
-    from diffexp.cli.train import check_resume
+    from diffexp.runs.train import check_resume
 
     c = validate_train_config(compose_train(["objective=eps", "schedule=karras"]))
     old = {**c, "schedule": {**c["schedule"], "rho": 7.0},

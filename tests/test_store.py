@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from diffexp.cli import store
-from diffexp.cli.config import ConfigError, validate_train_config
+from diffexp.config import ConfigError, validate_train_config
 
 from .helpers import compose_train
 
@@ -93,7 +93,7 @@ def test_reuse_active():
 _HOLDER = """
 import sys, time
 from pathlib import Path
-from diffexp.cli.store import model_lock
+from diffexp.runs.store import model_lock
 with model_lock(Path(sys.argv[1])):
     print("locked", flush=True)
     time.sleep(600)
@@ -144,7 +144,7 @@ def _store_cfg(tmp_path, *extra):
 
 
 def test_finished_partial_failed_and_forced(tmp_path, monkeypatch):
-    import diffexp.cli.train as train_mod
+    import diffexp.runs.train as train_mod
 
     calls = []
     monkeypatch.setattr(train_mod, "train", _fake_train(calls))
@@ -183,7 +183,7 @@ def test_finished_partial_failed_and_forced(tmp_path, monkeypatch):
 
 
 def test_a_failed_training_fails_the_sweeps_other_jobs_fast(tmp_path, monkeypatch):
-    import diffexp.cli.train as train_mod
+    import diffexp.runs.train as train_mod
 
     calls = []
     monkeypatch.setattr(train_mod, "train", _fake_train(calls, fail=True))
@@ -297,7 +297,7 @@ def test_study_recipe_composes_its_cells():
     import yaml
 
     from diffexp.cli.common import swept_keys
-    from diffexp.cli.config import CONF_DIR
+    from diffexp.config import CONF_DIR
 
     c = validate_train_config(compose_train(["experiment=study_scale"]))
     assert c["data"]["subset"] and c["eval"]["n_samples"] == 512 and c["task"] == "diffusion"

@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from diffexp.cli.config import ConfigError, validate_train_config
-from diffexp.cli.train import train
+from diffexp.config import ConfigError, validate_train_config
 from diffexp.data import build_data
 from diffexp.module import DiffusionModule, load_module
+from diffexp.runs.train import train
 
 from .helpers import TINY_MODEL, compose_train
 
@@ -31,7 +31,7 @@ def test_loss_decreases_on_fixed_batch(objective, schedule):
     if c["objective"]["name"] == "karras":
         c["objective"]["sigma_data"] = 0.5
     torch.manual_seed(0)
-    m = DiffusionModule(c)
+    m = DiffusionModule.from_config(c)
     data = build_data(c["data"])
     x0 = data.batch(data.train_index[:32])
     opt = torch.optim.Adam(m.net.parameters(), lr=2e-3)
@@ -121,8 +121,8 @@ def test_fid_proxy_logged(tmp_path, data_root):
 
 def test_compile_and_channels_last_keep_checkpoint_keys():
     base = validate_train_config(compose_train(["data=synthetic", "train.batch_size=16", *TINY_MODEL]))
-    plain = DiffusionModule(base)
-    fast = DiffusionModule(validate_train_config(compose_train(
+    plain = DiffusionModule.from_config(base)
+    fast = DiffusionModule.from_config(validate_train_config(compose_train(
         ["data=synthetic", "train.batch_size=16", *TINY_MODEL, "model.compile=true",
          "model.channels_last=true"])))
     assert list(fast.state_dict()) == list(plain.state_dict())

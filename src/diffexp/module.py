@@ -1,8 +1,9 @@
-"""The LightningModule: training step, EMA, validation loss, periodic sample grids.
+"""The LightningModules: training step, EMA, validation loss, periodic sample grids.
 
-The module is built from a plain resolved config dict (the Hydra config as a container), which is
-also stored in every checkpoint, so a checkpoint alone rebuilds its model, schedule and objective
-(see :func:`load_module`)."""
+A module is constructed from a spec of built objects (:mod:`diffexp.build`: schedule, objective,
+network settings, data, optimizer, sampling) and reads no config keys itself. The spec's config
+(read-only) is stored in every checkpoint, so a checkpoint alone rebuilds its module through the
+same builders (see :func:`load_module`)."""
 
 from __future__ import annotations
 
@@ -15,89 +16,28 @@ import torch
 from torch import Tensor
 
 from . import sampling
+from .build import (
+    DiffusionSpec,
+    NoiseLevelSpec,
+    diffusion_spec,
+    noise_level_spec,
+    thawed,
+    upgrade_config,
+    with_changes,
+)
 from .checkpoint_io import CHECKPOINT_FORMAT, read_checkpoint
 from .data import DeviceData, decode
 from .ema import EMA
 from .errors import CheckpointError
 from .models.noise_level import NoiseLevelNet
-from .models.unet import UNet, count_parameters
+from .models.unet import count_parameters
 from .noise_level import ABAR_EPS, no_t_denoiser
-from .objectives import Objective, build_objective, make_denoiser
+from .objectives import make_denoiser
 from .preemption import step_seed
-from .schedules import Schedule, build_schedule
 from .viz import save_grid
 
-__all__ = ["DiffusionModule", "IndexBatches", "build_schedule_from_cfg", "build_net",
-           "load_module", "upgrade_config"]
-
-
-#: sampler-config keys that act on the denoiser, not on the sampler function
-DENOISER_KEYS = ("clip_denoised",)
-
-
-def pop_denoiser_options(sampler_cfg: dict) -> tuple[dict, dict]:
-    """Split ``clip_denoised`` (clamp every x0 estimate to the data range, +-data.scale: the
-    lesson's clamped x0, for any sampler) off a sampler config."""
-    scfg = dict(sampler_cfg)
-    opts = {k: scfg.pop(k) for k in DENOISER_KEYS if k in scfg}
-    clip = opts.get("clip_denoised", False)
-    if not isinstance(clip, bool):
-        raise ValueError(f"sampler.clip_denoised must be true or false (got {clip!r})")
-    return scfg, opts
-
-
-def upgrade_config(cfg: dict) -> dict:
-    """A run config written by an earlier version, in today's shape (in place; returned).
-
-    Before the grid group, the sampler config held ``grid``, ``rho``, ``sigma_min`` and
-    ``sigma_max`` (rho acting only with grid=karras) and the karras schedule a ``rho`` of its own
-    that its default grid used. They become ``cfg["grid"]`` with the meaning they had: a karras
-    schedule's own grid with a rho other than 7 is written as the karras grid with that rho, which
-    is the same grid. Objectives from before ``normalize_input`` did not normalise."""
-    if "grid" not in cfg and isinstance(cfg.get("sampler"), dict):
-        smp = cfg["sampler"]
-        grid = {"name": smp.pop("grid", "schedule"), "rho": smp.pop("rho", None),
-                "sigma_min": smp.pop("sigma_min", None), "sigma_max": smp.pop("sigma_max", None)}
-        sched = cfg.get("schedule", {})
-        if grid["name"] == "schedule" and sched.get("name") == "karras" \
-                and float(sched.get("rho", 7.0)) != 7.0:
-            grid["name"], grid["rho"] = "karras", float(sched["rho"])
-            grid["sigma_min"] = grid["sigma_min"] or sched.get("sigma_min")
-            grid["sigma_max"] = grid["sigma_max"] or sched.get("sigma_max")
-        if grid["name"] != "karras":
-            grid["rho"] = None
-        cfg["grid"] = grid
-    sched = cfg.get("schedule", {})
-    if sched.get("name") == "karras" and float(sched.get("rho", 7.0)) == 7.0:
-        sched.pop("rho", None)  # the fixed time map; a rho other than 7 stays (it defined t)
-    if isinstance(cfg.get("objective"), dict):
-        cfg["objective"].setdefault("normalize_input", False)  # before the switch existed
-    return cfg
-
-
-def build_schedule_from_cfg(sched_cfg: dict) -> Schedule:
-    params = {k: v for k, v in sched_cfg.items() if k != "name"}
-    return build_schedule(sched_cfg["name"], **params)
-
-
-def build_net(model_cfg: dict, conditioned: bool = True) -> UNet:
-    return UNet(in_channels=1, out_channels=1, widths=tuple(model_cfg["widths"]),
-                blocks=int(model_cfg["blocks"]), attn_levels=tuple(model_cfg["attn_levels"]),
-                head_dim=int(model_cfg["head_dim"]), cond_embedding=conditioned)
-
-
-def effective_sigma_data(obj_cfg: dict) -> float | None:
-    """The sigma_data the Karras objective uses: the configured (or measured) value times
-    ``objective.sigma_data_factor`` (e.g. 0.5 to study a mis-set sigma_data)."""
-    sd = obj_cfg.get("sigma_data")
-    if sd is None or sd == "auto":
-        return sd
-    return float(sd) * float(obj_cfg.get("sigma_data_factor") or 1.0)
-
-
-def build_objective_from_cfg(obj_cfg: dict, schedule: Schedule) -> Objective:
-    return build_objective(obj_cfg["name"], schedule, effective_sigma_data(obj_cfg),
-                           bool(obj_cfg.get("normalize_input") or False))
+__all__ = ["DiffusionModule", "IndexBatches", "NoiseLevelModule", "load_module",
+           "load_noise_level_net"]
 
 
 class IndexBatches:
@@ -160,15 +100,22 @@ class _DataModuleMixin(pl.LightningModule):
     """Shared plumbing: device-resident data, index batches, the optimizer and LR schedule.
     Subclasses set ``self.net`` (the trained network) and implement the steps."""
 
-    def __init__(self, cfg: dict):
+    def __init__(self, spec: DiffusionSpec | NoiseLevelSpec):
         super().__init__()
-        self.save_hyperparameters({"cfg": cfg})
-        self.cfg = cfg
+        self.save_hyperparameters({"cfg": thawed(spec.config)})
+        self.spec = spec
+        #: the mixed precision sampling runs under (a runtime choice, like the device)
+        self.precision = spec.precision
         self.data: DeviceData | None = None
         self.run_dir: Path | None = None
         self._train_loader: IndexBatches | None = None
         self._noise_generator: torch.Generator | None = None
         self._loader_state: dict | None = None  # the train loader's position, from a checkpoint
+
+    @property
+    def cfg(self) -> dict:
+        """The config this module was built from (read-only; sigma_data as measured)."""
+        return self.spec.config
 
     # ------------------------------------------------------------------ data
     def attach_data(self, data: DeviceData, run_dir: str | Path | None = None) -> None:
@@ -180,9 +127,9 @@ class _DataModuleMixin(pl.LightningModule):
             self.data.to(self.device)
 
     def train_dataloader(self):
-        t = self.cfg["train"]
+        t = self.spec.train
         self._train_loader = IndexBatches(
-            self.data.train_index, t["batch_size"], shuffle=True, seed=self.cfg["seed"],
+            self.data.train_index, t.batch_size, shuffle=True, seed=t.seed,
             rank=self.global_rank, world_size=self.trainer.world_size if self._trainer else 1)
         if self._loader_state is not None:
             self._train_loader.load_state_dict(self._loader_state)
@@ -192,7 +139,7 @@ class _DataModuleMixin(pl.LightningModule):
     def val_dataloader(self):
         if len(self.data.val_index) == 0:
             return []
-        return IndexBatches(self.data.val_index, self.cfg["train"]["batch_size"], shuffle=False,
+        return IndexBatches(self.data.val_index, self.spec.train.batch_size, shuffle=False,
                             drop_last=False, rank=self.global_rank,
                             world_size=self.trainer.world_size if self._trainer else 1)
 
@@ -223,7 +170,7 @@ class _DataModuleMixin(pl.LightningModule):
         g = self._noise_generator
         if g is None or g.device != self.device:
             g = self._noise_generator = torch.Generator(device=self.device)
-        return g.manual_seed(step_seed(self.cfg["seed"], self.global_rank, self.global_step))
+        return g.manual_seed(step_seed(self.spec.train.seed, self.global_rank, self.global_step))
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
                                     gradient_clip_algorithm=None) -> None:
@@ -248,16 +195,15 @@ class _DataModuleMixin(pl.LightningModule):
         return self._trainer is not None and self.trainer.progress_bar_callback is not None
 
     def configure_optimizers(self):
-        o = self.cfg["optim"]
-        name = o["name"]
+        o = self.spec.optim
         params = self.net.parameters()
-        kw = dict(lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"], weight_decay=o["weight_decay"])
+        kw = dict(lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
         if self.device.type == "cuda":
             kw["fused"] = True
         else:
             kw["foreach"] = True
-        opt = (torch.optim.AdamW if name == "adamw" else torch.optim.Adam)(params, **kw)
-        sched = o["lr_schedule"]
+        opt = (torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam)(params, **kw)
+        sched = o.lr_schedule
         if sched == "constant":
             return opt
         total = self.trainer.estimated_stepping_batches
@@ -266,11 +212,11 @@ class _DataModuleMixin(pl.LightningModule):
                 raise ValueError(f"optim.lr_schedule=onecycle needs at least 3 optimizer steps "
                                  f"(this run has {total}); use optim.lr_schedule=constant")
             # the warm-up phase needs at least two steps (OneCycleLR divides by its length)
-            pct = max(o["pct_start"], 2.0 / total)
-            if pct != o["pct_start"]:
-                self.print(f"[diffexp] optim.pct_start={o['pct_start']} gives a warm-up under 2 "
+            pct = max(o.pct_start, 2.0 / total)
+            if pct != o.pct_start:
+                self.print(f"[diffexp] optim.pct_start={o.pct_start} gives a warm-up under 2 "
                            f"steps for {total} steps; using {pct:.3f}")
-            s = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=o["lr"], total_steps=total,
+            s = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=o.lr, total_steps=total,
                                                     pct_start=pct)
         else:  # cosine
             s = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
@@ -279,21 +225,30 @@ class _DataModuleMixin(pl.LightningModule):
 
 
 class DiffusionModule(_DataModuleMixin):
-    def __init__(self, cfg: dict):
-        super().__init__(cfg)
-        self.schedule = build_schedule_from_cfg(cfg["schedule"])
-        self.objective = build_objective_from_cfg(cfg["objective"], self.schedule)
-        self.net = build_net(cfg["model"], conditioned=self.objective.conditioned)
-        self.ema = EMA(self.net, cfg["train"]["ema_decay"])
+    """A diffusion model in training: network, EMA, objective, schedule (from a
+    :class:`~diffexp.build.DiffusionSpec`; :meth:`from_config` builds one from a config)."""
+
+    def __init__(self, spec: DiffusionSpec):
+        super().__init__(spec)
+        self.schedule = spec.schedule
+        self.objective = spec.objective
+        self.net = spec.network()
+        self.ema = EMA(self.net, spec.train.ema_decay)
         self._noise_level_net = None
-        self.channels_last = bool(cfg["model"].get("channels_last", False))
+        self.channels_last = spec.channels_last
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
             self.ema.shadow.to(memory_format=torch.channels_last)
         # model.compile: the training forward goes through a compiled view of the same module,
         # kept out of the module registry so checkpoint keys stay those of the plain network
-        fwd = torch.compile(self.net) if cfg["model"].get("compile", False) else self.net
+        fwd = torch.compile(self.net) if spec.compile else self.net
         object.__setattr__(self, "_train_forward", fwd)
+
+    @classmethod
+    def from_config(cls, c: dict, data=None) -> DiffusionModule:
+        """Built from a validated config (``sigma_data: auto`` measured on ``data`` or on the
+        config's data set)."""
+        return cls(diffusion_spec(c, data))
 
     # ------------------------------------------------------------------ steps
     def diffusion_loss(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -335,18 +290,17 @@ class DiffusionModule(_DataModuleMixin):
         """``denoiser(x, sigma) -> x0_hat`` of the EMA (or raw) network; ``clip`` clamps every
         estimate to the data range [-data.scale, data.scale]."""
         net = self.ema.shadow if use_ema else self.net
-        if self.objective.name != "no_t":
+        no_t = self.spec.no_t
+        if no_t is None:
             den = make_denoiser(net, self.objective)
         else:
-            o = self.cfg["objective"]
-            use_pred = bool(o.get("use_predicted_noise_level", True))
-            pred = self.noise_level_net() if use_pred else None
-            den = no_t_denoiser(net, pred, use_predicted=use_pred,
-                                clamp_factor=o.get("clamp_factor", 2.0), record=record,
+            pred = self.noise_level_net() if no_t.use_predicted_noise_level else None
+            den = no_t_denoiser(net, pred, use_predicted=no_t.use_predicted_noise_level,
+                                clamp_factor=no_t.clamp_factor, record=record,
                                 normalize_input=self.objective.normalize_input)
         if not clip:
             return den
-        bound = float(self.cfg["data"]["scale"])
+        bound = float(self.spec.data.scale)
 
         def clipped(x, sigma):
             return den(x, sigma).clamp(-bound, bound)
@@ -356,17 +310,17 @@ class DiffusionModule(_DataModuleMixin):
     def noise_level_net(self):
         """The no_t model's noise-level predictor (loaded once from objective.noise_level_ckpt)."""
         if self._noise_level_net is None:
-            path = self.cfg["objective"].get("noise_level_ckpt")
+            path = self.spec.no_t.noise_level_ckpt
             if not path:
                 raise ValueError("objective.noise_level_ckpt is required to sample a no_t model "
                                  "with objective.use_predicted_noise_level=true")
             net, pcfg = load_noise_level_net(path)
-            mine = self.cfg["data"]
-            theirs = pcfg["data"]
+            mine = self.spec.data
             for k in ("scale", "pad"):
-                if mine[k] != theirs[k]:
+                if getattr(mine, k) != pcfg["data"][k]:
                     raise ValueError(f"objective.noise_level_ckpt={path!r} was trained with "
-                                     f"data.{k}={theirs[k]}, this model with {mine[k]}")
+                                     f"data.{k}={pcfg['data'][k]}, this model with "
+                                     f"{getattr(mine, k)}")
             # kept out of the module registry: the predictor lives in its own checkpoint
             object.__setattr__(self, "_noise_level_net", net.to(self.device).eval())
         return self._noise_level_net
@@ -377,34 +331,37 @@ class DiffusionModule(_DataModuleMixin):
                  batch_size: int | None = None, callback=None):
         """Sample ``n`` images with a sampler config and a grid config (default: the run's own);
         returns ``(x0 in the data range, uint8 images, nfe)``."""
-        scfg, dopts = pop_denoiser_options(sampler_cfg or self.cfg["sampler"])
-        grid_kw, options = sampling.split_sampler_config(scfg, grid_cfg or self.cfg.get("grid"))
+        from .build import SamplingSpec
+
+        if sampler_cfg is None and grid_cfg is None:
+            spec = self.spec.sampling
+        else:
+            spec = SamplingSpec.from_config(sampler_cfg or self.spec.sampling.sampler,
+                                            grid_cfg or self.spec.sampling.grid)
+        grid_kw, options = spec.sampler_arguments()
         was_training = self.training
         self.eval()
-        den = self.denoiser(use_ema, clip=dopts.get("clip_denoised", False))
+        den = self.denoiser(use_ema, clip=spec.clip_denoised)
         with self._autocast():
             res = sampling.sample(den, self.schedule, n=n,
                                   shape=self.image_shape, seed=seed,
-                                  batch_size=batch_size or self.cfg["train"]["batch_size"],
+                                  batch_size=batch_size or self.spec.train.batch_size,
                                   device=self.device, callback=callback, **grid_kw, **options)
         self.train(was_training)
-        d = self.cfg["data"]
-        return res.x0, decode(res.x0, d["pad"], d["scale"]), res.nfe
+        d = self.spec.data
+        return res.x0, decode(res.x0, d.pad, d.scale), res.nfe
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        d = self.cfg["data"]
-        return (1, 28 + 2 * d["pad"], 28 + 2 * d["pad"])
+        return self.spec.data.image_shape
 
     def _autocast(self):
-        if self.device.type == "cuda" and str(self.cfg["trainer"].get("precision", "")).startswith(
-                "bf16"):
+        if self.device.type == "cuda" and str(self.precision).startswith("bf16"):
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return torch.autocast(self.device.type, enabled=False)
 
     def on_train_epoch_end(self) -> None:
-        t = self.cfg["train"]
-        every = t.get("sample_every_n_epochs") or 0
+        every = self.spec.train.sample_every_n_epochs
         last = self.current_epoch + 1 >= self.trainer.max_epochs
         if (every and (self.current_epoch + 1) % every == 0) or last:
             self.log_sample_grid(tag="final" if last else f"epoch_{self.current_epoch + 1:03d}")
@@ -413,8 +370,8 @@ class DiffusionModule(_DataModuleMixin):
         if self.run_dir is None or not self.trainer.is_global_zero:
             return None
         t0 = time.perf_counter()
-        n = self.cfg["train"]["n_sample_images"]
-        _, u8, nfe = self.generate(n, seed=self.cfg["seed"])
+        n = self.spec.train.n_sample_images
+        _, u8, nfe = self.generate(n, seed=self.spec.train.seed)
         path = self.run_dir / "samples" / f"{tag}.png"
         save_grid(u8, path)
         for lg in self.loggers:
@@ -440,15 +397,18 @@ class NoiseLevelModule(_DataModuleMixin):
     of the best constant predictor on the same batch (the targets' variance) is logged beside it as
     ``*/baseline``."""
 
-    def __init__(self, cfg: dict):
-        super().__init__(cfg)
-        nl = cfg["noise_level"]
-        self.target = nl["target"]
-        self.net = NoiseLevelNet(tuple(nl["widths"]), target=self.target)
-        self.schedule = build_schedule_from_cfg(cfg["schedule"])
+    def __init__(self, spec: NoiseLevelSpec):
+        super().__init__(spec)
+        self.target = spec.target
+        self.net = spec.network()
+        self.schedule = spec.schedule
+
+    @classmethod
+    def from_config(cls, c: dict) -> NoiseLevelModule:
+        return cls(noise_level_spec(c))
 
     def draw_alpha_bar(self, n: int, device, generator=None) -> Tensor:
-        if self.cfg["noise_level"]["abar_dist"] == "schedule":
+        if self.spec.abar_dist == "schedule":
             sigma = self.schedule.sample_training_sigma(n, generator=generator, device=device)
             abar = 1.0 / (1.0 + sigma.double() ** 2)
         else:
@@ -506,11 +466,11 @@ class NoiseLevelModule(_DataModuleMixin):
         if self.run_dir is None or not self.trainer.is_global_zero:
             return
         last = self.current_epoch + 1 >= self.trainer.max_epochs
-        every = self.cfg["train"].get("sample_every_n_epochs") or 0
+        every = self.spec.train.sample_every_n_epochs
         if last or (every and (self.current_epoch + 1) % every == 0):
             from .viz import noise_level_scatter, save_figure
 
-            h = self.held_out(n=self.cfg["noise_level"]["n_scatter"])
+            h = self.held_out(n=self.spec.n_scatter)
             tag = "final" if last else f"epoch_{self.current_epoch + 1:03d}"
             path = save_figure(noise_level_scatter(h["abar"], h["abar_hat"], self.target),
                                self.run_dir / "samples" / f"noise_level_{tag}.png")
@@ -523,20 +483,24 @@ def load_noise_level_net(path: str | Path) -> tuple[NoiseLevelNet, dict]:
     """The predictor of a ``task=noise_level`` checkpoint and that run's config."""
     ckpt = read_checkpoint(path, setting="objective.noise_level_ckpt", task="noise_level")
     cfg = ckpt["hyper_parameters"]["cfg"]
-    module = NoiseLevelModule(cfg)
+    module = NoiseLevelModule.from_config(cfg)
     module.load_state_dict(ckpt["state_dict"])
     return module.net, cfg
 
 
-def load_module(path: str | Path, map_location="cpu", *, setting: str = "ckpt"
-                ) -> DiffusionModule:
+def load_module(path: str | Path, map_location="cpu", *, setting: str = "ckpt",
+                changes: dict[str, dict] | None = None) -> DiffusionModule:
     """Rebuild a module from a checkpoint written by training (config from the checkpoint).
-    A missing, damaged, foreign or wrong-task file raises a one-line :class:`CheckpointError`
-    naming ``setting``."""
+    ``changes`` (``{group: {key: value}}``) is laid over that config before the module is built:
+    settings that change how it samples, not what was trained (a no_t model's noise-level
+    options). A missing, damaged, foreign or wrong-task file raises a one-line
+    :class:`CheckpointError` naming ``setting``."""
     ckpt = read_checkpoint(path, setting=setting, task="diffusion")
     cfg = upgrade_config(ckpt["hyper_parameters"]["cfg"])
+    if changes:
+        cfg = with_changes(cfg, changes)
     try:
-        module = DiffusionModule(cfg)
+        module = DiffusionModule(diffusion_spec(cfg))
         module.load_state_dict(ckpt["state_dict"])
     except (KeyError, TypeError, RuntimeError, ValueError) as e:
         lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
@@ -549,5 +513,5 @@ def load_module(path: str | Path, map_location="cpu", *, setting: str = "ckpt"
 
 
 def describe(module: DiffusionModule) -> str:
-    return (f"model {module.cfg['model']['name']}: {count_parameters(module.net):,} parameters; "
+    return (f"model {module.spec.model['name']}: {count_parameters(module.net):,} parameters; "
             f"schedule {module.schedule.name}, objective {module.objective.name}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import traceback
@@ -11,119 +10,17 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
+from ..config import CONF_DIR, ConfigError, check_group_choices, check_moved_settings
 from ..errors import DiffexpError
-from .config import ConfigError, check_group_choices, check_moved_settings, fail
 
 #: jobs of this process's multirun that failed: (run_dir, one-line error)
 FAILED_JOBS: list[tuple[str, str]] = []
 
 
-def _json_safe(obj):
-    """Strict JSON: infinities and NaN become strings ("inf", "-inf", "nan")."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
-def write_json(path: Path, obj) -> None:
-    """Write strict JSON atomically: a kill or a full disk leaves the previous file intact."""
-    from ..files import atomic_write_text
-
-    atomic_write_text(path, json.dumps(_json_safe(obj), indent=2, allow_nan=False))
-
-
-def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo on Linux), else what platform reports."""
-    import platform
-
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def host_info() -> dict:
-    """The machine a number came from: CPU model, cores, torch threads and GPU (if used)."""
-    import torch
-
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "gpu": gpu}
-
-
-def _wandb_logged_in() -> bool:
-    """True when an API key is available without prompting: WANDB_API_KEY or a netrc entry."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    import netrc
-    from urllib.parse import urlparse
-
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
-    path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
-    try:
-        return netrc.netrc(path).authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
-
-
-def in_multirun() -> bool:
-    """True inside a job of a Hydra multirun."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        return HydraConfig.get().mode == RunMode.MULTIRUN
-    except (ImportError, ValueError):
-        return False
-
-
-def wants_eval_at_end(c: dict) -> bool:
-    """``train.eval_at_end``: true, false, or auto (true in a multirun, whose jobs are compared
-    by their FID; false in a single run)."""
-    e = c["train"]["eval_at_end"]
-    return e is True or (e == "auto" and in_multirun())
-
-
-def make_logger(c: dict, run_dir: Path, *, job_type: str = "train", name: str | None = None):
-    lg = c["logger"]
-    if lg["name"] == "none":
-        return False
-    if lg["name"] == "csv":
-        from pytorch_lightning.loggers import CSVLogger
-
-        return CSVLogger(save_dir=str(run_dir), name="", version="csv")
-    from pytorch_lightning.loggers import WandbLogger
-
-    mode = lg["mode"]
-    if mode == "auto":
-        mode = os.environ.get("WANDB_MODE") or ("online" if _wandb_logged_in() else "offline")
-    group = lg["group"]
-    if group is None:
-        group = _sweep_name()  # the jobs of one multirun share a group on the dashboard
-    id_file = run_dir / "wandb_id.txt"
-    run_id = id_file.read_text().strip() if id_file.exists() else None
-    logger = WandbLogger(project=lg["project"], entity=lg["entity"], group=group,
-                         tags=list(lg["tags"]), name=name or c["name"], job_type=job_type,
-                         save_dir=str(run_dir), mode=mode,
-                         id=run_id, resume="allow" if run_id else None, config=c,
-                         anonymous="never" if mode == "online" else None)
-    return logger
-
-
-def _sweep_name() -> str | None:
-    """The multirun folder's name when running as a multirun job, else None."""
-    if not in_multirun():
-        return None
-    from hydra.core.hydra_config import HydraConfig
-
-    return Path(HydraConfig.get().sweep.dir).name
+def fail(msg: str, code: int = 2):
+    """End the command with one line on stderr and a non-zero status."""
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(code)
 
 
 def _run_dir_from_hydra() -> Path:
@@ -201,8 +98,6 @@ def _top_level_split(value: str) -> list[str]:
 def swept_keys(argv: list[str]) -> list[str]:
     """Keys that a multirun command line sweeps: comma lists, range/choice/glob sweeps, and the
     sweeper params of a named ``sweep=NAME`` or ``experiment=NAME`` config."""
-    from .config import CONF_DIR
-
     keys = []
     for arg in argv:
         if arg.startswith("-") or "=" not in arg:
@@ -248,8 +143,8 @@ def sampling_sweeps_first(argv: list[str]) -> list[str]:
     """A multirun command line with its sampling-only sweeps (``store.SAMPLING_ONLY``: sampler,
     grid, eval, ...) moved in front of the others. Hydra's sweep varies the first key slowest, so
     consecutive jobs then need different models, and a parallel launcher trains those at once
-    instead of queueing jobs on one model's lock (see :mod:`diffexp.cli.store`)."""
-    from .store import SAMPLING_ONLY
+    instead of queueing jobs on one model's lock (see :mod:`diffexp.runs.store`)."""
+    from ..runs.store import SAMPLING_ONLY
 
     def sampling_sweep(arg: str) -> bool:
         key, eq, value = arg.partition("=")

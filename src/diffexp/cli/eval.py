@@ -17,8 +17,10 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .common import cli_main, host_info, make_logger, run_job, write_json
-from .config import CONF_DIR, ConfigError, _choice, _require, _typed
+from ..config import CONF_DIR, ConfigError, _choice, _require, _typed
+from ..runs.env import make_logger
+from ..runs.record import host_info, write_json
+from .common import cli_main, run_job
 
 
 @dataclass
@@ -53,7 +55,7 @@ def resolve_sampler(ckpt_sampler: dict, requested: dict) -> dict:
 
 
 def validate_eval_config(cfg: DictConfig) -> dict:
-    from .config import validate_grid, validate_logger, validate_sampler
+    from ..config import validate_grid, validate_logger, validate_sampler
 
     unknown = sorted(set(cfg.keys()) - EVAL_TOP_KEYS)
     if unknown:
@@ -106,6 +108,7 @@ def _device(name: str) -> torch.device:
 
 def run_eval(c: dict, run_dir: str | Path) -> dict:
     from .. import sampling
+    from ..build import pop_denoiser_options
     from ..data import DataError
     from ..evaluation import (
         REFERENCE_KEY,
@@ -117,20 +120,23 @@ def run_eval(c: dict, run_dir: str | Path) -> dict:
         reference_images,
     )
     from ..metrics import FeatureNetError, feature_net_info
-    from ..module import effective_sigma_data, load_module, pop_denoiser_options
+    from ..module import load_module
+    from ..runs.record import model_record
     from ..viz import save_figure, save_grid
 
     run_dir = Path(run_dir)
     e = c["eval"]
     device = _device(e["device"])
     t_start = time.perf_counter()
-    module = load_module(c["ckpt"], map_location="cpu").to(device)
-    mcfg = module.cfg
+    module = load_module(c["ckpt"], map_location="cpu")
     if c["objective"]:
-        if mcfg["objective"]["name"] != "no_t":
+        if module.cfg["objective"]["name"] != "no_t":
             raise ConfigError(f"objective.{next(iter(c['objective']))} applies to no_t "
-                              f"checkpoints only (this one is {mcfg['objective']['name']})")
-        mcfg["objective"].update(c["objective"])
+                              f"checkpoints only (this one is {module.cfg['objective']['name']})")
+        # the no_t model's sampling options, laid over its config before it is built again
+        module = load_module(c["ckpt"], map_location="cpu", changes={"objective": c["objective"]})
+    module = module.to(device)
+    mcfg = module.cfg
     if mcfg["objective"]["name"] == "no_t":
         try:
             if mcfg["objective"].get("use_predicted_noise_level", True):
@@ -181,16 +187,8 @@ def run_eval(c: dict, run_dir: str | Path) -> dict:
         "host": host_info(),
         "checkpoint": str(Path(c["ckpt"]).resolve()),
         "use_ema": e["use_ema"],
-        "model": {"name": mcfg["model"]["name"],
-                  "parameters": sum(p.numel() for p in module.net.parameters()),
-                  "schedule": mcfg["schedule"]["name"], "objective": mcfg["objective"]["name"],
-                  "data_scale": mcfg["data"]["scale"], "epochs": mcfg["train"]["epochs"],
-                  "normalize_input": bool(mcfg["objective"].get("normalize_input") or False),
-                  "sigma_data": effective_sigma_data(mcfg["objective"]),
-                  **({"sigma_data_factor": mcfg["objective"].get("sigma_data_factor", 1.0)}
-                     if mcfg["objective"]["name"] == "karras" else {}),
-                  **({k: mcfg["objective"].get(k) for k in NO_T_KEYS}
-                     if mcfg["objective"]["name"] == "no_t" else {})},
+        "model": {**model_record(mcfg),
+                  "parameters": sum(p.numel() for p in module.net.parameters())},
         "protocol": {"features": e["features"], "feature_net_sha256": evaluator.net.sha256,
                      "feature_net_test_accuracy": info.get("test_accuracy"),
                      "reference": REFERENCE_KEY, "reference_n": len(evaluator.ref_features),

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import copy
 import csv
-import json
 import time
 from pathlib import Path
 
 import torch
 
+from .record import write_json
 from .train import train
 
 __all__ = ["run_study"]
@@ -75,10 +75,8 @@ def run_study(c: dict, run_dir: str | Path) -> dict:
                       "noise_level_ckpt": predictors["raw"]["ckpt"]}))
     rows = []
     for label, ckpt, overrides in ways:
-        module = load_module(ckpt).to(device)
-        module.cfg["objective"].update(overrides)
-        module._noise_level_net = None
-        m, _, _ = evaluate_samples(module, evaluator, module.cfg["sampler"], n=n, seed=c["seed"],
+        module = load_module(ckpt, changes={"objective": overrides}).to(device)
+        m, _, _ = evaluate_samples(module, evaluator, None, n=n, seed=c["seed"],
                                    batch_size=c["train"]["batch_size"])
         rows.append({"model": label, "fid": m["fid"], "kid_mean": m["kid_mean"],
                      "kid_std": m["kid_std"], "nfe": m["nfe"], "n": m["n"],
@@ -109,6 +107,6 @@ def run_study(c: dict, run_dir: str | Path) -> dict:
     (run_dir / "comparison.md").write_text("\n".join(lines) + "\n")
     result = {"rows": rows, "floor": floor, "predictors": predictors,
               "wall_time_s": round(time.perf_counter() - t0, 1)}
-    (run_dir / "study.json").write_text(json.dumps(result, indent=2))
+    write_json(run_dir / "study.json", result)
     print("\n".join(lines))
     return result

@@ -10,21 +10,20 @@ from __future__ import annotations
 import math
 import os
 import re
-import sys
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from ..errors import DiffexpError, first_line
+from .errors import DiffexpError, first_line
 
 __all__ = ["ConfigError", "validate_train_config", "validate_eval_samplers", "check_group_choices",
            "check_moved_settings", "CONF_DIR"]
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 class ConfigError(DiffexpError):
@@ -32,65 +31,63 @@ class ConfigError(DiffexpError):
 
 
 # ----------------------------------------------------------------------------- schemas
+# One dataclass per option shape: the keys a group option may have and their types. No field has a
+# default: every value comes from the yaml under conf/, the single place defaults are written (see
+# docs/DESIGN.md, "Configuration"); a key missing from a composed config is an error naming it.
 @dataclass
 class DataCfg:
-    name: str = "fashion_mnist"
-    root: str | None = None
-    download: bool = True
-    pad: int = 2
-    scale: float = 1.0
-    val_size: int = 2000
-    split_seed: int = 0
-    subset: int | None = None
+    name: str
+    root: str | None
+    download: bool
+    pad: int
+    scale: float
+    val_size: int
+    split_seed: int
+    subset: int | None
 
 
 @dataclass
 class ModelCfg:
-    name: str = "unet_tiny"
-    widths: list[int] = field(default_factory=lambda: [32, 64, 64])
-    blocks: int = 1
-    attn_levels: list[int] = field(default_factory=lambda: [2])
-    head_dim: int = 32
-    channels_last: bool = False
-    compile: bool = False
+    name: str
+    widths: list[int]
+    blocks: int
+    attn_levels: list[int]
+    head_dim: int
+    channels_last: bool
+    compile: bool
 
 
 @dataclass
 class LinearCfg:
-    name: str = "linear"
-    beta_min: float = 0.1
-    beta_max: float = 20.0
-    t_min: float = 1e-3
-    t_max: float = 1.0
+    name: str
+    beta_min: float
+    beta_max: float
+    t_min: float
+    t_max: float
 
 
 @dataclass
 class CosineCfg:
-    name: str = "cosine"
-    start: float = 0.0
-    end: float = 1.0
-    tau: float = 1.0
-    t_min: float = 1e-3
-    t_max: float = 0.999
+    name: str
+    start: float
+    end: float
+    tau: float
+    t_min: float
+    t_max: float
 
 
 @dataclass
-class SigmoidCfg:
-    name: str = "sigmoid"
-    start: float = -3.0
-    end: float = 3.0
-    tau: float = 1.0
-    t_min: float = 1e-3
-    t_max: float = 0.999
+class SigmoidCfg(CosineCfg):
+    pass
 
 
 @dataclass
 class KarrasCfg:
-    name: str = "karras"
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
-    p_mean: float = -1.2
-    p_std: float = 1.2
+    name: str
+    sigma_min: float
+    sigma_max: float
+    p_mean: float
+    p_std: float
 
 
 SCHEDULE_SCHEMAS = {"linear": LinearCfg, "cosine": CosineCfg, "sigmoid": SigmoidCfg,
@@ -99,109 +96,128 @@ SCHEDULE_SCHEMAS = {"linear": LinearCfg, "cosine": CosineCfg, "sigmoid": Sigmoid
 
 @dataclass
 class GridCfg:
-    name: str = "schedule"
-    rho: float | None = None
-    sigma_min: float | None = None
-    sigma_max: float | None = None
+    name: str
+    rho: float | None
+    sigma_min: float | None
+    sigma_max: float | None
 
 
 @dataclass
-class ObjectiveCfg:
-    name: str = "eps"
-    sigma_data: Any = None  # karras only: "auto" or a positive number
-    sigma_data_factor: Any = None  # karras only: the objective uses sigma_data * this factor
-    normalize_input: bool = False  # VP objectives: Chen 2023's per-image input normalisation
+class ObjectiveCfg:  # eps, x0, v
+    name: str
+    normalize_input: bool  # Chen 2023's per-image input normalisation (VP objectives)
+
+
+@dataclass
+class KarrasObjectiveCfg:
+    name: str
+    sigma_data: Any  # "auto" or a positive number
+    sigma_data_factor: Any  # the objective uses sigma_data * this factor
+    normalize_input: bool  # refused: c_in already scales the input
 
 
 @dataclass
 class NoTObjectiveCfg:
-    name: str = "no_t"
-    noise_level_ckpt: str | None = None
-    use_predicted_noise_level: bool = True
-    clamp_factor: float = 2.0
-    normalize_input: bool = False
+    name: str
+    noise_level_ckpt: str | None
+    use_predicted_noise_level: bool
+    clamp_factor: float
+    normalize_input: bool
+
+
+OBJECTIVE_SCHEMAS = {"eps": ObjectiveCfg, "x0": ObjectiveCfg, "v": ObjectiveCfg,
+                     "karras": KarrasObjectiveCfg, "no_t": NoTObjectiveCfg}
+#: objective keys that only some objectives have: key -> the objectives that do
+OBJECTIVE_ONLY = {"sigma_data": ("karras",), "sigma_data_factor": ("karras",),
+                  "noise_level_ckpt": ("no_t",), "use_predicted_noise_level": ("no_t",),
+                  "clamp_factor": ("no_t",)}
 
 
 @dataclass
 class OptimCfg:
-    name: str = "adam"
-    lr: float = 4e-3
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-5
-    weight_decay: float = 0.0
-    lr_schedule: str = "onecycle"
-    pct_start: float = 0.25
+    name: str
+    lr: float
+    betas: list[float]
+    eps: float
+    weight_decay: float
+    lr_schedule: str
+    pct_start: float
 
 
 @dataclass
 class TrainerCfg:
-    accelerator: str = "auto"
-    devices: Any = 1
-    strategy: str = "auto"
-    num_nodes: int = 1
-    precision: str = "auto"
-    log_every_n_steps: int = 10
-    limit_train_batches: float | None = None
-    limit_val_batches: float | None = None
-    deterministic: bool = False
+    accelerator: str
+    devices: Any
+    strategy: str
+    num_nodes: int
+    precision: str
+    log_every_n_steps: int
+    limit_train_batches: float | None
+    limit_val_batches: float | None
+    deterministic: bool
 
 
 @dataclass
-class LoggerCfg:
-    name: str = "none"
-    project: str = "diffexp"
-    entity: str | None = None
-    group: str | None = None
-    tags: list[str] = field(default_factory=list)
-    mode: str = "auto"
+class LoggerCfg:  # csv, none
+    name: str
+
+
+@dataclass
+class WandbLoggerCfg:
+    name: str
+    project: str
+    entity: str | None
+    group: str | None
+    tags: list[str]
+    mode: str
 
 
 @dataclass
 class NoiseLevelCfg:
-    target: str = "logit"
-    abar_dist: str = "uniform"
-    widths: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
-    n_scatter: int = 512
+    target: str
+    abar_dist: str
+    widths: list[int]
+    n_scatter: int
 
 
 @dataclass
 class StudyCfg:
-    predictor_epochs: int = 3
-    n_eval: int = 2048
-    compare_raw: bool = True
+    predictor_epochs: int
+    n_eval: int
+    compare_raw: bool
 
 
 @dataclass
 class EndEvalCfg:
-    n_samples: int = 2048
-    batch_size: int = 512
-    floor: bool = True
-    diagnostics: bool = True
+    n_samples: int
+    batch_size: int
+    floor: bool
+    diagnostics: bool
     # label -> sampler settings: evaluate the final model once per entry into eval/<label>/.
     # An entry with a name starts from conf/sampler/<name>.yaml, one without from the run's sampler.
-    samplers: dict[str, Any] = field(default_factory=dict)
+    samplers: dict[str, Any]
 
 
 @dataclass
 class TrainCfg:
-    batch_size: int = 256
-    epochs: int = 5
-    ema_decay: float = 0.999
-    grad_clip: float = 1.0
-    skip_nonfinite: bool = False  # drop a batch with non-finite gradients instead of stopping
-    sample_every_n_epochs: int = 1
-    n_sample_images: int = 64
-    checkpoint_every_n_epochs: int = 1
-    checkpoint_every_minutes: float | None = 10.0  # mid-epoch last.ckpt; null or 0 = off
-    checkpoint_every_n_steps: int | None = None  # mid-epoch last.ckpt; null or 0 = off
-    val_every_n_epochs: int = 1
-    fid_every_n_epochs: int = 0
-    fid_n_samples: int = 512
-    auto_resume: bool = True
-    eval_at_end: Any = "auto"  # true | false | auto (true in a multirun)
-    reuse: Any = "auto"  # share trained models through the store: true | false | auto (multirun)
-    retrain: bool = False  # with reuse: train a fresh model once per sweep instead of reusing
-    model_store: str = "runs/models"
+    batch_size: int
+    epochs: int
+    ema_decay: float
+    grad_clip: float
+    skip_nonfinite: bool  # drop a batch with non-finite gradients instead of stopping
+    sample_every_n_epochs: int
+    n_sample_images: int
+    checkpoint_every_n_epochs: int
+    checkpoint_every_minutes: float | None  # mid-epoch last.ckpt; null or 0 = off
+    checkpoint_every_n_steps: int | None  # mid-epoch last.ckpt; null or 0 = off
+    val_every_n_epochs: int
+    fid_every_n_epochs: int
+    fid_n_samples: int
+    auto_resume: bool
+    eval_at_end: Any  # true | false | auto (true in a multirun)
+    reuse: Any  # share trained models through the store: true | false | auto (multirun)
+    retrain: bool  # with reuse: train a fresh model once per sweep instead of reusing
+    model_store: str
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -209,10 +225,14 @@ def _typed(node, schema, prefix: str):
     """Merge ``node`` into the schema: unknown keys and wrong types become a ConfigError."""
     try:
         return OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(schema), node),
-                                      resolve=True)
+                                      resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or getattr(e, "key", None) or ""
         msg = str(e).strip().splitlines()[0]
+        if isinstance(e, MissingMandatoryValue):
+            key = str(key).rpartition(".")[2] or str(key)
+            raise ConfigError(f"{prefix}.{key}: missing; the config gives no value for it (its "
+                              f"default lives in the group's yaml under conf/)") from None
         if "Key '" in msg and "not in" in msg:
             valid = ", ".join(f.name for f in schema.__dataclass_fields__.values())
             raise ConfigError(f"{prefix}.{key}: unknown setting; valid keys: {valid}") from None
@@ -297,7 +317,7 @@ def validate_schedule(s) -> dict:
         if name == "cosine":
             _require(0 <= s["start"] and s["end"] <= 1, "schedule.start/end",
                      "must lie in [0, 1] for the cosine schedule", (s["start"], s["end"]))
-    from ..schedules import build_schedule
+    from .schedules import build_schedule
 
     try:
         sched = build_schedule(name, **{k: v for k, v in s.items() if k != "name"})
@@ -314,8 +334,13 @@ def validate_schedule(s) -> dict:
 
 def validate_objective(o) -> dict:
     name = o.get("name") if isinstance(o, (dict, DictConfig)) else None
-    _choice(name, "objective.name", ["eps", "x0", "v", "karras", "no_t"])
-    o = _typed(o, NoTObjectiveCfg if name == "no_t" else ObjectiveCfg, "objective")
+    _choice(name, "objective.name", sorted(OBJECTIVE_SCHEMAS))
+    for key, owners in OBJECTIVE_ONLY.items():
+        if name not in owners and o.get(key) is not None:
+            raise ConfigError(f"objective.{key} applies to objective={'/'.join(owners)} only "
+                              f"(objective={name})")
+    o = _typed({k: v for k, v in o.items() if k in OBJECTIVE_SCHEMAS[name].__dataclass_fields__
+                or k not in OBJECTIVE_ONLY}, OBJECTIVE_SCHEMAS[name], "objective")
     if name == "karras":
         def positive(v) -> bool:
             return (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
@@ -334,11 +359,6 @@ def validate_objective(o) -> dict:
     elif name == "no_t":
         _require(o["clamp_factor"] >= 1, "objective.clamp_factor", "must be >= 1",
                  o["clamp_factor"])
-    else:
-        for key in ("sigma_data", "sigma_data_factor"):
-            if o.get(key) is not None:
-                raise ConfigError(f"objective.{key} applies to objective=karras only "
-                                  f"(objective={name})")
     return o
 
 
@@ -385,8 +405,11 @@ def validate_trainer(t) -> dict:
 
 
 def validate_logger(lg) -> dict:
-    lg = _typed(lg, LoggerCfg, "logger")
-    _choice(lg["name"], "logger.name", ["wandb", "csv", "none"])
+    name = lg.get("name") if isinstance(lg, (dict, DictConfig)) else None
+    _choice(name, "logger.name", ["wandb", "csv", "none"])
+    lg = _typed(lg, WandbLoggerCfg if name == "wandb" else LoggerCfg, "logger")
+    if name != "wandb":
+        return lg
     _choice(lg["mode"], "logger.mode", ["auto", "online", "offline"])
     return lg
 
@@ -440,8 +463,8 @@ def check_moved_settings(argv: list[str]) -> None:
 
 
 def validate_sampler(s, label: str = "sampler") -> dict:
-    from .. import sampling
-    from ..module import pop_denoiser_options
+    from . import sampling
+    from .build import pop_denoiser_options
 
     s = OmegaConf.to_container(s, resolve=True) if isinstance(s, DictConfig) else dict(s)
     for key in ("grid", "rho", "sigma_min", "sigma_max"):
@@ -457,7 +480,7 @@ def validate_sampler(s, label: str = "sampler") -> dict:
 def validate_grid(g) -> dict:
     """The grid group: ``schedule`` (uniform in the schedule's t), ``karras`` (with ``rho``) or
     ``exponential``, each with optional ``sigma_min`` / ``sigma_max``."""
-    from .. import sampling
+    from . import sampling
 
     g = _typed(g if g is not None else {}, GridCfg, "grid")
     if g["name"] == "ckpt":
@@ -576,8 +599,8 @@ def check_sampling_grids(c: dict) -> None:
     its schedule now, so a grid that cannot be built fails before training, not at the first
     sample grid. On the VP schedules a grid must stay inside the schedule's noise range (beyond
     it the network is asked about times it never saw, and sigma(1) is infinite for some)."""
-    from .. import sampling
-    from ..schedules import build_schedule
+    from . import sampling
+    from .schedules import build_schedule
 
     sched_cfg = c["schedule"]
     schedule = build_schedule(sched_cfg["name"], **{k: v for k, v in sched_cfg.items()
@@ -652,6 +675,10 @@ def validate_train_config(cfg: DictConfig) -> dict:
     check_sampling_grids(out)
     check_step_count(out)
     o = out["objective"]
+    if out["task"] == "no_t_study" and o["name"] not in ("eps", "no_t"):
+        raise ConfigError(f"objective={o['name']} with task=no_t_study: the study trains its own "
+                          f"pair (a t-conditioned eps model and a no_t model); leave objective at "
+                          f"eps (or no_t, to set its clamp_factor)")
     if out["task"] == "diffusion" and o["name"] == "no_t" and o["use_predicted_noise_level"]:
         if not o["noise_level_ckpt"]:
             raise ConfigError("objective.noise_level_ckpt is required with objective=no_t and "
@@ -685,8 +712,3 @@ def check_group_choices(argv: list[str], groups: dict[str, list[str]] | None = N
             if v and v != "null" and v not in groups[key]:
                 raise ConfigError(f"{key}={v!r} is not an option of config group '{key}'; "
                                   f"choose one of: {', '.join(groups[key])}")
-
-
-def fail(msg: str, code: int = 2):
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(code)

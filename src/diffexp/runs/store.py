@@ -45,8 +45,9 @@ from pathlib import Path
 
 import torch
 
-from .common import in_multirun, make_logger, wants_eval_at_end, write_json
-from .config import ConfigError
+from ..config import ConfigError
+from .env import in_multirun, make_logger, sweep_dir, wants_eval_at_end
+from .record import headline, read_json, read_summary, write_json, write_summary
 
 __all__ = ["SAMPLING_ONLY", "EVALUATION_ONLY_MODULES", "fingerprint", "code_hash", "model_lock",
            "reuse_active", "run_cell", "model_dir_for"]
@@ -157,11 +158,8 @@ def model_lock(lock_path: Path, poll_s: float = 1.0):
 
 def _sweep_id(run_dir: Path) -> str:
     """What the jobs of one multirun share (its folder); a single run is its own sweep."""
-    if in_multirun():
-        from hydra.core.hydra_config import HydraConfig
-
-        return str(Path(HydraConfig.get().sweep.dir).resolve())
-    return str(Path(run_dir).resolve())
+    sweep = sweep_dir()
+    return str((sweep or Path(run_dir)).resolve())
 
 
 def reuse_active(c: dict) -> bool:
@@ -180,19 +178,12 @@ def reuse_active(c: dict) -> bool:
     return in_multirun() and not multi_process
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _finished(model_dir: Path, key: str, content: dict) -> dict | None:
     """The DONE record of a finished model with this exact fingerprint, else None."""
-    done = _read_json(model_dir / "DONE.json")
+    done = read_json(model_dir / "DONE.json")
     if not done or done.get("fingerprint") != key:
         return None
-    if _read_json(model_dir / "fingerprint.json") != content:
+    if read_json(model_dir / "fingerprint.json") != content:
         return None
     if not (model_dir / "checkpoints" / "last.ckpt").is_file():
         return None
@@ -221,7 +212,7 @@ def obtain_model(c: dict, run_dir: Path) -> tuple[Path, str, dict]:
             _move_aside(model_dir, "train.retrain=true")
             done = None
         if done:
-            return model_dir, "reused", _read_json(model_dir / "summary.json") or {}
+            return model_dir, "reused", read_summary(model_dir) or {}
         failed = model_dir / "FAILED.txt"
         if failed.is_file():
             sweep_of_failure, _, error = failed.read_text().partition("\n")
@@ -231,7 +222,7 @@ def obtain_model(c: dict, run_dir: Path) -> tuple[Path, str, dict]:
             failed.unlink()
         if model_dir.exists() and not c["train"]["auto_resume"]:
             _move_aside(model_dir, "a partial model and train.auto_resume=false")
-        elif model_dir.exists() and _read_json(model_dir / "fingerprint.json") != content:
+        elif model_dir.exists() and read_json(model_dir / "fingerprint.json") != content:
             _move_aside(model_dir, "a partial model of another fingerprint")
         model_dir.mkdir(parents=True, exist_ok=True)
         write_json(model_dir / "fingerprint.json", content)
@@ -265,7 +256,7 @@ def run_cell(c: dict, run_dir: Path) -> dict:
     c["objective"]["sigma_data"] = trained_cfg["objective"].get("sigma_data")  # as measured
     c["trainer"]["precision"] = trained_cfg["trainer"]["precision"]
     model = {"status": status, "dir": str(model_dir.resolve()),
-             "fingerprint": _read_json(model_dir / "DONE.json")["fingerprint"],
+             "fingerprint": read_json(model_dir / "DONE.json")["fingerprint"],
              "checkpoint": str((model_dir / "checkpoints" / "last.ckpt").resolve()),
              "wandb_id": _read_text(model_dir / "wandb_id.txt")}
     print(f"[diffexp] {run_dir.name}: {status} {model_dir}", flush=True)
@@ -282,7 +273,7 @@ def run_cell(c: dict, run_dir: Path) -> dict:
             _headline_to_summary(logger, summary["eval"])
             logger.experiment.finish()
     summary["job_wall_time_s"] = round(time.perf_counter() - t0, 2)
-    write_json(run_dir / "summary.json", summary)
+    write_summary(run_dir, summary)
     return summary
 
 
@@ -290,8 +281,7 @@ def _headline_to_summary(logger, evals: dict) -> None:
     """fid / kid / floor_fid at the top of the wandb run's summary (parallel coordinates, tables);
     with several end samplers, the first one's, and each under its label too."""
     first = evals if "fid" in evals else next(iter(evals.values()))
-    head = {"fid": first["fid"], "kid": first["kid_mean"], "kid_std": first["kid_std"],
-            "floor_fid": first["floor_fid"], "nfe": first["nfe"]}
+    head = headline(first)
     if "fid" not in evals:
         head.update({f"{label}/fid": e["fid"] for label, e in evals.items()})
     logger.experiment.summary.update(head)

@@ -1,0 +1,81 @@
+"""Where a run runs: inside a multirun or not, its sweep's name, and its metric logger.
+
+Hydra is asked only here, and only whether a multirun is under way (outside Hydra, e.g. from the
+Python API, a run is a single run)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["in_multirun", "sweep_dir", "wants_eval_at_end", "make_logger"]
+
+
+def in_multirun() -> bool:
+    """True inside a job of a Hydra multirun."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except (ImportError, ValueError):
+        return False
+
+
+def sweep_dir() -> Path | None:
+    """The multirun's folder when running as one of its jobs, else None."""
+    if not in_multirun():
+        return None
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().sweep.dir)
+
+
+def wants_eval_at_end(c: dict) -> bool:
+    """``train.eval_at_end``: true, false, or auto (true in a multirun, whose jobs are compared
+    by their FID; false in a single run)."""
+    e = c["train"]["eval_at_end"]
+    return e is True or (e == "auto" and in_multirun())
+
+
+def _wandb_logged_in() -> bool:
+    """True when an API key is available without prompting: WANDB_API_KEY or a netrc entry."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    import netrc
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
+    try:
+        return netrc.netrc(path).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def make_logger(c: dict, run_dir: Path, *, job_type: str = "train", name: str | None = None):
+    """The Lightning logger of ``c["logger"]`` writing into ``run_dir`` (False for none). A
+    wandb run joins its sweep's group and continues its own id after a resume."""
+    lg = c["logger"]
+    if lg["name"] == "none":
+        return False
+    if lg["name"] == "csv":
+        from pytorch_lightning.loggers import CSVLogger
+
+        return CSVLogger(save_dir=str(run_dir), name="", version="csv")
+    from pytorch_lightning.loggers import WandbLogger
+
+    mode = lg["mode"]
+    if mode == "auto":
+        mode = os.environ.get("WANDB_MODE") or ("online" if _wandb_logged_in() else "offline")
+    group = lg["group"]
+    if group is None:
+        sweep = sweep_dir()  # the jobs of one multirun share a group on the dashboard
+        group = sweep.name if sweep else None
+    id_file = Path(run_dir) / "wandb_id.txt"
+    run_id = id_file.read_text().strip() if id_file.exists() else None
+    return WandbLogger(project=lg["project"], entity=lg["entity"], group=group,
+                       tags=list(lg["tags"]), name=name or c["name"], job_type=job_type,
+                       save_dir=str(run_dir), mode=mode,
+                       id=run_id, resume="allow" if run_id else None, config=c,
+                       anonymous="never" if mode == "online" else None)

@@ -1,0 +1,450 @@
+"""Training a run folder from a validated config: :func:`train`.
+
+The run folder receives: ``config.yaml`` (the whole resolved config, with
+measured values such as sigma_data filled in), ``checkpoints/`` (``last.ckpt`` and one per
+``train.checkpoint_every_n_epochs``), ``samples/*.png``, ``losses.csv`` and ``loss.png``,
+``summary.json``, and the logger's own files.
+
+``last.ckpt`` is also refreshed mid-epoch (``train.checkpoint_every_minutes``,
+``train.checkpoint_every_n_steps``) and when SIGTERM or SIGUSR1 stops the run (see
+:mod:`diffexp.preemption`); a run resumed from any of them continues at the next batch and ends
+bitwise as the uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from ..config import ConfigError, validate_train_config
+from ..errors import first_line
+from .env import make_logger, wants_eval_at_end
+from .record import host_info, model_record, write_summary
+
+__all__ = ["train", "evaluate_at_end", "check_resume", "resume_changes", "resume_config",
+           "write_config", "RESUME_FIXED", "RESUME_FREE"]
+
+
+def _accelerator(tcfg: dict) -> str:
+    acc = tcfg["accelerator"]
+    if acc == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if acc in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={acc!r} but no CUDA GPU is visible; "
+                          f"use trainer.accelerator=cpu or auto")
+    return "gpu" if acc == "cuda" else acc
+
+
+def _precision(tcfg: dict, accelerator: str) -> str:
+    p = tcfg["precision"]
+    if p == "auto":
+        return "bf16-mixed" if accelerator == "gpu" else "32-true"
+    return p
+
+
+class LossHistory:
+    """Keeps the per-step training loss without a device sync per step (tensors are gathered at
+    epoch end), and writes losses.csv and loss.png into the run folder."""
+
+    def __init__(self):
+        import pytorch_lightning as pl
+
+        class _CB(pl.Callback):
+            def __init__(cb):
+                cb.pending: list[tuple[int, torch.Tensor]] = []
+                cb.rows: list[tuple[int, int, float]] = []
+                cb.val: list[tuple[int, int, float]] = []
+
+            def on_train_batch_end(cb, trainer, module, outputs, batch, batch_idx):
+                loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+                # the index of the optimizer step just taken (global_step has already advanced)
+                cb.pending.append((trainer.global_step - 1, loss.detach()))
+
+            def on_train_start(cb, trainer, module):
+                # a run resumed mid-epoch starts without on_train_epoch_start for that epoch
+                cb.t0 = time.perf_counter()
+
+            def on_train_epoch_start(cb, trainer, module):
+                cb.t0 = time.perf_counter()
+
+            def on_train_epoch_end(cb, trainer, module):
+                if cb.pending:
+                    vals = torch.stack([v for _, v in cb.pending]).float().cpu().tolist()
+                    cb.rows += [(s, trainer.current_epoch, v)
+                                for (s, _), v in zip(cb.pending, vals)]
+                    cb.pending.clear()
+                    if trainer.is_global_zero:
+                        print(f"[diffexp] epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: "
+                              f"mean train loss {sum(vals) / len(vals):.4f} over {len(vals)} "
+                              f"steps, {time.perf_counter() - cb.t0:.1f}s", flush=True)
+
+            def on_validation_epoch_end(cb, trainer, module):
+                v = trainer.callback_metrics.get("val/loss")
+                if v is not None and not trainer.sanity_checking:
+                    cb.val.append((trainer.global_step, trainer.current_epoch, float(v)))
+
+        self.callback = _CB()
+
+    def write(self, run_dir: Path) -> dict:
+        rows, val = self.callback.rows, self.callback.val
+        with open(run_dir / "losses.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["split", "step", "epoch", "loss"])
+            w.writerows(("train", *r) for r in rows)
+            w.writerows(("val", *r) for r in val)
+        if rows:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            from ..viz import save_figure
+
+            fig, ax = plt.subplots(figsize=(6, 3.5))
+            steps = [r[0] for r in rows]
+            losses = [r[2] for r in rows]
+            ax.plot(steps, losses, lw=0.6, alpha=0.5, label="train (per step)")
+            k = max(1, len(losses) // 50)
+            if len(losses) > k:
+                sm = [sum(losses[i:i + k]) / k for i in range(0, len(losses) - k + 1, k)]
+                ax.plot(steps[k - 1::k][:len(sm)], sm, lw=1.5, label=f"train (mean of {k})")
+            if val:
+                ax.plot([v[0] for v in val], [v[2] for v in val], "o-", label="val")
+            ax.set_xlabel("step")
+            ax.set_ylabel("loss")
+            ax.set_yscale("log")
+            ax.legend()
+            save_figure(fig, run_dir / "loss.png")
+        last = rows[-max(1, len(rows) // 20):] if rows else []
+        return {"final_train_loss": sum(r[2] for r in last) / len(last) if last else None,
+                "final_val_loss": val[-1][2] if val else None, "steps": rows[-1][0] + 1
+                if rows else 0}
+
+
+class FidProxy:
+    """Every ``train.fid_every_n_epochs`` epochs: a cheap FID/KID of ``train.fid_n_samples`` EMA
+    samples against the test reference, logged as ``val/fid`` and ``val/kid`` (kept distinct from
+    the final evaluation, which uses eval.n_samples and reports the floor)."""
+
+    def __init__(self, every: int, n: int):
+        import pytorch_lightning as pl
+
+        proxy = self
+
+        class _CB(pl.Callback):
+            def on_train_epoch_end(cb, trainer, module):
+                epoch = trainer.current_epoch + 1
+                if epoch % every and epoch < trainer.max_epochs:
+                    return
+                if not trainer.is_global_zero:
+                    return
+                from ..evaluation import evaluate_samples, make_evaluator
+
+                if proxy.evaluator is None:
+                    proxy.evaluator = make_evaluator(module.spec.data.root, device=module.device)
+                # sampler_cfg None: the run's own sampler and grid
+                m, _, _ = evaluate_samples(module, proxy.evaluator, None, n=n,
+                                           seed=module.spec.train.seed,
+                                           batch_size=module.spec.train.batch_size)
+                module.log_dict({"val/fid": m["fid"], "val/kid": m["kid_mean"]},
+                                rank_zero_only=True)
+                proxy.history.append({"epoch": epoch, "fid": m["fid"], "kid": m["kid_mean"],
+                                      "n": n})
+                print(f"[diffexp] epoch {epoch}: proxy FID {m['fid']:.2f} (n={n})")
+
+        self.evaluator = None
+        self.history: list[dict] = []
+        self.callback = _CB()
+
+
+def evaluate_at_end(c: dict, run_dir: Path, logger, ckpt: Path | None = None) -> dict:
+    """Evaluate the final checkpoint (``ckpt``, default ``run_dir/checkpoints/last.ckpt``) with the
+    sampler and grid of ``c``: into ``run_dir/eval``, or, when ``eval.samplers`` lists samplers,
+    once per entry into ``run_dir/eval/<label>`` (diagnostics with the first only). The headline
+    numbers also go to ``logger`` (``eval/fid`` or ``eval/<label>/fid``)."""
+    from ..cli.eval import EvalCfg, run_eval
+
+    settings = {**EvalCfg().__dict__, **{k: v for k, v in c["eval"].items() if k != "samplers"}}
+    ckpt = ckpt or run_dir / "checkpoints" / "last.ckpt"
+
+    def evaluate(sampler: dict, label: str, diagnostics: bool) -> dict:
+        sampler = dict(sampler)
+        ec = {"ckpt": str(ckpt), "seed": c["seed"],
+              "name": c["name"], "data_root": c["data"].get("root"), "logger": {"name": "none"},
+              "objective": {}, "eval": {**settings,
+                                        "diagnostics": diagnostics and settings["diagnostics"]},
+              "sampler": sampler, "grid": sampler.pop("grid", None) or c["grid"]}
+        m = run_eval(ec, run_dir / "eval" / label if label else run_dir / "eval")
+        prefix = f"eval/{label}/" if label else "eval/"
+        if logger:
+            flat = {prefix + k: m[k] for k in ("fid", "kid_mean", "kid_std", "nfe")}
+            if m.get("floor"):
+                flat[prefix + "floor_fid"] = m["floor"]["fid"]
+            logger.log_metrics(flat)
+        return {k: m[k] for k in ("fid", "kid_mean", "kid_std", "n", "nfe", "wall_time_s")} | {
+            "floor_fid": (m.get("floor") or {}).get("fid")}
+
+    samplers = c["eval"]["samplers"]
+    if not samplers:
+        return evaluate(c["sampler"], "", diagnostics=True)
+    return {label: evaluate(s, label, diagnostics=i == 0)
+            for i, (label, s) in enumerate(samplers.items())}
+
+
+def write_config(c: dict, run_dir: Path) -> Path:
+    from ..files import atomic_write_text
+
+    path = run_dir / "config.yaml"
+    atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(c)))
+    return path
+
+
+#: what a resumed run continues and so may not change (unless resume.allow_changes names it)
+RESUME_FIXED = ("task", "seed", "data", "model", "schedule", "objective")
+#: settings inside those groups that say how or where, not what, is trained
+RESUME_FREE = {"data.root", "data.download", "model.compile", "model.channels_last",
+               "objective.noise_level_ckpt", "objective.use_predicted_noise_level"}
+
+
+def _flatten(value, prefix: str) -> dict:
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}"))
+        return out
+    return {prefix: value}
+
+
+def _same_setting(key: str, old, new) -> bool:
+    if key == "objective.sigma_data":
+        # measured at the start of a run: "auto" (or none) continues the measured value
+        return new in ("auto", None) or old in ("auto", None) or float(old) == float(new)
+    if key == "objective.sigma_data_factor":  # 1 and none (before the setting) both mean "as is"
+        return (1.0 if old is None else float(old)) == (1.0 if new is None else float(new))
+    if isinstance(old, (int, float)) and isinstance(new, (int, float)) \
+            and not isinstance(old, bool) and not isinstance(new, bool):
+        return float(old) == float(new)
+    return old == new
+
+
+def resume_changes(old: dict, new: dict, groups=RESUME_FIXED) -> list[tuple[str, object, object]]:
+    """The settings of ``groups`` whose value in ``new`` differs from the resumed run's ``old``,
+    as (dotted key, old value, new value)."""
+    if new.get("task") == "noise_level":
+        groups = (*groups, "noise_level")
+    a = {k: v for g in groups for k, v in _flatten(old.get(g), g).items()}
+    b = {k: v for g in groups for k, v in _flatten(new.get(g), g).items()}
+    out = []
+    # a group's name first (a changed schedule is reported as schedule.name, not as the first
+    # parameter it does not share); a key missing on one side counts as None there
+    for key in sorted(set(a) | set(b), key=lambda k: (k.split(".")[0], not k.endswith(".name"), k)):
+        if key not in RESUME_FREE and not _same_setting(key, a.get(key), b.get(key)):
+            out.append((key, a.get(key), b.get(key)))
+    return out
+
+
+def check_resume(c: dict) -> None:
+    """A resumed run continues the same training: the checkpoint must be a readable diffexp
+    checkpoint of the same task, and data, model, schedule, objective and seed must not change
+    (``resume.allow_changes=[key or group, ...]`` lets named ones change); a resumed LR schedule
+    keeps its length."""
+    if not c["ckpt_path"]:
+        return
+    from ..build import upgrade_config
+    from ..checkpoint_io import read_checkpoint
+
+    ckpt = read_checkpoint(c["ckpt_path"], setting="ckpt_path", task=c["task"])
+    old = upgrade_config(ckpt["hyper_parameters"]["cfg"])
+    allowed = c.get("resume", {}).get("allow_changes") or []
+    for key, was, now in resume_changes(old, c):
+        if any(key == a or key.startswith(a + ".") for a in allowed):
+            print(f"[diffexp] resume: {key} changed from {was!r} to {now!r} "
+                  f"(resume.allow_changes)")
+            continue
+        raise ConfigError(
+            f"{key}={now!r} differs from the resumed run's {was!r} ({c['ckpt_path']}); a resume "
+            f"continues the same training: change it back, or add resume.allow_changes=[{key}]")
+    if c["optim"]["lr_schedule"] != "constant" and old["train"]["epochs"] != c["train"]["epochs"]:
+        raise ConfigError(
+            f"train.epochs={c['train']['epochs']} differs from the resumed run's "
+            f"{old['train']['epochs']}; a resumed {c['optim']['lr_schedule']} LR schedule keeps "
+            f"its length (use optim.lr_schedule=constant to extend a run)")
+
+
+def checkpoint_callbacks(t: dict, ckpt_dir: Path) -> list:
+    """The epoch checkpoints (and last.ckpt at each epoch end), plus one ModelCheckpoint per
+    mid-epoch interval that only refreshes last.ckpt. Several callbacks write last.ckpt, so none
+    may version the name (last-v1.ckpt) when it finds the file another one wrote."""
+    from datetime import timedelta
+
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    cbs = [ModelCheckpoint(dirpath=str(ckpt_dir), filename="epoch{epoch:03d}",
+                           auto_insert_metric_name=False, save_last=True, save_top_k=-1,
+                           every_n_epochs=t["checkpoint_every_n_epochs"] or None,
+                           enable_version_counter=False)]
+    if t["checkpoint_every_n_steps"]:
+        cbs.append(ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, save_top_k=0,
+                                   every_n_train_steps=int(t["checkpoint_every_n_steps"]),
+                                   enable_version_counter=False))
+    if t["checkpoint_every_minutes"]:
+        cbs.append(ModelCheckpoint(
+            dirpath=str(ckpt_dir), save_last=True, save_top_k=0, enable_version_counter=False,
+            train_time_interval=timedelta(minutes=float(t["checkpoint_every_minutes"]))))
+    return cbs
+
+
+def _cluster_plugins() -> list:
+    """Under srun Lightning would pick SLURMEnvironment with its own auto-requeue, which saves
+    from inside the signal handler at an arbitrary point into hpc_ckpt_*.ckpt; the environment
+    (ranks, world size) is kept and the requeue left to :class:`PreemptionGuard`."""
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+
+
+def train(c: dict, run_dir: str | Path, callbacks: list | None = None) -> dict:
+    """Train from a validated config dict; return the summary written to summary.json.
+    ``callbacks``: extra Lightning callbacks (programmatic use and tests).
+
+    SIGTERM or SIGUSR1 stops training at the end of the current step with ``last.ckpt`` written,
+    and raises :class:`~diffexp.preemption.Preempted` (a SystemExit with status 128 + signal)."""
+    from ..preemption import Preempted, PreemptionGuard
+
+    guard = PreemptionGuard(Path(run_dir) / "checkpoints" / "last.ckpt")
+    guard.install()
+    try:
+        return _train(c, run_dir, callbacks, guard)
+    except Preempted as e:
+        guard.finish(e.signum)
+        raise
+    finally:
+        guard.restore()
+
+
+def _train(c: dict, run_dir: str | Path, callbacks: list | None, guard) -> dict:
+    import pytorch_lightning as pl
+
+    from ..build import diffusion_spec, noise_level_spec, thawed
+    from ..checkpoint_io import AtomicCheckpointIO
+    from ..data import DataError, build_data
+    from ..guards import DivergenceGuard
+    from ..module import DiffusionModule, NoiseLevelModule, describe
+    from ..preemption import Preempted
+
+    run_dir = Path(run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if c["ckpt_path"] is None and last.is_file() and c["train"]["auto_resume"]:
+        # a requeued or restarted job in its own stable folder continues where it stopped
+        print(f"[diffexp] resuming from {last} (train.auto_resume=true)")
+        c["ckpt_path"] = str(last)
+    check_resume(c)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    accelerator = _accelerator(c["trainer"])
+    precision = _precision(c["trainer"], accelerator)
+    c["trainer"]["precision"] = precision
+    pl.seed_everything(c["seed"], workers=True, verbose=False)
+    try:
+        data = build_data(c["data"], train=True)
+    except DataError as e:
+        raise ConfigError(str(e)) from None
+    if c["task"] == "noise_level":
+        module = NoiseLevelModule(noise_level_spec(c, precision=precision))
+        print(f"[diffexp] noise-level predictor (target={c['noise_level']['target']}): "
+              f"{sum(p.numel() for p in module.net.parameters()):,} parameters; {run_dir}")
+    else:
+        spec = diffusion_spec(c, data, precision=precision)
+        measured = spec.config["objective"].get("sigma_data")
+        if c["objective"].get("sigma_data") == "auto":
+            factor = c["objective"]["sigma_data_factor"]
+            print(f"[diffexp] objective.sigma_data=auto -> {measured:.4f} (measured std of the "
+                  f"training data, scale={c['data']['scale']}, pad={c['data']['pad']})"
+                  + (f"; the objective uses {measured:.4f} x {factor:g}" if factor != 1 else ""))
+        c = thawed(spec.config)
+        module = DiffusionModule(spec)
+        print(f"[diffexp] {describe(module)}; run folder {run_dir}")
+    write_config(c, run_dir)
+    module.attach_data(data, run_dir)
+    logger = make_logger(c, run_dir)
+    if logger and hasattr(logger, "experiment") and c["logger"]["name"] == "wandb":
+        (run_dir / "wandb_id.txt").write_text(logger.version or "")
+    history = LossHistory()
+    t = c["train"]
+    extra = [history.callback]
+    proxy = None
+    if t["fid_every_n_epochs"] and c["task"] == "diffusion":
+        proxy = FidProxy(t["fid_every_n_epochs"], t["fid_n_samples"])
+        extra.append(proxy.callback)
+    ckpt_cbs = checkpoint_callbacks(t, run_dir / "checkpoints")
+    tr = c["trainer"]
+    trainer = pl.Trainer(
+        max_epochs=t["epochs"], accelerator=accelerator, devices=tr["devices"],
+        strategy=tr["strategy"], num_nodes=tr["num_nodes"], precision=precision,
+        gradient_clip_val=t["grad_clip"] or None, logger=logger,
+        # the divergence guard after the others: it judges the gradients every other hook has
+        # seen (and refuses any checkpoint, the preemption guard's included, of diverged weights)
+        callbacks=[*ckpt_cbs, *extra, *(callbacks or []),
+                   DivergenceGuard(t["skip_nonfinite"], str(last)), guard.callback],
+        default_root_dir=str(run_dir),
+        log_every_n_steps=tr["log_every_n_steps"],
+        limit_train_batches=tr["limit_train_batches"], limit_val_batches=tr["limit_val_batches"],
+        check_val_every_n_epoch=t["val_every_n_epochs"] or None,
+        num_sanity_val_steps=0, deterministic=tr["deterministic"], enable_model_summary=False,
+        plugins=[AtomicCheckpointIO(), *_cluster_plugins()],
+        enable_progress_bar=sys.stderr.isatty())
+    t0 = time.perf_counter()
+    trainer.fit(module, ckpt_path=c["ckpt_path"])
+    if guard.signum is not None:
+        # the signal came after the last step (final validation or sample grid): last.ckpt is
+        # the finished model; a resumed job goes straight to what follows training
+        raise Preempted(guard.signum)
+    wall = time.perf_counter() - t0
+    summary = {"name": c["name"], "wall_time_s": round(wall, 2), "epochs": trainer.current_epoch,
+               "global_step": trainer.global_step, "device": accelerator, "precision": precision,
+               "host": host_info(),
+               "parameters": sum(p.numel() for p in module.net.parameters()),
+               **{k: v for k, v in model_record(c).items() if k.startswith("sigma_data")},
+               "checkpoint": str(run_dir / "checkpoints" / "last.ckpt")}
+    if proxy is not None:
+        summary["fid_proxy"] = proxy.history
+    if wants_eval_at_end(c) and c["task"] == "diffusion" and trainer.is_global_zero:
+        summary["eval"] = evaluate_at_end(c, run_dir, logger)
+    if c["task"] == "noise_level":
+        h = module.held_out(n=2048)
+        summary["held_out"] = {k: v for k, v in h.items() if not isinstance(v, torch.Tensor)}
+    if trainer.is_global_zero:
+        summary.update(history.write(run_dir))
+        write_summary(run_dir, summary)
+        print(f"[diffexp] done in {wall:.1f}s: final train loss {summary['final_train_loss']}, "
+              f"val loss {summary['final_val_loss']}; {run_dir}")
+    if logger and c["logger"]["name"] == "wandb":
+        # close this job's wandb run: the next job of a multirun in this process starts its own
+        logger.experiment.finish()
+    return summary
+
+
+def resume_config(run: str | Path) -> dict:
+    """``resume=RUN_DIR``: that run's own resolved config, to continue in its own folder from its
+    last checkpoint (weights, optimizer, LR schedule, EMA, step, wandb run id)."""
+    from ..build import upgrade_config
+
+    run = Path(run)
+    saved, last = run / "config.yaml", run / "checkpoints" / "last.ckpt"
+    if not saved.is_file() or not last.is_file():
+        raise ConfigError(f"resume={str(run)!r} is not a run folder with config.yaml and "
+                          f"checkpoints/last.ckpt")
+    try:
+        old = upgrade_config(OmegaConf.to_container(OmegaConf.load(saved)))
+    except Exception as e:  # noqa: BLE001 - a damaged yaml file: say which file and why
+        first = first_line(e)
+        raise ConfigError(f"resume={str(run)!r}: its config.yaml cannot be read ({first})") from None
+    if not isinstance(old, dict) or not {"data", "model", "objective"} <= set(old):
+        raise ConfigError(f"resume={str(run)!r}: its config.yaml is not a diffexp training config")
+    old["ckpt_path"] = str(last)
+    old["resume"] = {"run": str(run), "allow_changes": []}
+    return validate_train_config(OmegaConf.create(old))
