@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from diffexp.cli import store
 from diffexp.config import ConfigError, validate_train_config
+from diffexp.runs import store
 
 from .helpers import compose_train
 

@@ -253,6 +253,14 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
+def option_config(group: str, name: str) -> dict:
+    """The settings of one option of a self-contained group (sampler, grid) as its yaml gives
+    them; an unknown name is a ConfigError listing the options."""
+    options = [o for o in group_options(group) if o != "ckpt"]
+    _choice(name, f"{group}.name", options)
+    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / group / f"{name}.yaml"))
+
+
 # ----------------------------------------------------------------------------- groups
 def validate_data(d) -> dict:
     d = _typed(d, DataCfg, "data")
@@ -507,10 +515,9 @@ def validate_eval_samplers(entries: dict, run_sampler: dict, run_grid: dict | No
         entry = dict(entry)
         grid = entry.pop("grid", None)
         if "name" in entry:
-            options = group_options("sampler")
-            _choice(entry["name"], f"{key}.name", [o for o in options if o != "ckpt"])
-            base = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "sampler" /
-                                                         f"{entry['name']}.yaml"))
+            _choice(entry["name"], f"{key}.name",
+                    [o for o in group_options("sampler") if o != "ckpt"])
+            base = option_config("sampler", entry["name"])
         else:
             base = dict(run_sampler)
         try:
@@ -520,10 +527,7 @@ def validate_eval_samplers(entries: dict, run_sampler: dict, run_grid: dict | No
                     raise ConfigError(f"grid must be a mapping of grid settings (got {grid!r})")
                 gbase = dict(run_grid or {"name": "schedule"})
                 if "name" in grid:
-                    _choice(grid["name"], "grid.name", [o for o in group_options("grid")
-                                                        if o != "ckpt"])
-                    gbase = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "grid" /
-                                                                  f"{grid['name']}.yaml"))
+                    gbase = option_config("grid", grid["name"])
                 out[str(label)]["grid"] = validate_grid({**gbase, **grid})
         except ConfigError as e:
             raise ConfigError(f"{key}: {e}") from None

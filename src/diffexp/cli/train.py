@@ -4,8 +4,6 @@ study). What a run folder receives is described in :mod:`diffexp.runs.train`."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
 from pathlib import Path
 
@@ -16,19 +14,8 @@ from ..config import CONF_DIR, validate_train_config
 from .common import cli_main, run_job
 
 
-def _launching_process() -> bool:
-    """False in the extra processes a multi-GPU/multi-node launcher starts for ranks > 0 (they
-    re-run this command and must not take the run folder's lock from their rank 0)."""
-    return all(os.environ.get(k, "0") == "0" for k in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
-
-
-def _holding(run_dir: Path):
-    from ..files import hold_run_folder
-
-    return hold_run_folder(run_dir) if _launching_process() else contextlib.nullcontext()
-
-
 def dispatch(cfg: DictConfig, run_dir: Path) -> dict:
+    from ..runs.env import holding_run_folder as _holding
     from ..runs.train import resume_config, train
 
     if (cfg.get("resume") or {}).get("run"):

@@ -5,10 +5,11 @@ Python API, a run is a single run)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
-__all__ = ["in_multirun", "sweep_dir", "wants_eval_at_end", "make_logger"]
+__all__ = ["in_multirun", "sweep_dir", "wants_eval_at_end", "make_logger", "holding_run_folder"]
 
 
 def in_multirun() -> bool:
@@ -79,3 +80,17 @@ def make_logger(c: dict, run_dir: Path, *, job_type: str = "train", name: str | 
                        save_dir=str(run_dir), mode=mode,
                        id=run_id, resume="allow" if run_id else None, config=c,
                        anonymous="never" if mode == "online" else None)
+
+
+def _launching_process() -> bool:
+    """False in the extra processes a multi-GPU/multi-node launcher starts for ranks > 0 (they
+    re-run the command and must not take the run folder's lock from their rank 0)."""
+    return all(os.environ.get(k, "0") == "0" for k in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def holding_run_folder(run_dir: Path):
+    """The run folder's lock (:func:`diffexp.files.hold_run_folder`) in the launching process;
+    nothing in the rank processes it starts."""
+    from ..files import hold_run_folder
+
+    return hold_run_folder(run_dir) if _launching_process() else contextlib.nullcontext()
