@@ -238,3 +238,25 @@ def test_every_option_of_every_group_composes_validates_and_builds(monkeypatch):
             spec.config["seed"] = 1
         built += 1
     assert built >= 40
+
+
+def test_an_old_run_config_is_completed_with_todays_defaults(tmp_path, capsys):
+    """resume=RUN_DIR of a run written before a setting existed: the setting takes the yaml's
+    default (said on stdout); the run's own values stay."""
+    import yaml
+
+    from diffexp.runs.train import resume_config
+
+    c = validate_train_config(compose_train(["data=synthetic", "train.batch_size=16",
+                                             "logger=csv", "train.ema_decay=0.99"]))
+    del c["train"]["skip_nonfinite"], c["model"]["compile"]
+    c["logger"] = {"name": "csv", "project": "diffexp", "entity": None, "group": None,
+                   "tags": [], "mode": "auto"}  # how csv runs were written before
+    run = tmp_path / "old_run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (run / "config.yaml").write_text(yaml.safe_dump(c))
+    new = resume_config(run)
+    assert new["train"]["skip_nonfinite"] is False and new["model"]["compile"] is False
+    assert new["train"]["ema_decay"] == 0.99 and new["logger"] == {"name": "csv"}
+    assert "model.compile, train.skip_nonfinite did not exist" in capsys.readouterr().out

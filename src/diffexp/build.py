@@ -97,6 +97,15 @@ def upgrade_config(cfg: dict) -> dict:
     sched = cfg.get("schedule", {})
     if sched.get("name") == "karras" and float(sched.get("rho", 7.0)) == 7.0:
         sched.pop("rho", None)  # the fixed time map; a rho other than 7 stays (it defined t)
+    train = cfg.get("train")
+    if isinstance(train, dict) and "checkpoint_every_n_epochs" in train:
+        # epoch checkpoints every N epochs, all kept: now the callbacks group's setting
+        every = train.pop("checkpoint_every_n_epochs")
+        cfg.setdefault("callbacks", {}).setdefault("checkpoints", {})["every_k_epochs"] = every
+    lg = cfg.get("logger")
+    if isinstance(lg, dict) and lg.get("name") in ("csv", "none"):
+        # written when every logger carried wandb's settings: csv and none have none of them
+        cfg["logger"] = {"name": lg["name"]}
     obj = cfg.get("objective")
     if isinstance(obj, dict):
         obj.setdefault("normalize_input", False)  # before the switch existed

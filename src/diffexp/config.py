@@ -173,6 +173,19 @@ class WandbLoggerCfg:
 
 
 @dataclass
+class CheckpointsCfg:
+    every_k_epochs: int
+    best: str | None
+
+
+@dataclass
+class CallbacksCfg:
+    checkpoints: CheckpointsCfg
+    lr_monitor: bool
+    progress_bar: str
+
+
+@dataclass
 class NoiseLevelCfg:
     target: str
     abar_dist: str
@@ -189,7 +202,7 @@ class StudyCfg:
 
 @dataclass
 class EndEvalCfg:
-    n_samples: int
+    n_samples: Any  # a number, or auto (2048 on a GPU, 512 on the CPU)
     batch_size: int
     floor: bool
     diagnostics: bool
@@ -207,7 +220,6 @@ class TrainCfg:
     skip_nonfinite: bool  # drop a batch with non-finite gradients instead of stopping
     sample_every_n_epochs: int
     n_sample_images: int
-    checkpoint_every_n_epochs: int
     checkpoint_every_minutes: float | None  # mid-epoch last.ckpt; null or 0 = off
     checkpoint_every_n_steps: int | None  # mid-epoch last.ckpt; null or 0 = off
     val_every_n_epochs: int
@@ -384,11 +396,39 @@ def validate_optim(o) -> dict:
     return o
 
 
+#: Trainer arguments diffexp sets from its own settings: a ``trainer.<key>`` for them would be a
+#: second way to say one thing, so it is refused with the setting to use
+TRAINER_OWNED = {"max_epochs": "train.epochs", "gradient_clip_val": "train.grad_clip",
+                 "logger": "the logger group (logger=wandb|csv|none)",
+                 "callbacks": "the callbacks group", "enable_checkpointing": "the callbacks group",
+                 "enable_progress_bar": "callbacks.progress_bar",
+                 "check_val_every_n_epoch": "train.val_every_n_epochs",
+                 "default_root_dir": "the run folder (hydra.run.dir)", "plugins": None,
+                 "num_sanity_val_steps": None, "enable_model_summary": None}
+#: precision spellings Lightning also accepts, and the one each stands for
+PRECISION_ALIASES = {"16": "16-mixed", "bf16": "bf16-mixed", "32": "32-true", "64": "64-true"}
+
+
 def validate_trainer(t) -> dict:
-    t = _typed(t, TrainerCfg, "trainer")
+    """The trainer group: diffexp's keys (typed, checked) and any other Lightning ``Trainer``
+    argument passed through as given (``trainer.max_steps=1000``,
+    ``trainer.accumulate_grad_batches=2``); their names are checked against the Trainer's
+    signature where training starts (:func:`diffexp.runs.train.trainer_arguments`), which keeps
+    Lightning out of validation."""
+    node = OmegaConf.to_container(t, resolve=True) if isinstance(t, DictConfig) else dict(t)
+    own = TrainerCfg.__dataclass_fields__
+    passthrough = {k: v for k, v in node.items() if k not in own}
+    for key in passthrough:
+        if key in TRAINER_OWNED:
+            use = TRAINER_OWNED[key]
+            raise ConfigError(f"trainer.{key} is set by diffexp" + (f" from {use}: use that"
+                                                                     if use else "") + " instead")
+    t = _typed({k: v for k, v in node.items() if k in own}, TrainerCfg, "trainer")
+    t["precision"] = PRECISION_ALIASES.get(str(t["precision"]), t["precision"])
     _choice(t["accelerator"], "trainer.accelerator", ["auto", "cpu", "gpu", "cuda", "mps"])
     _choice(t["precision"], "trainer.precision",
-            ["auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true"])
+            ["auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true",
+             *PRECISION_ALIASES])
     for k in ("limit_train_batches", "limit_val_batches"):
         if t[k] is not None:
             _require(t[k] >= 0, f"trainer.{k}", "must be >= 0", t[k])
@@ -409,7 +449,22 @@ def validate_trainer(t) -> dict:
         raise ConfigError(f"trainer.num_nodes={t['num_nodes']} needs a multi-node launcher "
                           f"(SLURM, torchrun) and none is present (no {', '.join(launcher_env)}); "
                           f"use trainer.num_nodes=1 here")
-    return t
+    return {**t, **passthrough}
+
+
+def validate_callbacks(cb) -> dict:
+    cb = _typed(cb, CallbacksCfg, "callbacks")
+    _require(cb["checkpoints"]["every_k_epochs"] >= 0, "callbacks.checkpoints.every_k_epochs",
+             "must be >= 0 (0: no epoch checkpoints)", cb["checkpoints"]["every_k_epochs"])
+    _choice(cb["checkpoints"]["best"], "callbacks.checkpoints.best", ["val/fid", None])
+    _choice(cb["progress_bar"], "callbacks.progress_bar", ["auto", "tqdm", "rich", "none"])
+    if cb["progress_bar"] == "rich":
+        import importlib.util
+
+        if importlib.util.find_spec("rich") is None:
+            raise ConfigError("callbacks.progress_bar=rich needs the rich package (pip install "
+                              "rich); or use tqdm, auto or none")
+    return cb
 
 
 def validate_logger(lg) -> dict:
@@ -427,7 +482,7 @@ def validate_train(t) -> dict:
     for k in ("batch_size", "epochs", "n_sample_images"):
         _require(t[k] >= 1, f"train.{k}", "must be >= 1", t[k])
     _require(t["fid_n_samples"] >= 2, "train.fid_n_samples", "must be >= 2", t["fid_n_samples"])
-    for k in ("sample_every_n_epochs", "checkpoint_every_n_epochs", "val_every_n_epochs",
+    for k in ("sample_every_n_epochs", "val_every_n_epochs",
               "fid_every_n_epochs"):
         _require(t[k] >= 0, f"train.{k}", "must be >= 0 (0 disables)", t[k])
     for k in ("checkpoint_every_minutes", "checkpoint_every_n_steps"):
@@ -443,6 +498,43 @@ def validate_train(t) -> dict:
     return t
 
 
+def fill_from_defaults(old: dict) -> list[str]:
+    """A run config written before some settings existed, completed in place with today's
+    defaults for them (from the yaml of the option it names, or of ``train.yaml``); returns the
+    keys filled in. Used where an old run is continued (``resume=RUN_DIR``)."""
+    def option_yaml(group: str, name) -> dict:
+        files = sorted((CONF_DIR / group).glob("*.yaml"))
+        for f in files:
+            d = OmegaConf.to_container(OmegaConf.load(f))
+            if isinstance(d, dict) and (f.stem == name or d.get("name") == name) and name:
+                d.pop("defaults", None)
+                return d
+        default = CONF_DIR / group / "default.yaml"
+        return OmegaConf.to_container(OmegaConf.load(default)) if default.is_file() else {}
+
+    top = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "train.yaml"))
+    filled = []
+    if not isinstance(old.get("callbacks"), dict) or set(old["callbacks"]) == {"checkpoints"}:
+        cb = option_yaml("callbacks", "default")
+        given = (old.get("callbacks") or {}).get("checkpoints") or {}
+        old["callbacks"] = {**cb, "checkpoints": {**cb["checkpoints"], **given}}
+        filled.append("callbacks")
+    for group, value in list(old.items()):
+        if not isinstance(value, dict):
+            continue
+        if group in ("train", "eval", "noise_level", "study", "resume", "callbacks"):
+            if group == "callbacks":
+                continue
+            base = top.get(group) or {}
+        else:
+            base = option_yaml(group, value.get("name"))
+        for key, default in base.items():
+            if key not in value and key != "defaults":
+                value[key] = default
+                filled.append(f"{group}.{key}")
+    return filled
+
+
 #: settings that left the sampler (and schedule) groups for the grid group: key -> what to write
 MOVED_SETTINGS = {
     "sampler.grid": lambda v: f"grid={v}",
@@ -450,12 +542,14 @@ MOVED_SETTINGS = {
     "sampler.sigma_min": lambda v: f"grid.sigma_min={v}",
     "sampler.sigma_max": lambda v: f"grid.sigma_max={v}",
     "schedule.rho": lambda v: f"grid=karras grid.rho={v}",
+    "train.checkpoint_every_n_epochs": lambda v: f"callbacks.checkpoints.every_k_epochs={v}",
 }
 
 
 def moved_setting_error(key: str, value) -> ConfigError:
     """The one-line error for a setting of the old flat sampler config (or ``schedule.rho``)."""
     where = ("the sampling grid is its own group" if key.startswith("sampler.") else
+             "checkpoint retention is in the callbacks group" if key.startswith("train.") else
              "the karras schedule's own grid is its rho=7 ramp; a sampling rho belongs to the "
              "grid group")
     return ConfigError(f"{key} is no longer a setting ({where}): write {MOVED_SETTINGS[key](value)}")
@@ -532,6 +626,16 @@ def validate_eval_samplers(entries: dict, run_sampler: dict, run_grid: dict | No
         except ConfigError as e:
             raise ConfigError(f"{key}: {e}") from None
     return out
+
+
+#: what ``optimized_metric`` may name: numbers of an end-of-run evaluation (lower is better)
+OPTIMIZED_METRICS = ("fid", "kid_mean", "final_train_loss", "final_val_loss")
+
+
+def validate_optimized_metric(m) -> str | None:
+    if m is not None:
+        _choice(m, "optimized_metric", OPTIMIZED_METRICS)
+    return m
 
 
 def validate_noise_level(nl) -> dict:
@@ -638,7 +742,7 @@ def check_sampling_grids(c: dict) -> None:
 
 TOP_KEYS = {"defaults", "task", "seed", "name", "ckpt_path", "train", "data", "model", "schedule",
             "objective", "sampler", "grid", "optim", "trainer", "logger", "hydra", "noise_level",
-            "study", "resume", "eval"}
+            "study", "resume", "eval", "callbacks", "optimized_metric"}
 
 
 def validate_train_config(cfg: DictConfig) -> dict:
@@ -665,13 +769,19 @@ def validate_train_config(cfg: DictConfig) -> dict:
     out["optim"] = validate_optim(cfg.optim)
     out["trainer"] = validate_trainer(cfg.trainer)
     out["logger"] = validate_logger(cfg.logger)
+    out["callbacks"] = validate_callbacks(cfg.callbacks)
+    out["optimized_metric"] = validate_optimized_metric(cfg.get("optimized_metric"))
+    if out["optimized_metric"] in ("fid", "kid_mean") and out["train"]["eval_at_end"] is False:
+        raise ConfigError(f"optimized_metric={out['optimized_metric']} is a number of the "
+                          f"end-of-run evaluation: set train.eval_at_end=true (or auto)")
     out["train"] = validate_train(cfg.train)
     out["noise_level"] = validate_noise_level(cfg.get("noise_level") or {})
     out["study"] = validate_study(cfg.get("study") or {})
     out["resume"] = validate_resume(cfg.get("resume"))
     out["eval"] = _typed(cfg.get("eval") or {}, EndEvalCfg, "eval")
-    _require(out["eval"]["n_samples"] >= 2, "eval.n_samples", "must be >= 2",
-             out["eval"]["n_samples"])
+    ns = out["eval"]["n_samples"]
+    _require(ns == "auto" or (isinstance(ns, int) and not isinstance(ns, bool) and ns >= 2),
+             "eval.n_samples", "must be auto or an int >= 2", ns)
     _require(out["eval"]["batch_size"] >= 1, "eval.batch_size", "must be >= 1",
              out["eval"]["batch_size"])
     out["eval"]["samplers"] = validate_eval_samplers(out["eval"]["samplers"], out["sampler"],

@@ -50,5 +50,11 @@ class EMA(nn.Module):
         self.num_updates += 1
         self._count += 1
 
+    @property
+    def last_decay(self) -> float:
+        """The decay the latest update used (the warm-up makes it smaller early on)."""
+        step = max(int(self.num_updates) - 1, 0)
+        return min(self.decay, (1 + step) / (10 + step))
+
     def forward(self, *args, **kwargs):
         return self.shadow(*args, **kwargs)

@@ -188,6 +188,21 @@ class _DataModuleMixin(pl.LightningModule):
             return
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
+    def _logging_step(self) -> bool:
+        """Whether this optimizer step is one the logger records (``trainer.log_every_n_steps``):
+        the extra training diagnostics are computed only then."""
+        if self._trainer is None or not self.trainer.loggers:
+            return False
+        return self.global_step % max(int(self.trainer.log_every_n_steps), 1) == 0
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # the gradient norm before clipping (Lightning clips after this hook), on logging steps
+        if self._logging_step():
+            grads = [p.grad.detach().norm(2) for p in self.net.parameters() if p.grad is not None]
+            if grads:
+                self.log("train/grad_norm", torch.linalg.vector_norm(torch.stack(grads)),
+                         on_step=True, on_epoch=False)
+
     def _loss_on_prog_bar(self) -> bool:
         """Lightning converts every ``prog_bar`` metric to a Python number after each batch, a
         host-device sync per step on a GPU even with no bar shown; so the training loss goes to the
@@ -284,6 +299,8 @@ class DiffusionModule(_DataModuleMixin):
         # (mid-epoch or on a signal) then holds the EMA of that very step
         super().optimizer_step(*args, **kwargs)
         self.ema.update(self.net)
+        if self._logging_step():
+            self.log("train/ema_decay", self.ema.last_decay, on_step=True, on_epoch=False)
 
     # ------------------------------------------------------------------ sampling
     def denoiser(self, use_ema: bool = True, record: list | None = None, clip: bool = False):

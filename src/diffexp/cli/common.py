@@ -80,6 +80,25 @@ def run_job(fn):
     return {"status": "failed", "error": line}
 
 
+def job_return(result, metric: str | None):
+    """What a job returns to Hydra: its result, or with ``optimized_metric`` that number of it (a
+    float, as Hydra's Optuna sweeper needs; a failed job counts as the worst, +inf). The metric
+    is read from the end-of-run evaluation (its first end sampler's with ``eval.samplers``) or,
+    for the losses, from the training summary."""
+    if not metric:
+        return result
+    if not isinstance(result, dict) or result.get("status") == "failed":
+        return float("inf")
+    source = result.get("eval") if metric in ("fid", "kid_mean") else result
+    if source and metric not in source and metric in ("fid", "kid_mean"):
+        source = next(iter(source.values()), None)  # eval.samplers: label -> metrics
+    value = (source or {}).get(metric) if isinstance(source, dict) else None
+    if value is None:
+        raise ConfigError(f"optimized_metric={metric}: this job produced no {metric} (fid and "
+                          f"kid_mean need train.eval_at_end=true)")
+    return float(value)
+
+
 def _top_level_split(value: str) -> list[str]:
     parts, depth, cur = [], 0, ""
     for ch in value:
@@ -132,11 +151,37 @@ def job_name(overrides) -> str:
     return name[:150] or "job"
 
 
+#: the config groups each entry point composes, and the options it refuses (help pages list only
+#: what the command accepts)
+ENTRY_GROUPS = {
+    "train": (["data", "model", "schedule", "objective", "sampler", "grid", "optim", "trainer",
+               "callbacks", "logger", "experiment", "sweep", "hparams_search", "debug"],
+              {"sampler": {"ckpt"}, "grid": {"ckpt"}, "hparams_search": {"sampler_optuna"}}),
+    "eval": (["sampler", "grid", "logger", "hparams_search"],
+             {"hparams_search": {"train_optuna"}}),
+}
+
+
+def config_groups_help(entry: str) -> str:
+    """The "config groups" block of ``--help``: each group the entry point takes and its
+    options, read from conf/ (``${diffexp_groups:train}`` in the help template)."""
+    from ..config import group_options
+
+    groups, refused = ENTRY_GROUPS[entry]
+    lines = []
+    for g in groups:
+        options = [o for o in group_options(g) if o not in refused.get(g, set())]
+        lines.append(f"{g}: {', '.join(options)}")
+    return "\n".join(lines)
+
+
 def _register_resolvers() -> None:
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("diffexp_job_name"):
         OmegaConf.register_new_resolver("diffexp_job_name", job_name)
+    if not OmegaConf.has_resolver("diffexp_groups"):
+        OmegaConf.register_new_resolver("diffexp_groups", config_groups_help)
 
 
 def sampling_sweeps_first(argv: list[str]) -> list[str]:

@@ -11,7 +11,7 @@ import hydra
 from omegaconf import DictConfig
 
 from ..config import CONF_DIR, validate_train_config
-from .common import cli_main, run_job
+from .common import cli_main, job_return, run_job
 
 
 def dispatch(cfg: DictConfig, run_dir: Path) -> dict:
@@ -39,7 +39,8 @@ def dispatch(cfg: DictConfig, run_dir: Path) -> dict:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig):
-    return run_job(lambda run_dir: dispatch(cfg, run_dir))
+    return job_return(run_job(lambda run_dir: dispatch(cfg, run_dir)),
+                      cfg.get("optimized_metric"))
 
 
 def _resume_in_place(argv: list[str]) -> list[str]:

@@ -9,7 +9,8 @@ import contextlib
 import os
 from pathlib import Path
 
-__all__ = ["in_multirun", "sweep_dir", "wants_eval_at_end", "make_logger", "holding_run_folder"]
+__all__ = ["in_multirun", "sweep_dir", "wants_eval_at_end", "make_logger", "holding_run_folder",
+           "publish_summary"]
 
 
 def in_multirun() -> bool:
@@ -75,8 +76,10 @@ def make_logger(c: dict, run_dir: Path, *, job_type: str = "train", name: str | 
         group = sweep.name if sweep else None
     id_file = Path(run_dir) / "wandb_id.txt"
     run_id = id_file.read_text().strip() if id_file.exists() else None
+    if name is None:  # a sweep's jobs are told apart by their overrides (the job folder's name)
+        name = f"{c['name']}/{Path(run_dir).name}" if in_multirun() else c["name"]
     return WandbLogger(project=lg["project"], entity=lg["entity"], group=group,
-                       tags=list(lg["tags"]), name=name or c["name"], job_type=job_type,
+                       tags=list(lg["tags"]), name=name, job_type=job_type,
                        save_dir=str(run_dir), mode=mode,
                        id=run_id, resume="allow" if run_id else None, config=c,
                        anonymous="never" if mode == "online" else None)
@@ -94,3 +97,23 @@ def holding_run_folder(run_dir: Path):
     from ..files import hold_run_folder
 
     return hold_run_folder(run_dir) if _launching_process() else contextlib.nullcontext()
+
+
+def publish_summary(logger, summary: dict) -> None:
+    """A wandb run's summary (what the runs table, parallel-coordinates and scatter panels read):
+    fid, kid, kid_std, floor_fid and nfe of the end-of-run evaluation (the first end sampler's,
+    and each one's fid under its label), the final losses and the parameter count."""
+    from .record import headline
+
+    if not logger or not hasattr(logger, "experiment") or not hasattr(logger.experiment,
+                                                                       "summary"):
+        return
+    head = {k: summary[k] for k in ("final_train_loss", "final_val_loss", "parameters")
+            if summary.get(k) is not None}
+    evals = summary.get("eval")
+    if evals:
+        first = evals if "fid" in evals else next(iter(evals.values()))
+        head.update(headline(first))
+        if "fid" not in evals:
+            head.update({f"{label}/fid": e["fid"] for label, e in evals.items()})
+    logger.experiment.summary.update(head)

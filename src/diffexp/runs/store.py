@@ -46,8 +46,8 @@ from pathlib import Path
 import torch
 
 from ..config import ConfigError
-from .env import in_multirun, make_logger, sweep_dir, wants_eval_at_end
-from .record import headline, read_json, read_summary, write_json, write_summary
+from .env import in_multirun, make_logger, publish_summary, sweep_dir, wants_eval_at_end
+from .record import read_json, read_summary, write_json, write_summary
 
 __all__ = ["SAMPLING_ONLY", "EVALUATION_ONLY_MODULES", "fingerprint", "code_hash", "model_lock",
            "reuse_active", "run_cell", "model_dir_for"]
@@ -55,6 +55,7 @@ __all__ = ["SAMPLING_ONLY", "EVALUATION_ONLY_MODULES", "fingerprint", "code_hash
 #: config keys (top-level groups, or ``group.key``) that change how a trained model is sampled,
 #: scored, logged or named, never the weights; everything else is part of the fingerprint
 SAMPLING_ONLY = ("sampler", "grid", "eval", "logger", "name", "ckpt_path", "resume",
+                 "callbacks", "optimized_metric",
                  "train.eval_at_end", "train.reuse", "train.retrain", "train.model_store",
                  # how often a run saves last.ckpt mid-epoch: resuming is exact, weights unchanged
                  "train.checkpoint_every_minutes", "train.checkpoint_every_n_steps")
@@ -270,21 +271,11 @@ def run_cell(c: dict, run_dir: Path) -> dict:
                              name=_cell_name(c, run_dir))
         summary["eval"] = evaluate_at_end(c, run_dir, logger, ckpt=Path(model["checkpoint"]))
         if logger and c["logger"]["name"] == "wandb":
-            _headline_to_summary(logger, summary["eval"])
+            publish_summary(logger, summary)
             logger.experiment.finish()
     summary["job_wall_time_s"] = round(time.perf_counter() - t0, 2)
     write_summary(run_dir, summary)
     return summary
-
-
-def _headline_to_summary(logger, evals: dict) -> None:
-    """fid / kid / floor_fid at the top of the wandb run's summary (parallel coordinates, tables);
-    with several end samplers, the first one's, and each under its label too."""
-    first = evals if "fid" in evals else next(iter(evals.values()))
-    head = headline(first)
-    if "fid" not in evals:
-        head.update({f"{label}/fid": e["fid"] for label, e in evals.items()})
-    logger.experiment.summary.update(head)
 
 
 def _cell_name(c: dict, run_dir: Path) -> str:

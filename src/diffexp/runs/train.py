@@ -2,7 +2,7 @@
 
 The run folder receives: ``config.yaml`` (the whole resolved config, with
 measured values such as sigma_data filled in), ``checkpoints/`` (``last.ckpt`` and one per
-``train.checkpoint_every_n_epochs``), ``samples/*.png``, ``losses.csv`` and ``loss.png``,
+``callbacks.checkpoints``), ``samples/*.png``, ``losses.csv`` and ``loss.png``,
 ``summary.json``, and the logger's own files.
 
 ``last.ckpt`` is also refreshed mid-epoch (``train.checkpoint_every_minutes``,
@@ -14,6 +14,7 @@ bitwise as the uninterrupted run would.
 from __future__ import annotations
 
 import csv
+import math
 import sys
 import time
 from pathlib import Path
@@ -21,9 +22,9 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from ..config import ConfigError, validate_train_config
+from ..config import ConfigError, fill_from_defaults, validate_train_config
 from ..errors import first_line
-from .env import make_logger, wants_eval_at_end
+from .env import make_logger, publish_summary, wants_eval_at_end
 from .record import host_info, model_record, write_summary
 
 __all__ = ["train", "evaluate_at_end", "check_resume", "resume_changes", "resume_config",
@@ -131,7 +132,7 @@ class FidProxy:
     samples against the test reference, logged as ``val/fid`` and ``val/kid`` (kept distinct from
     the final evaluation, which uses eval.n_samples and reports the floor)."""
 
-    def __init__(self, every: int, n: int):
+    def __init__(self, every: int, n: int, best_path: Path | None = None):
         import pytorch_lightning as pl
 
         proxy = self
@@ -153,9 +154,13 @@ class FidProxy:
                                            batch_size=module.spec.train.batch_size)
                 module.log_dict({"val/fid": m["fid"], "val/kid": m["kid_mean"]},
                                 rank_zero_only=True)
+                best = min((h["fid"] for h in proxy.history), default=math.inf)
                 proxy.history.append({"epoch": epoch, "fid": m["fid"], "kid": m["kid_mean"],
                                       "n": n})
                 print(f"[diffexp] epoch {epoch}: proxy FID {m['fid']:.2f} (n={n})")
+                if best_path is not None and m["fid"] < best:
+                    trainer.save_checkpoint(str(best_path))  # atomic (AtomicCheckpointIO)
+                    print(f"[diffexp] best so far by val/fid: {best_path}")
 
         self.evaluator = None
         self.history: list[dict] = []
@@ -170,6 +175,8 @@ def evaluate_at_end(c: dict, run_dir: Path, logger, ckpt: Path | None = None) ->
     from ..cli.eval import EvalCfg, run_eval
 
     settings = {**EvalCfg().__dict__, **{k: v for k, v in c["eval"].items() if k != "samplers"}}
+    if settings["n_samples"] == "auto":  # the lesson's n where it is cheap, a quick one elsewhere
+        settings["n_samples"] = 2048 if torch.cuda.is_available() else 512
     ckpt = ckpt or run_dir / "checkpoints" / "last.ckpt"
 
     def evaluate(sampler: dict, label: str, diagnostics: bool) -> dict:
@@ -276,18 +283,34 @@ def check_resume(c: dict) -> None:
             f"its length (use optim.lr_schedule=constant to extend a run)")
 
 
-def checkpoint_callbacks(t: dict, ckpt_dir: Path) -> list:
-    """The epoch checkpoints (and last.ckpt at each epoch end), plus one ModelCheckpoint per
-    mid-epoch interval that only refreshes last.ckpt. Several callbacks write last.ckpt, so none
-    may version the name (last-v1.ckpt) when it finds the file another one wrote."""
+def checkpoint_callbacks(c: dict, ckpt_dir: Path) -> list:
+    """The checkpoints a run keeps (``callbacks.checkpoints``): ``last.ckpt`` at each epoch end
+    and ``epochNNN.ckpt`` every K epochs and at the last epoch (``best.ckpt`` is written by
+    :class:`FidProxy`), plus one ModelCheckpoint per mid-epoch interval that only refreshes
+    last.ckpt. Several callbacks write last.ckpt, so none may version the name (last-v1.ckpt)
+    when it finds the file another one wrote."""
     from datetime import timedelta
 
     from pytorch_lightning.callbacks import ModelCheckpoint
 
-    cbs = [ModelCheckpoint(dirpath=str(ckpt_dir), filename="epoch{epoch:03d}",
-                           auto_insert_metric_name=False, save_last=True, save_top_k=-1,
-                           every_n_epochs=t["checkpoint_every_n_epochs"] or None,
-                           enable_version_counter=False)]
+    t = c["train"]
+    k = c["callbacks"]["checkpoints"]["every_k_epochs"]
+
+    class EpochCheckpoints(ModelCheckpoint):
+        """epochNNN.ckpt every K epochs and at the final epoch; last.ckpt at every epoch end."""
+
+        def on_train_epoch_end(self, trainer, module):
+            if self._should_skip_saving_checkpoint(trainer):
+                return
+            candidates = self._monitor_candidates(trainer)
+            epoch = trainer.current_epoch + 1
+            if k and (epoch % k == 0 or epoch >= (trainer.max_epochs or epoch)):
+                self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)
+
+    cbs = [EpochCheckpoints(dirpath=str(ckpt_dir), filename="epoch{epoch:03d}",
+                            auto_insert_metric_name=False, save_last=True, save_top_k=-1,
+                            save_on_train_epoch_end=True, enable_version_counter=False)]
     if t["checkpoint_every_n_steps"]:
         cbs.append(ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, save_top_k=0,
                                    every_n_train_steps=int(t["checkpoint_every_n_steps"]),
@@ -297,6 +320,46 @@ def checkpoint_callbacks(t: dict, ckpt_dir: Path) -> list:
             dirpath=str(ckpt_dir), save_last=True, save_top_k=0, enable_version_counter=False,
             train_time_interval=timedelta(minutes=float(t["checkpoint_every_minutes"]))))
     return cbs
+
+
+def trainer_arguments(tr: dict) -> dict:
+    """The ``trainer.*`` keys that are not diffexp's own, checked against Lightning's
+    ``Trainer`` signature (a typo is a one-line error with the closest names)."""
+    import difflib
+    import inspect
+
+    import pytorch_lightning as pl
+
+    from ..config import TrainerCfg
+
+    valid = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self"}
+    extra = {k: v for k, v in tr.items() if k not in TrainerCfg.__dataclass_fields__}
+    for key in extra:
+        if key not in valid:
+            near = difflib.get_close_matches(key, sorted(valid), n=3)
+            raise ConfigError(f"trainer.{key} is not an argument of Lightning's Trainer"
+                              + (f"; did you mean {', '.join('trainer.' + n for n in near)}?"
+                                 if near else ""))
+    return extra
+
+
+def progress_callbacks(c: dict) -> tuple[list, bool]:
+    """``(callbacks, enable_progress_bar)`` for ``callbacks.progress_bar`` and the LR monitor."""
+    from pytorch_lightning.callbacks import LearningRateMonitor
+
+    cb = c["callbacks"]
+    extra = []
+    if cb["lr_monitor"] and c["logger"]["name"] != "none":
+        extra.append(LearningRateMonitor(logging_interval="step"))
+    bar = cb["progress_bar"]
+    if bar == "rich":
+        from pytorch_lightning.callbacks import RichProgressBar
+
+        extra.append(RichProgressBar())
+        return extra, True
+    if bar == "auto":
+        return extra, sys.stderr.isatty()
+    return extra, bar == "tqdm"
 
 
 def _cluster_plugins() -> list:
@@ -344,6 +407,7 @@ def _train(c: dict, run_dir: str | Path, callbacks: list | None, guard) -> dict:
         print(f"[diffexp] resuming from {last} (train.auto_resume=true)")
         c["ckpt_path"] = str(last)
     check_resume(c)
+    passthrough = trainer_arguments(c["trainer"])  # before any work: a typo fails now
     run_dir.mkdir(parents=True, exist_ok=True)
     accelerator = _accelerator(c["trainer"])
     precision = _precision(c["trainer"], accelerator)
@@ -371,6 +435,9 @@ def _train(c: dict, run_dir: str | Path, callbacks: list | None, guard) -> dict:
     write_config(c, run_dir)
     module.attach_data(data, run_dir)
     logger = make_logger(c, run_dir)
+    n_params = sum(p.numel() for p in module.net.parameters())
+    if logger:
+        logger.log_hyperparams({"parameters": n_params})
     if logger and hasattr(logger, "experiment") and c["logger"]["name"] == "wandb":
         (run_dir / "wandb_id.txt").write_text(logger.version or "")
     history = LossHistory()
@@ -378,9 +445,12 @@ def _train(c: dict, run_dir: str | Path, callbacks: list | None, guard) -> dict:
     extra = [history.callback]
     proxy = None
     if t["fid_every_n_epochs"] and c["task"] == "diffusion":
-        proxy = FidProxy(t["fid_every_n_epochs"], t["fid_n_samples"])
+        best = c["callbacks"]["checkpoints"]["best"] == "val/fid"
+        proxy = FidProxy(t["fid_every_n_epochs"], t["fid_n_samples"],
+                         run_dir / "checkpoints" / "best.ckpt" if best else None)
         extra.append(proxy.callback)
-    ckpt_cbs = checkpoint_callbacks(t, run_dir / "checkpoints")
+    ckpt_cbs = checkpoint_callbacks(c, run_dir / "checkpoints")
+    monitors, progress_bar = progress_callbacks(c)
     tr = c["trainer"]
     trainer = pl.Trainer(
         max_epochs=t["epochs"], accelerator=accelerator, devices=tr["devices"],
@@ -388,7 +458,7 @@ def _train(c: dict, run_dir: str | Path, callbacks: list | None, guard) -> dict:
         gradient_clip_val=t["grad_clip"] or None, logger=logger,
         # the divergence guard after the others: it judges the gradients every other hook has
         # seen (and refuses any checkpoint, the preemption guard's included, of diverged weights)
-        callbacks=[*ckpt_cbs, *extra, *(callbacks or []),
+        callbacks=[*ckpt_cbs, *extra, *monitors, *(callbacks or []),
                    DivergenceGuard(t["skip_nonfinite"], str(last)), guard.callback],
         default_root_dir=str(run_dir),
         log_every_n_steps=tr["log_every_n_steps"],
@@ -396,7 +466,7 @@ def _train(c: dict, run_dir: str | Path, callbacks: list | None, guard) -> dict:
         check_val_every_n_epoch=t["val_every_n_epochs"] or None,
         num_sanity_val_steps=0, deterministic=tr["deterministic"], enable_model_summary=False,
         plugins=[AtomicCheckpointIO(), *_cluster_plugins()],
-        enable_progress_bar=sys.stderr.isatty())
+        enable_progress_bar=progress_bar, **passthrough)
     t0 = time.perf_counter()
     trainer.fit(module, ckpt_path=c["ckpt_path"])
     if guard.signum is not None:
@@ -407,7 +477,7 @@ def _train(c: dict, run_dir: str | Path, callbacks: list | None, guard) -> dict:
     summary = {"name": c["name"], "wall_time_s": round(wall, 2), "epochs": trainer.current_epoch,
                "global_step": trainer.global_step, "device": accelerator, "precision": precision,
                "host": host_info(),
-               "parameters": sum(p.numel() for p in module.net.parameters()),
+               "parameters": n_params,
                **{k: v for k, v in model_record(c).items() if k.startswith("sigma_data")},
                "checkpoint": str(run_dir / "checkpoints" / "last.ckpt")}
     if proxy is not None:
@@ -423,6 +493,7 @@ def _train(c: dict, run_dir: str | Path, callbacks: list | None, guard) -> dict:
         print(f"[diffexp] done in {wall:.1f}s: final train loss {summary['final_train_loss']}, "
               f"val loss {summary['final_val_loss']}; {run_dir}")
     if logger and c["logger"]["name"] == "wandb":
+        publish_summary(logger, summary)
         # close this job's wandb run: the next job of a multirun in this process starts its own
         logger.experiment.finish()
     return summary
@@ -447,4 +518,8 @@ def resume_config(run: str | Path) -> dict:
         raise ConfigError(f"resume={str(run)!r}: its config.yaml is not a diffexp training config")
     old["ckpt_path"] = str(last)
     old["resume"] = {"run": str(run), "allow_changes": []}
+    filled = fill_from_defaults(old)
+    if filled:
+        print(f"[diffexp] resume: {', '.join(filled)} did not exist when {run} was written; "
+              f"today's defaults apply")
     return validate_train_config(OmegaConf.create(old))
