@@ -5,7 +5,9 @@
                             [--fid-n 2048] [--fid-nfe 20] [--out bench.json] [--quick]
     make bench ARGS="--model unet_tiny --reps 5"
 
-See docs/PERFORMANCE.md for what is measured, the options and results.
+See docs/PERFORMANCE.md for what is measured, the options and results. This script holds the
+benchmark's own logic, one section of code per section below; how things are timed and the bare
+PyTorch reference loops live in ``diffexp.benchmarking`` (``timing``, ``bare``).
 
 Sections (all measured in one process, on the same device, the compared paths interleaved
 repetition by repetition: A then B in even repetitions, B then A in odd ones; medians over
@@ -44,27 +46,39 @@ import contextlib
 import io
 import json
 import logging
-import math
-import os
-import platform
-import resource
-import statistics
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 
-THRESHOLD = 0.95
+from diffexp.benchmarking.bare import describe_optimizer, time_forward, train_bare
+from diffexp.benchmarking.timing import (
+    Clock,
+    PeakMemory,
+    apply_mallopt,
+    interleave,
+    json_default,
+    loadavg,
+    machine_info,
+    median,
+    ratio_entry,
+    resolve_device,
+    sync,
+)
 
 QUICK = {"batch_size": 8, "reps": 2, "warmup": 1, "n_batches": 2, "steps": 2,
          "sample_batches": 1, "fid_n": 32, "fid_nfe": 2, "fid_ref_n": 256}
 
 
 # ------------------------------------------------------------------------------------ arguments
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The options; those left at None take a default that depends on the device or ``--quick``
+    (filled in by :func:`parse_args`)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="unet_tiny", choices=["unet_tiny", "unet_course"])
@@ -112,6 +126,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="bench.json", help="JSON output (default bench.json)")
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes for a smoke test (seconds); the numbers mean little")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options with their device- and ``--quick``-dependent defaults filled in, checked."""
+    p = build_parser()
     args = p.parse_args(argv)
     gpu = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     defaults = {"batch_size": 32, "reps": 5, "warmup": 1, "n_batches": 3, "steps": 3,
@@ -137,120 +157,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-# ------------------------------------------------------------------------------------ helpers
-def median(xs: list[float]) -> float:
-    return float(statistics.median(xs))
-
-
-def ratio_entry(diffexp: list[float], bare: list[float], unit: str,
-                cpu_diffexp: list[float] | None = None, cpu_bare: list[float] | None = None) -> dict:
-    """Medians of both paths, their ratio (diffexp / bare) and the verdict. The ``cpu_*`` rates
-    (work per second of this process's CPU time) are information beside the wall-clock verdict:
-    on a shared machine they are much less disturbed by other processes."""
-    a, b = median(diffexp), median(bare)
-    r = a / b
-    e = {"unit": unit, "diffexp": a, "bare": b, "ratio": r, "threshold": THRESHOLD,
-         "pass": bool(r >= THRESHOLD), "diffexp_reps": list(diffexp), "bare_reps": list(bare)}
-    if cpu_diffexp and cpu_bare:
-        ca, cb = median(cpu_diffexp), median(cpu_bare)
-        e.update({"cpu_diffexp": ca, "cpu_bare": cb, "cpu_ratio": ca / cb,
-                  "cpu_diffexp_reps": list(cpu_diffexp), "cpu_bare_reps": list(cpu_bare)})
-    return e
-
-
-class Clock:
-    """Wall-clock and process CPU time since construction (after a CUDA sync)."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        sync(device)
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-
-    def elapsed(self) -> tuple[float, float]:
-        sync(self.device)
-        return time.perf_counter() - self.wall, time.process_time() - self.cpu
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def maxrss_mb() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / 2**20 if sys.platform == "darwin" else r / 2**10  # bytes on macOS, KiB on Linux
-
-
-class PeakMemory:
-    """Peak memory of a block: CUDA max_memory_allocated, or the process maxrss on the CPU."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.kind = ("cuda_max_memory_allocated" if device.type == "cuda"
-                     else "cpu_process_maxrss (high-water mark of the whole process so far)")
-        self.peaks: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def track(self, name: str):
-        if self.device.type == "cuda":
-            sync(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-        yield
-        if self.device.type == "cuda":
-            sync(self.device)
-            mb = torch.cuda.max_memory_allocated(self.device) / 2**20
-        else:
-            mb = maxrss_mb()
-        self.peaks[name] = max(self.peaks.get(name, 0.0), mb)
-
-    def run(self, name: str, fn, *args):
-        with self.track(name):
-            return fn(*args)
-
-
-def apply_mallopt(threshold: int = 1 << 30) -> str:
-    """Raise glibc's mmap and trim thresholds for this process (see ``--mallopt``)."""
-    import ctypes
-    import ctypes.util
-
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from malloc.h
-    if not (libc.mallopt(m_mmap_threshold, threshold) and libc.mallopt(m_trim_threshold, threshold)):
-        raise SystemExit("error: --mallopt: mallopt() refused the setting (not glibc?)")
-    return f"glibc mallopt(M_MMAP_THRESHOLD={threshold}, M_TRIM_THRESHOLD={threshold})"
-
-
-def machine_info(device: torch.device) -> dict:
-    import pytorch_lightning as pl
-
-    from diffexp.runs.record import cpu_model
-
-    info = {
-        "device": str(device),
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch_interop_threads": torch.get_num_interop_threads(),
-        "torch": torch.__version__,
-        "lightning": pl.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-    return info
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda but no CUDA GPU is visible")
-    return torch.device(name)
-
-
 def build_config(args, device: torch.device) -> dict:
     """The training config of ``--model`` composed through the real Hydra tree, as train.py does."""
     from hydra import compose, initialize_config_dir
@@ -269,37 +175,68 @@ def build_config(args, device: torch.device) -> dict:
     return c
 
 
-def autocast_for(c: dict, device: torch.device):
-    """The module's autocast rule (bf16 on a GPU with a bf16 precision, else off)."""
-    if device.type == "cuda" and str(c["trainer"]["precision"]).startswith("bf16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast(device.type, enabled=False)
+# ------------------------------------------------------------------------------------ set-up
+class Bench(NamedTuple):
+    """What every section works on, set up once before the first repetition. (A NamedTuple, not
+    a dataclass: tests load this script by path, without a sys.modules entry, which dataclasses
+    with string annotations need.)"""
+
+    args: argparse.Namespace
+    c: dict  # the composed training config
+    device: torch.device
+    data: Any  # the training data, resident on ``device``
+    mem: PeakMemory
+    samplers: list[str]  # the samplers of (b), checked by name
+    module: Any  # the module sampled in (b) and (c); None when neither runs
+    log: Callable[[str], None]
 
 
-def optimizer_kwargs(c: dict) -> tuple[type, dict]:
-    """Exactly what DiffusionModule.configure_optimizers builds (checked against it at run time)."""
-    o = c["optim"]
-    kw = dict(lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"], weight_decay=o["weight_decay"])
-    if torch.cuda.is_available():
-        kw["fused"] = True
-    else:
-        kw["foreach"] = True
-    return (torch.optim.AdamW if o["name"] == "adamw" else torch.optim.Adam), kw
+def quiet_lightning() -> None:
+    """Keep the output to the benchmark's own lines: Lightning's notes say nothing about timings."""
+    import pytorch_lightning  # noqa: F401 - sets its loggers' levels on import; override them below
+
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # a Lightning-internal deprecation
+    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def lr_scheduler(c: dict, opt, total: int):
-    o = c["optim"]
-    if o["lr_schedule"] == "onecycle":
-        pct = max(o["pct_start"], 2.0 / total)
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=o["lr"], total_steps=total,
-                                                   pct_start=pct)
-    if o["lr_schedule"] == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-    return None
+def record_header(args, c: dict, device: torch.device, allocator: str, log) -> dict:
+    """The record's machine, arguments and config, logged before the first timing."""
+    result: dict = {"machine": {**machine_info(device), "allocator": allocator}, "args": {
+        k: v for k, v in vars(args).items() if k != "overrides"} | {"overrides": args.overrides},
+        "config": {"model": c["model"], "schedule": c["schedule"]["name"],
+                   "objective": c["objective"]["name"], "optim": c["optim"],
+                   "precision": c["trainer"]["precision"], "batch_size": c["train"]["batch_size"],
+                   "grad_clip": c["train"]["grad_clip"], "ema_decay": c["train"]["ema_decay"]}}
+    m = result["machine"]
+    log(f"machine: {m.get('gpu') or m['cpu']} ({m['cpu_count']} CPUs); torch {m['torch']}, "
+        f"lightning {m['lightning']}, python {m['python']}; device {device}, torch threads "
+        f"{m['torch_threads']}; load average {m['loadavg_start']}")
+    log(f"model {args.model}, batch {args.batch_size}, precision {c['trainer']['precision']}, "
+        f"{args.reps} reps, allocator {allocator}")
+    return result
 
 
-def _plain(d: dict) -> dict:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(d.items())}
+def prepare(args, c: dict, device: torch.device, log) -> Bench:
+    """The data on the device (``sigma_data: auto`` measured as the module would), the samplers
+    checked by name before anything is timed, and the module that (b) and (c) sample."""
+    from diffexp import sampling
+    from diffexp.data import build_data
+
+    data = build_data(c["data"], train=True)
+    if c["objective"]["name"] == "karras" and c["objective"]["sigma_data"] == "auto":
+        c["objective"]["sigma_data"] = data.measured_std()
+    data.to(device)
+    mem = PeakMemory(device)
+    names = list(sampling.SAMPLERS) if not args.samplers else args.samplers.split(",")
+    for nm in names:
+        sampling.get_sampler(nm)  # an unknown name fails now, not after minutes of timing
+    module = None
+    if "sampling" in args.sections or "fid" in args.sections:
+        module = sampling_module(c, device, args.ckpt, args.seed)
+    return Bench(args, c, device, data, mem, names, module, log)
 
 
 # ------------------------------------------------------------------------------------ (a) train
@@ -347,72 +284,51 @@ def train_diffexp(c: dict, data, device: torch.device, warmup: int, n: int, seed
     opt = trainer.optimizers[0]
     wall, cpu = timer.dt
     return {"images_per_s": n * t["batch_size"] / wall, "cpu_images_per_s": n * t["batch_size"] / cpu,
-            "optimizer": type(opt).__name__, "optimizer_defaults": _plain(opt.defaults)}
+            **describe_optimizer(opt)}
 
 
-def train_bare(c: dict, data, device: torch.device, warmup: int, n: int, seed: int,
-               profiler=None) -> dict:
-    """The same training work in a plain PyTorch loop."""
-    from diffexp.build import build_network, build_objective, build_schedule
-    from diffexp.data import encode
-
-    torch.manual_seed(seed)
-    schedule = build_schedule(c["schedule"])
-    objective = build_objective(c["objective"], schedule)
-    net = build_network(c["model"], conditioned=objective.conditioned).to(device)
-    shadow = [p.detach().clone() for p in net.parameters()]
-    params = list(net.parameters())
-    cls, kw = optimizer_kwargs(c)
-    opt = cls(params, **kw)
-    total = warmup + n
-    sched = lr_scheduler(c, opt, total)
-    t = c["train"]
-    bs, clip, decay = t["batch_size"], t["grad_clip"], t["ema_decay"]
-    images = data.images.to(device)
-    pad, scale = data.pad, data.scale
-    perm = data.train_index[torch.randperm(len(data.train_index),
-                                           generator=torch.Generator().manual_seed(c["seed"]))]
-    amp = autocast_for(c, device)
-    net.train()
-
-    def step(b: int, ema_step: int) -> None:
-        idx = perm[b * bs:(b + 1) * bs]
-        with amp:
-            x0 = encode(images[idx.to(device)], pad, scale)
-            sigma = schedule.sample_training_sigma(bs, device=device)
-            noise = torch.randn(x0.shape, device=device)
-            x = x0 + sigma.view(-1, 1, 1, 1) * noise
-            inp, cond = objective.net_input(x, sigma)
-            out = net(inp, cond).float()
-            target = objective.target(x0, noise, sigma)
-            per_image = (out - target).pow(2).mean(dim=(1, 2, 3))
-            loss = (objective.loss_weight(sigma) * per_image).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip:
-            torch.nn.utils.clip_grad_norm_(params, clip)
-        opt.step()
-        if sched is not None:
-            sched.step()
-        with torch.no_grad():
-            d = min(decay, (1 + ema_step) / (10 + ema_step))
-            torch._foreach_lerp_(shadow, [p.detach() for p in params], 1.0 - d)
-
-    for b in range(warmup):
-        step(b, b)
-    clock = Clock(device)
-    if profiler is not None:
-        profiler.enable()
-    for b in range(warmup, total):
-        step(b, b)
-    wall, cpu = clock.elapsed()
-    if profiler is not None:
-        profiler.disable()
-    return {"images_per_s": n * bs / wall, "cpu_images_per_s": n * bs / cpu,
-            "optimizer": type(opt).__name__, "optimizer_defaults": _plain(opt.defaults)}
+def same_optimizer(a: dict, b: dict) -> dict:
+    """The record of the optimizer both training paths built; a difference is an error, since
+    the two paths would no longer do the same work."""
+    same = (a["optimizer"], a["optimizer_defaults"]) == (b["optimizer"], b["optimizer_defaults"])
+    if not same:
+        raise RuntimeError(f"the bare loop's optimizer differs from the module's: "
+                           f"{a['optimizer']} {a['optimizer_defaults']} vs "
+                           f"{b['optimizer']} {b['optimizer_defaults']}")
+    return {"class": a["optimizer"], "defaults": a["optimizer_defaults"], "same_in_both": same}
 
 
-# ------------------------------------------------------------------------------------ (b), (c)
+class TrainSection:
+    """(a) training images/s: ``train_diffexp`` against ``train_bare``, one pair a repetition."""
+
+    name = "train"
+
+    def __init__(self, bench: Bench):
+        self.bench = bench
+        self.rates: dict[str, list[float]] = {"diffexp": [], "bare": [], "cpu_diffexp": [],
+                                              "cpu_bare": []}
+        self.optimizer: dict | None = None
+
+    def rep(self, r: int, flip: bool) -> None:
+        bench, args = self.bench, self.bench.args
+        targs = (bench.c, bench.data, bench.device, args.warmup, args.n_batches, args.seed + r)
+        mine, bare = interleave(partial(bench.mem.run, "train_diffexp", train_diffexp, *targs),
+                                partial(bench.mem.run, "train_bare", train_bare, *targs), flip)
+        for path, res in (("diffexp", mine), ("bare", bare)):
+            self.rates[path].append(res["images_per_s"])
+            self.rates[f"cpu_{path}"].append(res["cpu_images_per_s"])
+        self.optimizer = same_optimizer(mine, bare)
+        bench.log(f"  rep {r + 1}/{args.reps} train: diffexp {mine['images_per_s']:.1f} img/s, "
+              f"bare {bare['images_per_s']:.1f} img/s")
+
+    def result(self) -> dict:
+        w, args = self.rates, self.bench.args
+        return {**ratio_entry(w["diffexp"], w["bare"], "images/s", w["cpu_diffexp"], w["cpu_bare"]),
+                "warmup_batches": args.warmup, "timed_batches": args.n_batches,
+                "optimizer": self.optimizer}
+
+
+# ------------------------------------------------------------------------------------ (b) sampling
 def sampling_module(c: dict, device: torch.device, ckpt: str | None, seed: int):
     """The module whose EMA denoiser is sampled: a checkpoint, or random weights (output layer
     re-initialised small and random so that the denoiser is not the identity)."""
@@ -430,6 +346,8 @@ def sampling_module(c: dict, device: torch.device, ckpt: str | None, seed: int):
 
 
 def time_sampler(module, name: str, steps: int, n: int, bs: int, device, seed: int) -> dict:
+    """``n`` images from sampler ``name`` through ``sampling.sample`` with the module's EMA
+    denoiser, in batches of ``bs``: images/s, NFE/s (wall and CPU) and the NFE counted."""
     from diffexp import sampling
 
     den = module.denoiser(use_ema=True)
@@ -442,20 +360,62 @@ def time_sampler(module, name: str, steps: int, n: int, bs: int, device, seed: i
             "cpu_nfe_per_s": n * res.nfe / cpu, "nfe": res.nfe}
 
 
-def time_forward(module, count: int, bs: int, device, seed: int) -> dict:
-    """``count`` bare forward passes of the EMA network on a batch of ``bs`` (the ideal)."""
-    net = module.ema.shadow
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn((bs, *module.image_shape), generator=g).to(device)
-    cond = torch.rand(bs, generator=g).to(device) if module.objective.conditioned else None
-    clock = Clock(device)
-    with torch.no_grad(), module._autocast():
-        for _ in range(count):
-            net(x, cond)
-    wall, cpu = clock.elapsed()
-    return {"nfe_per_s": count * bs / wall, "cpu_nfe_per_s": count * bs / cpu}
+class SamplingSection:
+    """(b) every sampler's NFE/s through ``sampling.sample`` against as many bare forward passes
+    of the same network (the ideal), one pair per sampler and repetition."""
+
+    name = "sampling"
+
+    def __init__(self, bench: Bench):
+        from diffexp import sampling
+
+        self.bench = bench
+        args = bench.args
+        self.n = args.batch_size * args.sample_batches
+        self.nfe = {nm: sampling.nfe(nm, args.steps) for nm in bench.samplers}
+        self.rates: dict[str, dict[str, list[float]]] = {nm: {
+            "diffexp": [], "bare": [], "cpu_diffexp": [], "cpu_bare": [], "images_per_s": []}
+            for nm in bench.samplers}
+        # untimed warm-up before the first repetition: every sampler once, and the network
+        bs, module, device = args.batch_size, bench.module, bench.device
+        for nm in bench.samplers:
+            time_sampler(module, nm, 1, bs, bs, device, args.seed)
+        time_forward(module, 2, bs, device, args.seed)
+
+    def rep(self, r: int, flip: bool) -> None:
+        bench, args = self.bench, self.bench.args
+        line = []
+        for nm in bench.samplers:
+            s, f = interleave(
+                partial(bench.mem.run, "sampling_diffexp", time_sampler, bench.module, nm,
+                        args.steps, self.n, args.batch_size, bench.device, args.seed + r),
+                partial(bench.mem.run, "sampling_bare_forward", time_forward, bench.module,
+                        self.nfe[nm] * args.sample_batches, args.batch_size, bench.device,
+                        args.seed + r), flip)
+            # the bare side ran the expected count: another count would compare unlike work
+            if s["nfe"] != self.nfe[nm]:
+                raise RuntimeError(f"{nm}: measured NFE {s['nfe']} != {self.nfe[nm]}")
+            w = self.rates[nm]
+            w["diffexp"].append(s["nfe_per_s"])
+            w["bare"].append(f["nfe_per_s"])
+            w["cpu_diffexp"].append(s["cpu_nfe_per_s"])
+            w["cpu_bare"].append(f["cpu_nfe_per_s"])
+            w["images_per_s"].append(s["images_per_s"])
+            line.append(f"{nm} {s['nfe_per_s'] / f['nfe_per_s']:.2f}")
+        bench.log(f"  rep {r + 1}/{args.reps} sampling NFE/s ratio: " + ", ".join(line))
+
+    def result(self) -> dict:
+        args = self.bench.args
+        out = {"steps": args.steps, "batch_size": args.batch_size, "n": self.n, "samplers": {}}
+        for nm, w in self.rates.items():
+            e = ratio_entry(w["diffexp"], w["bare"], "NFE/s", w["cpu_diffexp"], w["cpu_bare"])
+            e.update({"nfe": self.nfe[nm], "images_per_s": median(w["images_per_s"]),
+                      "images_per_s_reps": w["images_per_s"]})
+            out["samplers"][nm] = e
+        return out
 
 
+# ------------------------------------------------------------------------------------ (c) fid
 def fid_steps(name: str, target_nfe: int) -> int:
     """The largest step count whose NFE does not exceed ``target_nfe`` (at least 1)."""
     from diffexp import sampling
@@ -467,6 +427,8 @@ def fid_steps(name: str, target_nfe: int) -> int:
 
 
 def run_fid(args, c: dict, module, device: torch.device, mem: PeakMemory, log) -> dict:
+    """(c) one FID evaluation per ``--fid-reps``: generation and scoring timed apart, after the
+    evaluator's one-off set-up (reference features, cached after the first run)."""
     from diffexp.evaluation import REFERENCE_KEY, reference_images
     from diffexp.metrics import Evaluator
 
@@ -506,132 +468,10 @@ def run_fid(args, c: dict, module, device: torch.device, mem: PeakMemory, log) -
             "fid_value": fid if args.ckpt else None}
 
 
-# ------------------------------------------------------------------------------------ main run
-def interleave(path_a, path_b, flip: bool):
-    """Run both paths back to back (B first when ``flip``); return their results as (A, B)."""
-    if flip:
-        b = path_b()
-        return path_a(), b
-    a = path_a()
-    return a, path_b()
-
-
-def run(args, log=print) -> dict:
-    import pytorch_lightning  # noqa: F401 - sets its loggers' levels on import; override them below
-
-    from diffexp import sampling
-    from diffexp.data import build_data
-
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # a Lightning-internal deprecation
-    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    allocator = apply_mallopt() if args.mallopt else "default"
-    device = resolve_device(args.device)
-    c = build_config(args, device)
-    result: dict = {"machine": {**machine_info(device), "allocator": allocator}, "args": {
-        k: v for k, v in vars(args).items() if k != "overrides"} | {"overrides": args.overrides},
-        "config": {"model": c["model"], "schedule": c["schedule"]["name"],
-                   "objective": c["objective"]["name"], "optim": c["optim"],
-                   "precision": c["trainer"]["precision"], "batch_size": c["train"]["batch_size"],
-                   "grad_clip": c["train"]["grad_clip"], "ema_decay": c["train"]["ema_decay"]}}
-    m = result["machine"]
-    log(f"machine: {m.get('gpu') or m['cpu']} ({m['cpu_count']} CPUs); torch {m['torch']}, "
-        f"lightning {m['lightning']}, python {m['python']}; device {device}, torch threads "
-        f"{m['torch_threads']}; load average {m['loadavg_start']}")
-    log(f"model {args.model}, batch {args.batch_size}, precision {c['trainer']['precision']}, "
-        f"{args.reps} reps, allocator {allocator}")
-
-    data = build_data(c["data"], train=True)
-    if c["objective"]["name"] == "karras" and c["objective"]["sigma_data"] == "auto":
-        c["objective"]["sigma_data"] = data.measured_std()
-    data.to(device)
-    mem = PeakMemory(device)
-    names = list(sampling.SAMPLERS) if not args.samplers else args.samplers.split(",")
-    for nm in names:
-        sampling.get_sampler(nm)
-
-    train_a: list[float] = []
-    train_b: list[float] = []
-    cpu_a: list[float] = []
-    cpu_b: list[float] = []
-    samp: dict[str, dict[str, list]] = {nm: {"a": [], "b": [], "ca": [], "cb": [], "img": [],
-                                             "nfe": None} for nm in names}
-    smod = None
-    if "sampling" in args.sections or "fid" in args.sections:
-        smod = sampling_module(c, device, args.ckpt, args.seed)
-    n_samp = args.batch_size * args.sample_batches
-    if "sampling" in args.sections:  # warm-up: every sampler once, and the network
-        for nm in names:
-            time_sampler(smod, nm, 1, args.batch_size, args.batch_size, device, args.seed)
-        time_forward(smod, 2, args.batch_size, device, args.seed)
-
-    nfe_of = {nm: sampling.nfe(nm, args.steps) for nm in names}
-    opt_check = None
-    t_start = time.perf_counter()
-    for r in range(args.reps):
-        flip = r % 2 == 1  # A, B in even repetitions, B, A in odd ones: no fixed order bias
-        if "train" in args.sections:
-            targs = (c, data, device, args.warmup, args.n_batches, args.seed + r)
-            a, b = interleave(partial(mem.run, "train_diffexp", train_diffexp, *targs),
-                              partial(mem.run, "train_bare", train_bare, *targs), flip)
-            train_a.append(a["images_per_s"])
-            train_b.append(b["images_per_s"])
-            cpu_a.append(a["cpu_images_per_s"])
-            cpu_b.append(b["cpu_images_per_s"])
-            same = (a["optimizer"], a["optimizer_defaults"]) == (b["optimizer"],
-                                                                 b["optimizer_defaults"])
-            if not same:
-                raise RuntimeError(f"the bare loop's optimizer differs from the module's: "
-                                   f"{a['optimizer']} {a['optimizer_defaults']} vs "
-                                   f"{b['optimizer']} {b['optimizer_defaults']}")
-            opt_check = {"class": a["optimizer"], "defaults": a["optimizer_defaults"],
-                         "same_in_both": same}
-            log(f"  rep {r + 1}/{args.reps} train: diffexp {a['images_per_s']:.1f} img/s, "
-                f"bare {b['images_per_s']:.1f} img/s")
-        if "sampling" in args.sections:
-            line = []
-            for nm in names:
-                s, f = interleave(
-                    partial(mem.run, "sampling_diffexp", time_sampler, smod, nm, args.steps,
-                            n_samp, args.batch_size, device, args.seed + r),
-                    partial(mem.run, "sampling_bare_forward", time_forward, smod,
-                            nfe_of[nm] * args.sample_batches, args.batch_size, device,
-                            args.seed + r), flip)
-                samp[nm]["a"].append(s["nfe_per_s"])
-                samp[nm]["b"].append(f["nfe_per_s"])
-                samp[nm]["ca"].append(s["cpu_nfe_per_s"])
-                samp[nm]["cb"].append(f["cpu_nfe_per_s"])
-                samp[nm]["img"].append(s["images_per_s"])
-                if s["nfe"] != nfe_of[nm]:
-                    raise RuntimeError(f"{nm}: measured NFE {s['nfe']} != {nfe_of[nm]}")
-                samp[nm]["nfe"] = s["nfe"]
-                line.append(f"{nm} {s['nfe_per_s'] / f['nfe_per_s']:.2f}")
-            log(f"  rep {r + 1}/{args.reps} sampling NFE/s ratio: " + ", ".join(line))
-
-    if "train" in args.sections:
-        result["train"] = {**ratio_entry(train_a, train_b, "images/s", cpu_a, cpu_b),
-                           "warmup_batches": args.warmup, "timed_batches": args.n_batches,
-                           "optimizer": opt_check}
-    if "sampling" in args.sections:
-        result["sampling"] = {"steps": args.steps, "batch_size": args.batch_size, "n": n_samp,
-                              "samplers": {}}
-        for nm in names:
-            e = ratio_entry(samp[nm]["a"], samp[nm]["b"], "NFE/s", samp[nm]["ca"], samp[nm]["cb"])
-            e.update({"nfe": samp[nm]["nfe"], "images_per_s": median(samp[nm]["img"]),
-                      "images_per_s_reps": samp[nm]["img"]})
-            result["sampling"]["samplers"][nm] = e
-    result["interleaved_time_s"] = time.perf_counter() - t_start
-    if args.profile and "train" in args.sections:
-        result["profile"] = profile_training(c, data, device, args, log)
-    if "fid" in args.sections:
-        result["fid"] = run_fid(args, c, smod, device, mem, log)
-    result["memory"] = {"kind": mem.kind, "unit": "MiB", "peaks": mem.peaks}
-    result["machine"]["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    return result
+# ---------------------------------------------------------------------------- (d) memory, profile
+def memory_record(mem: PeakMemory) -> dict:
+    """(d) the peak memory of each path, taken while (a), (b) and (c) ran."""
+    return {"kind": mem.kind, "unit": "MiB", "peaks": mem.peaks}
 
 
 def profile_training(c: dict, data, device: torch.device, args, log) -> dict:
@@ -657,6 +497,39 @@ def profile_training(c: dict, data, device: torch.device, args, log) -> dict:
     return out
 
 
+# ------------------------------------------------------------------------------------ main run
+def run(args, log=print) -> dict:
+    """The sections in order: (a) and (b) interleaved repetition by repetition, the optional
+    profile, (c), then (d) from what the others recorded."""
+    quiet_lightning()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    allocator = apply_mallopt() if args.mallopt else "default"
+    device = resolve_device(args.device)
+    c = build_config(args, device)
+    result = record_header(args, c, device, allocator, log)
+    bench = prepare(args, c, device, log)
+
+    interleaved = [s(bench) for s in (TrainSection, SamplingSection) if s.name in args.sections]
+    t_start = time.perf_counter()
+    for r in range(args.reps):
+        flip = r % 2 == 1  # A, B in even repetitions, B, A in odd ones: no fixed order bias
+        for section in interleaved:
+            section.rep(r, flip)
+    for section in interleaved:
+        result[section.name] = section.result()
+    result["interleaved_time_s"] = time.perf_counter() - t_start
+
+    if args.profile and "train" in args.sections:
+        result["profile"] = profile_training(c, bench.data, device, args, log)
+    if "fid" in args.sections:
+        result["fid"] = run_fid(args, c, bench.module, device, bench.mem, log)
+    result["memory"] = memory_record(bench.mem)
+    result["machine"]["loadavg_end"] = loadavg()
+    return result
+
+
+# ------------------------------------------------------------------------------------ output
 def format_table(res: dict) -> str:
     m, a = res["machine"], res["args"]
     lines = [f"machine: {m.get('gpu') or m['cpu']} ({m['cpu_count']} CPUs), device {m['device']}, "
@@ -715,17 +588,9 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(res))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2, default=_json_default))
+    out.write_text(json.dumps(res, indent=2, default=json_default))
     print(f"\nwall time {res['wall_time_s']:.1f}s; wrote {out}")
     return 0
-
-
-def _json_default(o):
-    if isinstance(o, float) and not math.isfinite(o):
-        return str(o)
-    if isinstance(o, (torch.device, torch.dtype, Path)):
-        return str(o)
-    return repr(o)
 
 
 if __name__ == "__main__":

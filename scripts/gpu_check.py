@@ -427,6 +427,7 @@ def step_train_course(args, outdir: Path) -> dict:
     import bench
     import torch
 
+    from diffexp.benchmarking.timing import PeakMemory, sync
     from diffexp.data import build_data
 
     _quiet_lightning()
@@ -449,7 +450,7 @@ def step_train_course(args, outdir: Path) -> dict:
     data = build_data(c["data"], train=True)
     data.to(device)
     t = c["train"]
-    mem = bench.PeakMemory(device)
+    mem = PeakMemory(device)
     with mem.track("train"):
         timed = bench.train_diffexp(c, data, device, args.train_warmup, args.train_batches,
                                     args.seed)
@@ -458,10 +459,10 @@ def step_train_course(args, outdir: Path) -> dict:
     module = bench.sampling_module(c, device, None, args.seed)
     module.generate(min(8, t["n_sample_images"]), seed=args.seed,
                     sampler_cfg={**c["sampler"], "steps": 1})  # warm-up: first-call set-up
-    bench.sync(device)
+    sync(device)
     t0 = time.perf_counter()
     module.generate(t["n_sample_images"], seed=args.seed)
-    bench.sync(device)
+    sync(device)
     grid_s = time.perf_counter() - t0
     proj = project_recipe(ips, len(data.train_index), t["batch_size"], t["epochs"], grid_s,
                           sample_grid_epochs(t["epochs"], t["sample_every_n_epochs"]))
@@ -490,6 +491,8 @@ def step_train_course(args, outdir: Path) -> dict:
 def step_fid(args, outdir: Path) -> dict:
     import bench
 
+    from diffexp.benchmarking.timing import PeakMemory
+
     device = _device(args)
     if not _have_fashion_mnist(args.data_root):
         raise RuntimeError(_missing_data_line(args.data_root))
@@ -506,7 +509,7 @@ def step_fid(args, outdir: Path) -> dict:
     ns = bench.parse_args(bargs)
     c = bench.build_config(ns, device)
     module = bench.sampling_module(c, device, None, args.seed)
-    mem = bench.PeakMemory(device)
+    mem = PeakMemory(device)
     r = bench.run_fid(ns, c, module, device, mem, log=print)
     r.update({"device": _device_name(device), "model": c["model"]["name"],
               "precision": c["trainer"]["precision"], "peak_memory_mib": mem.peaks.get("fid"),
@@ -519,6 +522,8 @@ def step_fid(args, outdir: Path) -> dict:
 
 def step_bench(args, outdir: Path) -> dict:
     import bench
+
+    from diffexp.benchmarking.timing import THRESHOLD
 
     if args.dry_run:
         raise Skipped("no CUDA")
@@ -534,8 +539,8 @@ def step_bench(args, outdir: Path) -> dict:
     res = json.loads(out.read_text())
     ratios = {"train": res["train"]["ratio"]}
     ratios.update({f"sample {k}": v["ratio"] for k, v in res["sampling"]["samplers"].items()})
-    below = [k for k, v in ratios.items() if v < bench.THRESHOLD]
-    return {"json": str(out), "ratios": ratios, "threshold": bench.THRESHOLD,
+    below = [k for k, v in ratios.items() if v < THRESHOLD]
+    return {"json": str(out), "ratios": ratios, "threshold": THRESHOLD,
             "below_threshold": below, "train_images_per_s": {
                 "diffexp": res["train"]["diffexp"], "bare": res["train"]["bare"]},
             "memory_peaks_mib": res["memory"]["peaks"]}
