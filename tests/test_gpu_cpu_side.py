@@ -213,7 +213,8 @@ def test_training_steps_read_nothing_back_to_the_host(tmp_path, fused_adam):
 
 def test_logger_reads_the_loss_once_per_logging_step(tmp_path, fused_adam):
     """With a logger, Lightning converts the logged step values to numbers every
-    ``log_every_n_steps`` steps: at most one read per logging step, never one per step."""
+    ``log_every_n_steps`` steps: at most two reads per logging step (the loss and the gradient
+    norm; the EMA decay is a host number), never one per step."""
     counts = []
     for n in (3, 13):
         counts.append(_count_host_reads(
@@ -221,7 +222,7 @@ def test_logger_reads_the_loss_once_per_logging_step(tmp_path, fused_adam):
                                    "trainer.log_every_n_steps=2"), tmp_path / f"n{n}"))
     extra = sum(counts[1].values()) - sum(counts[0].values())
     logging_steps = 12 // 2 - 2 // 2  # logging steps among steps 2..N, N=13 minus N=3
-    assert 0 <= extra <= logging_steps, (extra, _growth(*counts))
+    assert 0 <= extra <= 2 * logging_steps, (extra, _growth(*counts))
 
 
 def test_loss_still_on_the_progress_bar_when_there_is_one(tmp_path):

@@ -30,7 +30,8 @@ STEPS_PER_EPOCH, EPOCHS = 4, 2  # 32 training images (48 - 16 held out) in batch
 ARGS = ["data=synthetic", "data.subset=48", "data.val_size=16", "train.batch_size=8",
         f"train.epochs={EPOCHS}", "train.sample_every_n_epochs=0", "train.n_sample_images=2",
         "sampler.steps=1", "train.eval_at_end=false", "train.checkpoint_every_minutes=null",
-        "trainer.limit_val_batches=1", "logger=none", *TINY_MODEL]
+        "trainer.limit_val_batches=1", "logger=none", "callbacks.checkpoints.every_k_epochs=1",
+        *TINY_MODEL]
 TOTAL = STEPS_PER_EPOCH * EPOCHS
 
 

@@ -67,7 +67,8 @@ def test_train_writes_run_folder_and_resumes(tmp_path):
                 trainer.should_stop = True
 
     c = _quick_cfg(tmp_path, "objective=karras", "schedule=karras", "sampler=euler",
-                   "train.epochs=4", "trainer.limit_train_batches=3")
+                   "train.epochs=4", "trainer.limit_train_batches=3",
+                   "callbacks.checkpoints.every_k_epochs=1")
     run = tmp_path / "run"
     s = train(c, run, callbacks=[StopAfter()])
     assert s["global_step"] == 6 and s["epochs"] == 2

@@ -771,10 +771,10 @@ def validate_train_config(cfg: DictConfig) -> dict:
     out["logger"] = validate_logger(cfg.logger)
     out["callbacks"] = validate_callbacks(cfg.callbacks)
     out["optimized_metric"] = validate_optimized_metric(cfg.get("optimized_metric"))
+    out["train"] = validate_train(cfg.train)
     if out["optimized_metric"] in ("fid", "kid_mean") and out["train"]["eval_at_end"] is False:
         raise ConfigError(f"optimized_metric={out['optimized_metric']} is a number of the "
                           f"end-of-run evaluation: set train.eval_at_end=true (or auto)")
-    out["train"] = validate_train(cfg.train)
     out["noise_level"] = validate_noise_level(cfg.get("noise_level") or {})
     out["study"] = validate_study(cfg.get("study") or {})
     out["resume"] = validate_resume(cfg.get("resume"))

@@ -53,7 +53,8 @@ class EMA(nn.Module):
     @property
     def last_decay(self) -> float:
         """The decay the latest update used (the warm-up makes it smaller early on)."""
-        step = max(int(self.num_updates) - 1, 0)
+        # the host-side count (no device read); the buffer is only read once, at the first update
+        step = max((self._count if self._count is not None else int(self.num_updates)) - 1, 0)
         return min(self.decay, (1 + step) / (10 + step))
 
     def forward(self, *args, **kwargs):

@@ -300,7 +300,10 @@ class DiffusionModule(_DataModuleMixin):
         super().optimizer_step(*args, **kwargs)
         self.ema.update(self.net)
         if self._logging_step():
-            self.log("train/ema_decay", self.ema.last_decay, on_step=True, on_epoch=False)
+            # straight to the loggers: a host number, which self.log would turn into a device
+            # tensor read back at the logging step
+            for lg in self.loggers:
+                lg.log_metrics({"train/ema_decay": self.ema.last_decay}, step=self.global_step)
 
     # ------------------------------------------------------------------ sampling
     def denoiser(self, use_ema: bool = True, record: list | None = None, clip: bool = False):

@@ -529,7 +529,7 @@ def _wandb_mode(mode: str = "auto") -> str:
     (``WANDB_API_KEY`` or a netrc entry), else "offline"."""
     if mode != "auto":
         return mode
-    from .common import _wandb_logged_in
+    from ..runs.env import _wandb_logged_in
 
     return os.environ.get("WANDB_MODE") or ("online" if _wandb_logged_in() else "offline")
 
