@@ -18,7 +18,7 @@ from diffexp.cli.config import CONF_DIR, ConfigError, validate_train_config
 from diffexp.cli.eval import summary_metrics, validate_eval_config
 from diffexp.cli.report import cells, collect, write_report
 from diffexp.cli.train import train
-from diffexp.evaluation import mean_per_step, summarize_seeds
+from diffexp.evaluation import mean_per_step, proxy_log_dict, summarize_seeds
 
 from .helpers import TINY_MODEL, compose_train
 
@@ -147,3 +147,9 @@ def test_summary_metrics_of_one_seed_has_no_std():
     flat = summary_metrics(result)
     assert flat["eval/recall"] == 0.5 and flat["eval/class_hist/a"] == 3
     assert not any(k.endswith("_seed_std") for k in flat) and flat["eval/n_seeds"] == 1
+
+
+def test_proxy_log_dict_carries_precision_and_recall():
+    m = {"fid": 12.0, "kid_mean": 0.1, "kid_std": 0.01, "precision": 0.6, "recall": 0.4}
+    assert proxy_log_dict(m) == {"val/fid": 12.0, "val/kid": 0.1, "val/precision": 0.6,
+                                 "val/recall": 0.4}

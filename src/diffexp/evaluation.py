@@ -25,7 +25,7 @@ from .viz import image_table, noise_level_figure
 
 __all__ = ["REFERENCE_KEY", "SCALAR_METRICS", "reference_images", "reference_labels",
            "floor_images", "make_evaluator", "evaluate_samples", "scalar_scores", "summarize_seeds",
-           "mean_per_step", "per_step_figure", "class_grid_figure", "diagnostics"]
+           "proxy_log_dict", "mean_per_step", "per_step_figure", "class_grid_figure", "diagnostics"]
 
 #: the per-image-set numbers that are averaged over sampling seeds (and in the per-step curve)
 SCALAR_METRICS = ("fid", "kid_mean", "kid_std", "precision", "recall", "density", "coverage",
@@ -130,6 +130,13 @@ def evaluate_samples(module: DiffusionModule, evaluator: Evaluator, sampler_cfg:
             s = evaluator.score(torch.cat(steps_u8[i]))
             rows.append({"step": i + 1, "sigma": step_sigma[i], "n": s["n"], **scalar_scores(s)})
     return metrics, u8, rows
+
+
+def proxy_log_dict(metrics: dict) -> dict:
+    """What the in-training proxy (``train.fid_every_n_epochs``) logs from an
+    :func:`evaluate_samples` result: ``val/fid``, ``val/kid``, ``val/precision``, ``val/recall``."""
+    return {"val/fid": metrics["fid"], "val/kid": metrics["kid_mean"],
+            "val/precision": metrics["precision"], "val/recall": metrics["recall"]}
 
 
 def mean_per_step(rows: list[dict]) -> list[dict]:
