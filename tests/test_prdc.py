@@ -231,3 +231,20 @@ def test_classifier_head_on_features_equals_the_classifier(fmnist, evaluator):
     assert torch.allclose(evaluator.logits(x, feats), evaluator.logits(x), atol=1e-5)
     labels, conf = evaluator.predict(x)
     assert labels.shape == (64,) and bool(((conf > 0.1) & (conf <= 1)).all())
+
+
+def test_too_few_images_for_k_leave_the_manifold_metrics_null(fmnist, evaluator, capsys):
+    # a valid training config may score 2 or 3 images (eval.n_samples >= 2): the k-NN numbers are
+    # undefined there, so they are null and a notice says so; FID/KID are still reported
+    s = evaluator.score(fmnist[2][:3])
+    assert all(s[k] is None for k in ("precision", "recall", "density", "coverage"))
+    assert s["k"] == 3 and s["n"] == 3 and s["fid"] > 0 and sum(s["class_hist"]) == 3
+    assert "need more than k=3 images (got 3); left out (null)" in capsys.readouterr().err
+    assert evaluator.score(fmnist[2][:4])["precision"] is not None
+
+
+def test_evaluator_refuses_a_bad_k(fmnist, tmp_path):
+    with pytest.raises(ValueError, match=r"eval.prdc_k must be an int >= 1 \(got 0\)"):
+        Evaluator(fmnist[0][:20], cache_dir=tmp_path, prdc_k=0)
+    with pytest.raises(ValueError, match=r"eval.prdc_k=20 needs more than 20 reference images"):
+        Evaluator(fmnist[0][:20], cache_dir=tmp_path, prdc_k=20)

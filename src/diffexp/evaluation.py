@@ -135,8 +135,9 @@ def evaluate_samples(module: DiffusionModule, evaluator: Evaluator, sampler_cfg:
 def proxy_log_dict(metrics: dict) -> dict:
     """What the in-training proxy (``train.fid_every_n_epochs``) logs from an
     :func:`evaluate_samples` result: ``val/fid``, ``val/kid``, ``val/precision``, ``val/recall``."""
-    return {"val/fid": metrics["fid"], "val/kid": metrics["kid_mean"],
-            "val/precision": metrics["precision"], "val/recall": metrics["recall"]}
+    logged = {"val/fid": metrics["fid"], "val/kid": metrics["kid_mean"],
+              "val/precision": metrics.get("precision"), "val/recall": metrics.get("recall")}
+    return {k: v for k, v in logged.items() if v is not None}  # null below k+1 samples
 
 
 def mean_per_step(rows: list[dict]) -> list[dict]:
@@ -150,8 +151,9 @@ def mean_per_step(rows: list[dict]) -> list[dict]:
         rs = by_step[step]
         row = {"step": step, "sigma": rs[0]["sigma"], "n_seeds": len(rs)}
         for k in SCALAR_METRICS:
-            if k in rs[0]:
-                row[k], row[f"{k}_seed_std"] = _mean_std([float(r[k]) for r in rs])
+            vals = [float(r[k]) for r in rs if r.get(k) is not None]
+            if vals:
+                row[k], row[f"{k}_seed_std"] = _mean_std(vals)
         out.append(row)
     return out
 

@@ -213,7 +213,7 @@ def run_eval(c: dict, run_dir: str | Path) -> dict:
     info = feature_net_info() if e["features"] == "fashion" else {}
     ref_hist = evaluator.reference_class_hist
     result = {
-        **{k: mean[k] for k in SCALAR_METRICS},
+        **{k: mean.get(k) for k in SCALAR_METRICS},  # None: undefined at this n (k-NN)
         "n": n,
         "nfe": metrics["nfe"],
         "k": e["prdc_k"],
@@ -289,6 +289,8 @@ def _seed_record(seed: int, metrics: dict, floor: dict | None) -> dict:
 
 
 def _pm(result: dict, key: str, fmt: str) -> str:
+    if result.get(key) is None:
+        return "n/a"
     std = (result.get("seed_std") or {}).get(key)
     return format(result[key], fmt) + (f" ± {format(std, fmt)}" if std is not None else "")
 
@@ -316,18 +318,19 @@ def summary_metrics(result: dict) -> dict:
     """The flat ``eval/...`` dict logged for one evaluation: every :data:`LOGGED` number, its std
     over seeds as ``eval/<name>_seed_std`` where several seeds ran, the floor's as
     ``eval/floor_<name>``, and the class histogram as ``eval/class_hist/<class>``."""
-    flat = {f"eval/{k}": result[k] for k in LOGGED}
+    flat = {f"eval/{k}": result.get(k) for k in LOGGED}
     for k, v in (result.get("seed_std") or {}).items():
-        if k in LOGGED and v is not None:
+        if k in LOGGED:
             flat[f"eval/{k}_seed_std"] = v
     fl = result.get("floor")
     if fl:
-        flat.update({f"eval/floor_{k}": fl[k] for k in ("fid", "kid_mean", "precision", "recall",
-                                                         "density", "coverage", "class_tv")})
+        flat.update({f"eval/floor_{k}": fl.get(k) for k in ("fid", "kid_mean", "precision",
+                                                             "recall", "density", "coverage",
+                                                             "class_tv")})
     for name, count in zip(result["class_names"], result["class_hist"]):
         flat[f"eval/class_hist/{name}"] = count
     flat["eval/n_seeds"] = len(result["seeds"])
-    return flat
+    return {k: v for k, v in flat.items() if v is not None}  # k-NN metrics are null below k+1
 
 
 def _log(c: dict, run_dir: Path, result: dict) -> None:

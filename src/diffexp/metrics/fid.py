@@ -37,6 +37,7 @@ from .prdc import DEFAULT_K, knn_radii_squared, manifold_scores, validate_k
 __all__ = ["Evaluator", "frechet_distance", "default_cache_dir", "extract_features"]
 
 CACHE_VERSION = 1
+MANIFOLD_KEYS = ("precision", "recall", "density", "coverage")
 
 
 def default_cache_dir() -> Path:
@@ -238,9 +239,6 @@ class Evaluator:
         n = len(feats)
         if n < 2:
             raise ValueError(f"FID/KID need at least 2 images (got {n})")
-        if self.prdc_k >= n:
-            raise ValueError(f"eval.prdc_k={self.prdc_k} needs more than {self.prdc_k} "
-                             f"generated images (got {n})")
         self._fid.reset()  # keeps the reference statistics (reset_real_features=False)
         self._fid.update(feats, real=False)
         fid = float(self._fid.compute())
@@ -256,8 +254,15 @@ class Evaluator:
             torch.manual_seed(self.kid_seed)
             kid_mean, kid_std = kid.compute()
         out = {"fid": fid, "kid_mean": float(kid_mean), "kid_std": float(kid_std), "n": n}
-        out.update(manifold_scores(self.ref_features, feats, self.prdc_k,
-                                   real_radii2=self.reference_radii2()).as_dict())
+        if n > self.prdc_k:
+            out.update(manifold_scores(self.ref_features, feats, self.prdc_k,
+                                       real_radii2=self.reference_radii2()).as_dict())
+        else:
+            # a k-th neighbour within the set does not exist: the numbers are undefined, so they
+            # are null (and said so), while FID/KID of such a tiny set still are reported
+            print(f"[diffexp] precision/recall/density/coverage need more than k={self.prdc_k} "
+                  f"images (got {n}); left out (null)", file=sys.stderr)
+            out.update({k: None for k in MANIFOLD_KEYS}, k=self.prdc_k)
         if logits is not None:
             out.update(class_balance(logits, self.reference_class_hist))
         return out
