@@ -143,9 +143,10 @@ def test_eval_with_seeds_end_to_end(tiny_ckpt, tmp_path, data_root):
 def test_summary_metrics_of_one_seed_has_no_std():
     result = {k: 0.5 for k in ("fid", "kid_mean", "kid_std", *NEW, "nfe", "images_per_s",
                                "wall_time_s")}
-    result.update(seed_std=None, floor=None, class_names=["a", "b"], class_hist=[3, 1], seeds=[0])
+    result.update(seed_std=None, floor=None, class_names=["T-shirt/top", "b"], class_hist=[3, 1],
+                  seeds=[0])
     flat = summary_metrics(result)
-    assert flat["eval/recall"] == 0.5 and flat["eval/class_hist/a"] == 3
+    assert flat["eval/recall"] == 0.5 and flat["eval/class_hist/T-shirt_top"] == 3
     assert not any(k.endswith("_seed_std") for k in flat) and flat["eval/n_seeds"] == 1
 
 

@@ -317,7 +317,7 @@ LOGGED = ("fid", "kid_mean", "kid_std", "precision", "recall", "density", "cover
 def summary_metrics(result: dict) -> dict:
     """The flat ``eval/...`` dict logged for one evaluation: every :data:`LOGGED` number, its std
     over seeds as ``eval/<name>_seed_std`` where several seeds ran, the floor's as
-    ``eval/floor_<name>``, and the class histogram as ``eval/class_hist/<class>``."""
+    ``eval/floor_<name>``, and the class histogram as ``eval/class_hist/<class>`` (mean counts)."""
     flat = {f"eval/{k}": result.get(k) for k in LOGGED}
     for k, v in (result.get("seed_std") or {}).items():
         if k in LOGGED:
@@ -328,7 +328,7 @@ def summary_metrics(result: dict) -> dict:
                                                              "recall", "density", "coverage",
                                                              "class_tv")})
     for name, count in zip(result["class_names"], result["class_hist"]):
-        flat[f"eval/class_hist/{name}"] = count
+        flat[f"eval/class_hist/{name.replace('/', '_')}"] = count  # "T-shirt/top": one key
     flat["eval/n_seeds"] = len(result["seeds"])
     return {k: v for k, v in flat.items() if v is not None}  # k-NN metrics are null below k+1
 
