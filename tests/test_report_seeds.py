@@ -139,6 +139,7 @@ def test_report_shows_new_metrics_and_marks_against_the_baseline(sweep):
     assert "(>2SE)" in entry(row_c, "fid") and "(>2SE)" not in entry(row_c, "recall")
     # per-job table: mean ± std over the job's seeds
     assert "20.5 ± 0.01" not in md and "0.51 ± 0.01" in md
+    assert files["precision_recall"].is_file()
     csv_head = files["csv"].read_text().splitlines()[0].split(",")
     assert {"precision", "recall", "n_seeds", "fid_seed_std", "recall_seed_std"} <= set(csv_head)
 

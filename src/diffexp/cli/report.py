@@ -28,7 +28,9 @@ Writes into DIR (or ``--out``):
   further axes become facets, one panel per combination of their values;
 - ``fid_vs_<key>.png`` for every axis with two or more values: FID against that key (numeric or
   categorical), one line per combination of the other axes, error bars over seeds;
-- ``fid_vs_nfe.png`` (one line per sampler) when the jobs are evaluations.
+- ``fid_vs_nfe.png`` (one line per sampler) when the jobs are evaluations;
+- ``precision_recall.png`` when the jobs have precision and recall: one point per cell (± std over
+  seeds) and the real-vs-real floor.
 
 Numeric values are ordered numerically; categorical ones keep the order in which they first appear
 in the jobs. ``--wandb`` also logs a summary run (:func:`log_to_wandb`): the cell table, the plots
@@ -543,7 +545,7 @@ def _plots(ok: list[dict], swept: list[str], out: Path, cell_rows: list[dict], a
         ax.set_ylabel("FID")
         ax.legend(fontsize=7)
         files["fid_vs_nfe"] = save_figure(fig, out / "fid_vs_nfe.png")
-    seeds = "seed" in swept
+    seeds = "seed" in swept or any(c["n_seeds"] > 1 for c in cell_rows)  # or eval.seeds
     if hm is not None and cell_rows:
         fig = _heatmap_figure(plt, cell_rows, *hm, seeds)
         if fig is not None:
@@ -553,7 +555,35 @@ def _plots(ok: list[dict], swept: list[str], out: Path, cell_rows: list[dict], a
         if fig is not None:
             safe = key.replace("/", "_")
             files[f"fid_vs_{safe}"] = save_figure(fig, out / f"fid_vs_{safe}.png")
+    fig = _precision_recall_figure(plt, cell_rows, axes)
+    if fig is not None:
+        files["precision_recall"] = save_figure(fig, out / "precision_recall.png")
     return files
+
+
+def _precision_recall_figure(plt, cell_rows, axes):
+    """Recall (diversity) against precision (fidelity), one point per cell with its std over seeds
+    as error bars, and the real-vs-real floor: FID's two ingredients pulled apart."""
+    pts = [c for c in cell_rows if c.get("precision") is not None and c.get("recall") is not None]
+    if not pts:
+        return None
+    fig, ax = plt.subplots(figsize=(5.6, 4.6))
+    for c in pts:
+        label = " ".join(f"{k}={c['overrides'][k]}" for k in axes) or c["jobs"][0]
+        ax.errorbar(c["recall"], c["precision"], xerr=c.get("recall_std"),
+                    yerr=c.get("precision_std"), fmt="o", capsize=3, label=label)
+    floors = [c for c in pts if c.get("floor_precision") is not None
+              and c.get("floor_recall") is not None]
+    if floors:
+        ax.plot([sum(c["floor_recall"] for c in floors) / len(floors)],
+                [sum(c["floor_precision"] for c in floors) / len(floors)], "k*", ms=12,
+                label="real-vs-real floor")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("recall (diversity)")
+    ax.set_ylabel("precision (fidelity)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return fig
 
 
 def _heatmap_figure(plt, cell_rows, x, y, facet_keys, seeds):
@@ -697,7 +727,8 @@ def log_to_wandb(root: str | Path, files: dict[str, Path], rows: list[dict], swe
                              "jobs": len(rows), "failed": sum(r["status"] == "failed" for r in rows)})
     payload = {"cells": table}
     for name, path in files.items():
-        if (name == "heatmap" or name.startswith("fid_vs_")) and Path(path).is_file():
+        if ((name in ("heatmap", "precision_recall") or name.startswith("fid_vs_"))
+                and Path(path).is_file()):
             payload[name] = wandb.Image(str(path))
     run.log(payload)
     finite = [c for c in cell_rows if math.isfinite(c["fid"])]
