@@ -1,4 +1,5 @@
-"""Evaluation of a trained module: FID/KID with the floor, per-step curves, diagnostics.
+"""Evaluation of a trained module: FID/KID, precision/recall, density/coverage and class balance
+with the floor, several sampling seeds summarised as mean ± std, per-step curves, diagnostics.
 
 Protocol (pinned; every metrics.json says which): features of the shipped Fashion-MNIST classifier
 (``eval.features=fashion``), reference = the 10,000-image test split, generated images decoded to
@@ -10,19 +11,25 @@ No Hydra here; :mod:`diffexp.cli.eval` is the command line.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 
 import torch
 from torch import Tensor
 
 from . import sampling
-from .data import decode, load_fashion_mnist, to_uint8
-from .metrics import Evaluator
+from .data import CLASSES, decode, load_fashion_mnist, to_uint8
+from .metrics import DEFAULT_K, Evaluator
 from .module import DiffusionModule
 from .viz import image_table, noise_level_figure
 
-__all__ = ["REFERENCE_KEY", "reference_images", "floor_images", "make_evaluator",
-           "evaluate_samples", "per_step_figure", "diagnostics"]
+__all__ = ["REFERENCE_KEY", "SCALAR_METRICS", "reference_images", "reference_labels",
+           "floor_images", "make_evaluator", "evaluate_samples", "scalar_scores", "summarize_seeds",
+           "proxy_log_dict", "mean_per_step", "per_step_figure", "class_grid_figure", "diagnostics"]
+
+#: the per-image-set numbers that are averaged over sampling seeds (and in the per-step curve)
+SCALAR_METRICS = ("fid", "kid_mean", "kid_std", "precision", "recall", "density", "coverage",
+                  "class_tv", "class_confidence")
 
 #: how images reach the feature net: raw test split, uint8, 28x28, one channel
 REFERENCE_KEY = "fashion_mnist:test:uint8:1x28x28"
@@ -33,6 +40,12 @@ def reference_images(data_root=None) -> Tensor:
     return x.unsqueeze(1)
 
 
+def reference_labels(data_root=None) -> Tensor:
+    """The test split's labels: their histogram is the class balance a generator should match."""
+    _, y = load_fashion_mnist(data_root, train=False, download=True)
+    return y
+
+
 def floor_images(n: int, data_root=None, seed: int = 0) -> Tensor:
     """``n`` training images (uint8 [n, 1, 28, 28]) drawn by a permutation seeded with ``seed``."""
     x, _ = load_fashion_mnist(data_root, train=True, download=True)
@@ -41,10 +54,40 @@ def floor_images(n: int, data_root=None, seed: int = 0) -> Tensor:
 
 
 def make_evaluator(data_root=None, *, device="cpu", features="fashion", kid_subset_size=1000,
-                   kid_subsets=100) -> Evaluator:
+                   kid_subsets=100, prdc_k: int = DEFAULT_K) -> Evaluator:
     return Evaluator(reference_images(data_root), device=device, features=features,
                      cache_key_extra=REFERENCE_KEY, kid_subset_size=kid_subset_size,
-                     kid_subsets=kid_subsets)
+                     kid_subsets=kid_subsets, prdc_k=prdc_k,
+                     reference_labels=reference_labels(data_root))
+
+
+def scalar_scores(scores: dict) -> dict:
+    """The :data:`SCALAR_METRICS` of an Evaluator score (those it has)."""
+    return {k: scores[k] for k in SCALAR_METRICS if k in scores}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample std (ddof=1; None for a single value)."""
+    mean = sum(values) / len(values)
+    return mean, (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def summarize_seeds(per_seed: list[dict]) -> tuple[dict, dict | None]:
+    """``(mean, std)`` over seeds of every number the per-seed dicts share, lists (the class
+    histogram) element by element; ``std`` is the sample std (ddof=1), None for a single seed."""
+    if not per_seed:
+        raise ValueError("summarize_seeds needs at least one seed's scores")
+    mean, std = {}, {}
+    for key, first in per_seed[0].items():
+        vals = [d.get(key) for d in per_seed]
+        if isinstance(first, bool) or key in ("seed", "n", "k"):
+            continue
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+            mean[key], std[key] = _mean_std([float(v) for v in vals])
+        elif all(isinstance(v, list) and len(v) == len(first) for v in vals):
+            cols = [_mean_std([float(v[i]) for v in vals]) for i in range(len(first))]
+            mean[key], std[key] = [m for m, _ in cols], [s for _, s in cols]
+    return mean, (std if len(per_seed) > 1 else None)
 
 
 def _sync(device) -> None:
@@ -85,28 +128,84 @@ def evaluate_samples(module: DiffusionModule, evaluator: Evaluator, sampler_cfg:
         rows = []
         for i in sorted(steps_u8):
             s = evaluator.score(torch.cat(steps_u8[i]))
-            rows.append({"step": i + 1, "sigma": step_sigma[i], **s})
+            rows.append({"step": i + 1, "sigma": step_sigma[i], "n": s["n"], **scalar_scores(s)})
     return metrics, u8, rows
 
 
+def proxy_log_dict(metrics: dict) -> dict:
+    """What the in-training proxy (``train.fid_every_n_epochs``) logs from an
+    :func:`evaluate_samples` result: ``val/fid``, ``val/kid``, ``val/precision``, ``val/recall``."""
+    logged = {"val/fid": metrics["fid"], "val/kid": metrics["kid_mean"],
+              "val/precision": metrics.get("precision"), "val/recall": metrics.get("recall")}
+    return {k: v for k, v in logged.items() if v is not None}  # null below k+1 samples
+
+
+def mean_per_step(rows: list[dict]) -> list[dict]:
+    """Per-step rows of several seeds (each with ``seed``) averaged per step: the mean of every
+    metric and its std over seeds as ``<metric>_seed_std`` (None with one seed)."""
+    by_step: dict[int, list[dict]] = {}
+    for r in rows:
+        by_step.setdefault(int(r["step"]), []).append(r)
+    out = []
+    for step in sorted(by_step):
+        rs = by_step[step]
+        row = {"step": step, "sigma": rs[0]["sigma"], "n_seeds": len(rs)}
+        for k in SCALAR_METRICS:
+            vals = [float(r[k]) for r in rs if r.get(k) is not None]
+            if vals:
+                row[k], row[f"{k}_seed_std"] = _mean_std(vals)
+        out.append(row)
+    return out
+
+
 def per_step_figure(rows: list[dict]):
+    """FID, KID and precision / recall of the x0 estimate after every sampling step: where in the
+    trajectory fidelity (precision) and diversity (recall) appear. ``rows`` may hold several
+    seeds (a ``seed`` key): then the mean is drawn with the std over seeds as error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
-    steps = [r["step"] for r in rows]
-    ax[0].plot(steps, [r["fid"] for r in rows], "o-")
+    mean = mean_per_step(rows)
+    steps = [r["step"] for r in mean]
+
+    def err(key):
+        return [r[f"{key}_seed_std"] or 0.0 for r in mean]
+
+    fig, ax = plt.subplots(1, 3, figsize=(13, 3.4))
+    ax[0].errorbar(steps, [r["fid"] for r in mean], yerr=err("fid"), fmt="o-")
     ax[0].set_yscale("log")
-    ax[0].set_xlabel("sampling step")
     ax[0].set_ylabel("FID of x0 estimate")
-    ax[1].errorbar(steps, [r["kid_mean"] for r in rows], yerr=[r["kid_std"] for r in rows],
-                   fmt="o-")
-    ax[1].set_xlabel("sampling step")
+    ax[1].errorbar(steps, [r["kid_mean"] for r in mean], yerr=err("kid_mean"), fmt="o-")
     ax[1].set_ylabel("KID of x0 estimate")
+    for key, label in (("precision", "precision (fidelity)"), ("recall", "recall (diversity)"),
+                       ("coverage", "coverage")):
+        if key in mean[0]:
+            ax[2].errorbar(steps, [r[key] for r in mean], yerr=err(key), fmt="o-", label=label)
+    ax[2].set_ylim(-0.02, 1.02)
+    ax[2].set_ylabel("of x0 estimate")
+    ax[2].legend(fontsize=7)
+    for a in ax:
+        a.set_xlabel("sampling step")
+    if mean[0]["n_seeds"] > 1:
+        fig.suptitle(f"mean ± std over {mean[0]['n_seeds']} sampling seeds", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def class_grid_figure(u8: Tensor, labels: Tensor, confidence: Tensor, per_class: int = 8,
+                      class_names=CLASSES):
+    """Generated images sorted by the classifier's predicted class: one row per class, its most
+    confident ``per_class`` images, the row named with the class and its count."""
+    rows, names = [], []
+    for c, name in enumerate(class_names):
+        idx = (labels == c).nonzero().flatten()
+        idx = idx[confidence[idx].argsort(descending=True)][:per_class]
+        rows.append(u8[idx])
+        names.append(f"{name}\n{int((labels == c).sum())} of {len(labels)}")
+    return image_table(rows, names, [], suptitle="samples by predicted class (most confident "
+                                                 "first)")
 
 
 @torch.no_grad()

@@ -9,8 +9,13 @@ an evaluation at the end keep it in ``eval/metrics.json`` inside their folder, o
 ``eval`` column.
 
 Rows that differ only in ``seed`` form one *cell* (:func:`cells`): the mean and sample std (ddof=1)
-over seeds of FID, KID and the floor, and the number of seeds. The other swept keys are the
-*axes* of the picture; ``seed`` never is one.
+over seeds of FID, KID, precision, recall, density, coverage, class TV, classifier confidence and
+the floor, and the number of seeds. A job evaluated with several ``eval.seeds`` brings each seed's
+values (``per_seed`` in its metrics.json), so both ways of sweeping the sampling seed, and their
+mix, give the same statistics. The other swept keys are the *axes* of the picture; ``seed`` never
+is one. ``--baseline SPEC`` picks one cell (``key=value,...`` over the axes, or a job folder) and
+adds a table of every other cell's differences from it, marking those larger than twice their
+combined standard error, ``2 sqrt(s1^2/n1 + s2^2/n2)``.
 
 Writes into DIR (or ``--out``):
 
@@ -23,7 +28,9 @@ Writes into DIR (or ``--out``):
   further axes become facets, one panel per combination of their values;
 - ``fid_vs_<key>.png`` for every axis with two or more values: FID against that key (numeric or
   categorical), one line per combination of the other axes, error bars over seeds;
-- ``fid_vs_nfe.png`` (one line per sampler) when the jobs are evaluations.
+- ``fid_vs_nfe.png`` (one line per sampler) when the jobs are evaluations;
+- ``precision_recall.png`` when the jobs have precision and recall: one point per cell (± std over
+  seeds) and the real-vs-real floor.
 
 Numeric values are ordered numerically; categorical ones keep the order in which they first appear
 in the jobs. ``--wandb`` also logs a summary run (:func:`log_to_wandb`): the cell table, the plots
@@ -46,12 +53,18 @@ import yaml
 
 __all__ = ["collect", "cells", "value_order", "heatmap_axes", "write_report", "log_to_wandb", "main"]
 
-COLUMNS = ["job", "status", "model", "fid", "kid_mean", "kid_std", "floor_fid", "floor_kid", "n",
-           "nfe", "sampler", "steps", "parameters", "epochs", "device", "final_train_loss",
-           "final_val_loss", "train_s", "eval_s", "wall_time_s", "error"]
+COLUMNS = ["job", "status", "model", "fid", "kid_mean", "kid_std", "floor_fid", "floor_kid",
+           "precision", "recall", "density", "coverage", "class_tv", "class_confidence",
+           "floor_precision", "floor_recall", "n_seeds", "n", "nfe", "sampler", "steps",
+           "parameters", "epochs", "device", "final_train_loss", "final_val_loss", "train_s",
+           "eval_s", "wall_time_s", "error"]
 
-#: the metrics averaged over the seeds of a cell
-CELL_METRICS = ("fid", "kid_mean", "floor_fid")
+#: the metrics averaged over the seeds of a cell (one that no job has stays out of the tables)
+CELL_METRICS = ("fid", "kid_mean", "floor_fid", "precision", "recall", "density", "coverage",
+                "class_tv", "class_confidence", "floor_precision", "floor_recall")
+#: metrics.json keys behind the floor_* metrics
+FLOOR_KEYS = {"floor_fid": "fid", "floor_kid": "kid_mean", "floor_precision": "precision",
+              "floor_recall": "recall"}
 
 
 def _read_json(path: Path) -> dict | None:
@@ -123,9 +136,10 @@ def collect(root: str | Path) -> tuple[list[dict], list[str]]:
             if metrics:
                 fl = metrics.get("floor") or {}
                 model = metrics.get("model") or {}
-                row.update(fid=metrics.get("fid"), kid_mean=metrics.get("kid_mean"),
-                           kid_std=metrics.get("kid_std"), floor_fid=fl.get("fid"),
-                           floor_kid=fl.get("kid_mean"), n=metrics.get("n"),
+                row.update({m: metrics.get(m) for m in CELL_METRICS if not m.startswith("floor")})
+                row.update({m: fl.get(k) for m, k in FLOOR_KEYS.items()})
+                row.update(_seed_stats(metrics))
+                row.update(kid_std=metrics.get("kid_std"), n=metrics.get("n"),
                            nfe=metrics.get("nfe"), sampler=metrics.get("sampler_name"),
                            steps=metrics.get("steps"), parameters=model.get("parameters"),
                            epochs=model.get("epochs"), device=metrics.get("device"),
@@ -152,6 +166,25 @@ def collect(root: str | Path) -> tuple[list[dict], list[str]]:
     keys = sorted({k for r in rows for k in r["overrides"]})
     swept = [k for k in keys if len({r["overrides"].get(k) for r in rows}) > 1]
     return rows, swept
+
+
+def _seed_stats(metrics: dict) -> dict:
+    """A job's per-seed values of every cell metric (``seed_values``), the std over its
+    ``eval.seeds`` (``<metric>_seed_std``) and ``n_seeds`` (None for a single seed)."""
+    per_seed = metrics.get("per_seed") or []
+    if len(per_seed) < 2:
+        return {}
+    values = {}
+    for m in CELL_METRICS:
+        src = [(ps.get("floor") or {}) if m in FLOOR_KEYS else ps for ps in per_seed]
+        key = FLOOR_KEYS.get(m, m)
+        vals = [d.get(key) for d in src if d.get(key) is not None]
+        if vals:
+            values[m] = vals
+    out = {"seed_values": values, "n_seeds": len(per_seed),
+           "eval_seeds": [str(ps.get("seed", "")) for ps in per_seed]}
+    out.update({f"{m}_seed_std": _mean_std(v)[1] for m, v in values.items()})
+    return out
 
 
 def _fmt(v) -> str:
@@ -213,9 +246,11 @@ def cells(rows: list[dict], swept: list[str]) -> tuple[list[dict], list[str]]:
 
     Returns ``(cell_rows, axes)``. ``axes`` are the swept keys other than ``seed``, in ``swept``'s
     order. Each cell row has ``overrides`` (axis -> value, ``""`` where a row lacks the key), the
-    mean over its rows of ``fid``, ``kid_mean`` and ``floor_fid``, their sample std (ddof=1) as
-    ``fid_std``, ``kid_mean_std``, ``floor_fid_std`` (None with a single seed), ``n_seeds``,
-    ``seeds`` and ``jobs``. Cells are ordered by their axis values (see :func:`value_order`)."""
+    mean over its seeds of every :data:`CELL_METRICS` entry (``fid``, ``kid_mean``, ``floor_fid``,
+    ``precision``, ...; None where no row has it), their sample std (ddof=1) as ``fid_std``,
+    ``kid_mean_std``, ... (None with a single seed), the number of values as ``fid_n``, ...,
+    ``n_seeds``, ``seeds`` and ``jobs``. A row evaluated with several ``eval.seeds`` adds each
+    seed's value. Cells are ordered by their axis values (see :func:`value_order`)."""
     axes = [k for k in swept if k != "seed"]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -224,10 +259,14 @@ def cells(rows: list[dict], swept: list[str]) -> tuple[list[dict], list[str]]:
         groups.setdefault(tuple(r["overrides"].get(k, "") for k in axes), []).append(r)
     out = []
     for key, rs in groups.items():
-        cell = {"overrides": dict(zip(axes, key)), "n_seeds": len(rs),
-                "seeds": [r["overrides"].get("seed", "") for r in rs], "jobs": [r["job"] for r in rs]}
+        seeds = [s for r in rs for s in (r.get("eval_seeds") or [r["overrides"].get("seed", "")])]
+        cell = {"overrides": dict(zip(axes, key)), "n_seeds": len(seeds), "seeds": seeds,
+                "jobs": [r["job"] for r in rs]}
         for m in CELL_METRICS:
-            cell[m], cell[f"{m}_std"] = _mean_std(r.get(m) for r in rs)
+            # a job with several eval.seeds adds each seed's value, one without its own value
+            vals = [v for r in rs for v in (r.get("seed_values") or {}).get(m, [r.get(m)])]
+            cell[m], cell[f"{m}_std"] = _mean_std(vals)
+            cell[f"{m}_n"] = sum(_float(v) is not None for v in vals)
         out.append(cell)
     orders = {k: value_order(c["overrides"][k] for c in out) for k in axes}
     out.sort(key=lambda c: tuple(orders[k].index(c["overrides"][k]) for k in axes))
@@ -295,15 +334,24 @@ def _pivot_md(cell_rows: list[dict], x: str, y: str, facet_keys: list[str], seed
     return lines
 
 
-def _cells_md(cell_rows: list[dict], axes: list[str], seeds: bool) -> list[str]:
+def _shown_metrics(cell_rows: list[dict]) -> list[str]:
+    """The cell metrics that at least one cell has (old metrics.json files lack precision etc.)."""
+    return [m for m in CELL_METRICS if any(c.get(m) is not None for c in cell_rows)]
+
+
+def _cells_md(cell_rows: list[dict], axes: list[str], seeds: bool,
+              baseline: dict | None = None) -> list[str]:
     lines = ["", "## Cells", ""]
     lines.append("Rows that differ only in seed form one cell: mean ± sample std (ddof=1) over its "
                  "seeds." if seeds else "One cell per combination of the swept keys.")
-    heads = axes + ["fid", "kid_mean", "floor_fid"] + (["n_seeds"] if seeds else [])
+    metrics = _shown_metrics(cell_rows)
+    heads = axes + metrics + (["n_seeds"] if seeds else [])
     lines += ["", "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for c in cell_rows:
         vals = [_md(c["overrides"][k]) for k in axes]
-        vals += [_pm(c[m], c[f"{m}_std"]) for m in CELL_METRICS]
+        if c is baseline and vals:
+            vals[0] += " (baseline)"
+        vals += [_pm(c[m], c[f"{m}_std"]) for m in metrics]
         vals += [str(c["n_seeds"])] if seeds else []
         lines.append("| " + " | ".join(vals) + " |")
     best = min((c for c in cell_rows if not math.isnan(c["fid"])), key=lambda c: c["fid"], default=None)
@@ -315,14 +363,83 @@ def _cells_md(cell_rows: list[dict], axes: list[str], seeds: bool) -> list[str]:
     return lines
 
 
+def find_baseline(cell_rows: list[dict], axes: list[str], spec: str) -> dict:
+    """The one cell that ``spec`` names: ``key=value[,key=value...]`` over the axes, or the name
+    of a job folder in it. ValueError (one line, with the choices) when none or several match."""
+    def label(c):
+        return ",".join(f"{k}={c['overrides'][k]}" for k in axes) or c["jobs"][0]
+
+    choices = "; ".join(label(c) for c in cell_rows) or "none"
+    by_job = [c for c in cell_rows if spec in c["jobs"]]  # job folders have "=" in their names
+    if by_job:
+        return by_job[0]
+    if "=" in spec:
+        want = dict(part.split("=", 1) for part in spec.split(",") if part)
+        unknown = [k for k in want if k not in axes]
+        if unknown:
+            raise ValueError(f"--baseline {spec}: {unknown[0]} is not a swept key other than "
+                             f"seed (axes: {', '.join(axes) or 'none'})")
+        found = [c for c in cell_rows if all(c["overrides"][k] == v for k, v in want.items())]
+    else:
+        found = []
+    if len(found) != 1:
+        how = "matches no cell" if not found else f"matches {len(found)} cells"
+        raise ValueError(f"--baseline {spec} {how}; cells: {choices}")
+    return found[0]
+
+
+def difference(cell: dict, base: dict, metric: str) -> dict | None:
+    """``cell - base`` in ``metric``, its standard error ``sqrt(s1^2/n1 + s2^2/n2)`` (the std of a
+    difference of two independent means) and whether ``|diff| > 2 SE``; SE is None unless both
+    sides have a std over at least two seeds. None where either side lacks the metric."""
+    if cell.get(metric) is None or base.get(metric) is None:
+        return None
+    diff = cell[metric] - base[metric]
+    s1, s2 = cell.get(f"{metric}_std"), base.get(f"{metric}_std")
+    n1, n2 = cell.get(f"{metric}_n", 0), base.get(f"{metric}_n", 0)
+    if s1 is None or s2 is None or n1 < 2 or n2 < 2:
+        return {"diff": diff, "se": None, "significant": None}
+    se = math.sqrt(s1 * s1 / n1 + s2 * s2 / n2)
+    return {"diff": diff, "se": se, "significant": abs(diff) > 2 * se}
+
+
+def _signed(v: float) -> str:
+    return ("+" if v >= 0 else "") + _fmt(v)
+
+
+def _baseline_md(cell_rows: list[dict], axes: list[str], base: dict, spec: str) -> list[str]:
+    metrics = _shown_metrics(cell_rows)
+    lines = ["", "## Against the baseline", "",
+             f"Baseline: {_md(spec)}. Each entry is cell − baseline ± its standard error "
+             "sqrt(s1²/n1 + s2²/n2) over seeds; bold and marked (>2SE) where the difference exceeds "
+             "twice its standard error; no ± where a side has fewer than two seeds (no test).",
+             "", "| " + " | ".join(axes + metrics) + " |", "|" + "---|" * (len(axes) + len(metrics))]
+    for c in cell_rows:
+        if c is base:
+            continue
+        vals = [_md(c["overrides"][k]) for k in axes]
+        for m in metrics:
+            d = difference(c, base, m)
+            if d is None:
+                vals.append("")
+            elif d["se"] is None:
+                vals.append(_signed(d["diff"]))
+            else:
+                text = f"{_signed(d['diff'])} ± {_fmt(d['se'])}"
+                vals.append(f"**{text}** (>2SE)" if d["significant"] else text)
+        lines.append("| " + " | ".join(vals) + " |")
+    return lines
+
+
 def write_report(root: str | Path, out: str | Path | None = None, *, x: str | None = None,
-                 y: str | None = None) -> dict[str, Path]:
+                 y: str | None = None, baseline: str | None = None) -> dict[str, Path]:
     """Write report.md, report.csv and the plots of the jobs under ``root`` into ``out`` (default
-    ``root``); ``x``/``y`` choose the heatmap's axes. Returns {name: path}."""
-    return _write_report(root, out, x, y)[0]
+    ``root``); ``x``/``y`` choose the heatmap's axes, ``baseline`` (see :func:`find_baseline`)
+    the cell the others are compared with. Returns {name: path}."""
+    return _write_report(root, out, x, y, baseline)[0]
 
 
-def _write_report(root, out, x, y) -> tuple[dict[str, Path], list[dict], list[str]]:
+def _write_report(root, out, x, y, baseline=None) -> tuple[dict[str, Path], list[dict], list[str]]:
     root = Path(root)
     out = Path(out) if out else root
     rows, swept = collect(root)
@@ -331,7 +448,8 @@ def _write_report(root, out, x, y) -> tuple[dict[str, Path], list[dict], list[st
                          f".hydra/overrides.yaml)")
     cell_rows, axes = cells(rows, swept)
     hm = heatmap_axes(cell_rows, axes, x, y)  # before writing anything: a bad --x/--y stops here
-    seeds = "seed" in swept
+    base = find_baseline(cell_rows, axes, baseline) if baseline else None  # likewise
+    seeds = "seed" in swept or any((r.get("n_seeds") or 1) > 1 for r in rows)
     out.mkdir(parents=True, exist_ok=True)
     mcol = "model_status" if "model" in swept else "model"  # a `model=` override is a column too
 
@@ -340,10 +458,20 @@ def _write_report(root, out, x, y) -> tuple[dict[str, Path], list[dict], list[st
             return r["overrides"].get(c, "")
         return r.get("model") if c == mcol else r.get(c)
 
+    def shown(r, c):
+        """The per-job table's text: ± the std over a job's eval.seeds where it has several."""
+        if c == "kid_mean" and r.get("kid_std") is not None and r.get("kid_mean_seed_std") is None:
+            return f"{_fmt(r['kid_mean'])} ± {_fmt(r['kid_std'])}"
+        if r.get(f"{c}_seed_std") is not None and c not in swept:
+            return _pm(r.get(c), r[f"{c}_seed_std"])
+        return value(r, c)
+
     cols = ["job", "status"] + [c for c in swept if c not in ("job", "status")] + [
         c for c in (mcol if c == "model" else c for c in COLUMNS) if c not in swept
         and c not in ("job", "status") and any(value(r, c) is not None for r in rows)]
-    csv_cols = cols + (["model_dir"] if any(r.get("model_dir") for r in rows) else [])
+    seed_std_cols = [f"{m}_seed_std" for m in CELL_METRICS
+                     if any(r.get(f"{m}_seed_std") is not None for r in rows)]
+    csv_cols = cols + seed_std_cols + (["model_dir"] if any(r.get("model_dir") for r in rows) else [])
     files = {}
     with open(out / "report.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -363,13 +491,10 @@ def _write_report(root, out, x, y) -> tuple[dict[str, Path], list[dict], list[st
              + model_note + (f" Swept: {', '.join(swept)}." if swept else ""), "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        vals = []
-        for c in cols:
-            v = value(r, c)
-            if c == "kid_mean" and r.get("kid_std") is not None:
-                v = f"{_fmt(r['kid_mean'])} ± {_fmt(r['kid_std'])}"
-            vals.append(_md(v))
-        lines.append("| " + " | ".join(vals) + " |")
+        lines.append("| " + " | ".join(_md(shown(r, c)) for c in cols) + " |")
+    if any(r.get("n_seeds") for r in rows):
+        lines += ["", "Jobs evaluated with several eval.seeds show mean ± std over those seeds "
+                  "(n_seeds); kid_mean of a single seed shows ± its std over KID subsets."]
     ok = [r for r in rows if r["status"] == "ok" and r.get("fid") is not None]
     if ok:
         best = min(ok, key=lambda r: _float(r["fid"]) if _float(r["fid"]) is not None else math.inf)
@@ -379,7 +504,9 @@ def _write_report(root, out, x, y) -> tuple[dict[str, Path], list[dict], list[st
             lines.append(f"Real-vs-real floor at the same n: {_fmt(min(floors))} to "
                          f"{_fmt(max(floors))}.")
     if cell_rows:
-        lines += _cells_md(cell_rows, axes, seeds)
+        lines += _cells_md(cell_rows, axes, seeds, base)
+        if base is not None:
+            lines += _baseline_md(cell_rows, axes, base, baseline)
         if hm is not None:
             lines += _pivot_md(cell_rows, *hm, seeds)
     (out / "report.md").write_text("\n".join(lines) + "\n")
@@ -418,7 +545,7 @@ def _plots(ok: list[dict], swept: list[str], out: Path, cell_rows: list[dict], a
         ax.set_ylabel("FID")
         ax.legend(fontsize=7)
         files["fid_vs_nfe"] = save_figure(fig, out / "fid_vs_nfe.png")
-    seeds = "seed" in swept
+    seeds = "seed" in swept or any(c["n_seeds"] > 1 for c in cell_rows)  # or eval.seeds
     if hm is not None and cell_rows:
         fig = _heatmap_figure(plt, cell_rows, *hm, seeds)
         if fig is not None:
@@ -428,7 +555,35 @@ def _plots(ok: list[dict], swept: list[str], out: Path, cell_rows: list[dict], a
         if fig is not None:
             safe = key.replace("/", "_")
             files[f"fid_vs_{safe}"] = save_figure(fig, out / f"fid_vs_{safe}.png")
+    fig = _precision_recall_figure(plt, cell_rows, axes)
+    if fig is not None:
+        files["precision_recall"] = save_figure(fig, out / "precision_recall.png")
     return files
+
+
+def _precision_recall_figure(plt, cell_rows, axes):
+    """Recall (diversity) against precision (fidelity), one point per cell with its std over seeds
+    as error bars, and the real-vs-real floor: FID's two ingredients pulled apart."""
+    pts = [c for c in cell_rows if c.get("precision") is not None and c.get("recall") is not None]
+    if not pts:
+        return None
+    fig, ax = plt.subplots(figsize=(5.6, 4.6))
+    for c in pts:
+        label = " ".join(f"{k}={c['overrides'][k]}" for k in axes) or c["jobs"][0]
+        ax.errorbar(c["recall"], c["precision"], xerr=c.get("recall_std"),
+                    yerr=c.get("precision_std"), fmt="o", capsize=3, label=label)
+    floors = [c for c in pts if c.get("floor_precision") is not None
+              and c.get("floor_recall") is not None]
+    if floors:
+        ax.plot([sum(c["floor_recall"] for c in floors) / len(floors)],
+                [sum(c["floor_precision"] for c in floors) / len(floors)], "k*", ms=12,
+                label="real-vs-real floor")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("recall (diversity)")
+    ax.set_ylabel("precision (fidelity)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return fig
 
 
 def _heatmap_figure(plt, cell_rows, x, y, facet_keys, seeds):
@@ -558,6 +713,7 @@ def log_to_wandb(root: str | Path, files: dict[str, Path], rows: list[dict], swe
         return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
 
     stats = ["fid", "fid_std", "kid_mean", "kid_mean_std", "floor_fid", "floor_fid_std", "n_seeds"]
+    stats += [s for m in _shown_metrics(cell_rows) if m not in stats for s in (m, f"{m}_std")]
     table = wandb.Table(columns=axes + stats + ["jobs"], data=[
         [axis_value(k, c["overrides"][k]) for k in axes] + [c[s] for s in stats]
         + [", ".join(c["jobs"])] for c in cell_rows])
@@ -571,7 +727,8 @@ def log_to_wandb(root: str | Path, files: dict[str, Path], rows: list[dict], swe
                              "jobs": len(rows), "failed": sum(r["status"] == "failed" for r in rows)})
     payload = {"cells": table}
     for name, path in files.items():
-        if (name == "heatmap" or name.startswith("fid_vs_")) and Path(path).is_file():
+        if ((name in ("heatmap", "precision_recall") or name.startswith("fid_vs_"))
+                and Path(path).is_file()):
             payload[name] = wandb.Image(str(path))
     run.log(payload)
     finite = [c for c in cell_rows if math.isfinite(c["fid"])]
@@ -593,6 +750,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="the heatmap's x axis (default: the first numeric swept key)")
     p.add_argument("--y", default=None, metavar="KEY",
                    help="the heatmap's y axis (default: the first other swept key)")
+    p.add_argument("--baseline", default=None, metavar="SPEC",
+                   help="the cell to compare the others with: key=value[,key=value] over the "
+                        "swept keys, or a job folder; differences over 2 standard errors marked")
     p.add_argument("--wandb", action="store_true",
                    help="also log a summary run (cell table, plots, fid_best) to wandb")
     p.add_argument("--wandb-project", default="diffexp")
@@ -605,7 +765,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {a.dir}: no such folder", file=sys.stderr)
         sys.exit(2)
     try:
-        files, rows, swept = _write_report(a.dir, a.out, a.x, a.y)
+        files, rows, swept = _write_report(a.dir, a.out, a.x, a.y, a.baseline)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

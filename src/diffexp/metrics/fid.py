@@ -26,15 +26,18 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from ..errors import first_line
+from .classes import class_balance, class_histogram
 from .features import (
     as_uint8_images,
     load_feature_net,
     load_inception_net,
 )
+from .prdc import DEFAULT_K, knn_radii_squared, manifold_scores, validate_k
 
 __all__ = ["Evaluator", "frechet_distance", "default_cache_dir", "extract_features"]
 
 CACHE_VERSION = 1
+MANIFOLD_KEYS = ("precision", "recall", "density", "coverage")
 
 
 def default_cache_dir() -> Path:
@@ -100,15 +103,25 @@ class Evaluator:
     and the feature network's hash; written atomically (temp file, then rename).
 
     ``features="fashion"`` (default) uses the shipped classifier; ``"inception"`` torchmetrics'
-    FID Inception (needs torch-fidelity and a weights download)."""
+    FID Inception (needs torch-fidelity and a weights download).
+
+    Beside FID/KID every score carries precision, recall, density and coverage (k-NN manifolds
+    with ``k = prdc_k``, in the same feature space, against the whole reference) and the class
+    balance by the shipped classifier: its predicted-class histogram, the total-variation distance
+    to the reference histogram (``reference_labels``' counts; without them, the classifier's
+    predictions on the reference) and its mean confidence."""
 
     def __init__(self, reference_u8, *, device="cpu", cache_dir=None, cache_key_extra: str = "",
                  kid_subset_size: int = 1000, kid_subsets: int = 100, features: str = "fashion",
-                 batch_size: int = 500, kid_seed: int = 0):
+                 batch_size: int = 500, kid_seed: int = 0, prdc_k: int = DEFAULT_K,
+                 reference_labels=None):
+        self.prdc_k = validate_k(prdc_k)
         if features == "fashion":
             self.net = load_feature_net(device)
+            self.classifier = self.net
         elif features == "inception":
             self.net = load_inception_net(device)
+            self.classifier = load_feature_net(device)  # class balance is always by our classifier
         else:
             raise ValueError(f"eval.features must be 'fashion' or 'inception' (got {features!r})")
         self.features = features
@@ -122,6 +135,7 @@ class Evaluator:
         ref = as_uint8_images(reference_u8)
         if len(ref) < 2:
             raise ValueError("the FID reference set needs at least 2 images")
+        validate_k(self.prdc_k, len(ref))
         self.cache_key = {
             "version": CACHE_VERSION,
             "features": features,
@@ -142,6 +156,14 @@ class Evaluator:
         pt = _PassThrough(self.num_features)
         self._fid = FrechetInceptionDistance(feature=pt, reset_real_features=False)
         self._fid.update(self.ref_features, real=True)
+
+        self.num_classes = int(self.classifier.net.head.out_features)
+        if reference_labels is not None:
+            self.reference_class_hist = class_histogram(reference_labels, self.num_classes)
+        else:
+            predicted = self.logits(ref, self.ref_features).argmax(1)
+            self.reference_class_hist = class_histogram(predicted, self.num_classes)
+        self._ref_radii2: Tensor | None = None  # k-NN radii of the reference, on first use
 
     # -- cache -----------------------------------------------------------------------------------
     def _load_cache(self) -> Tensor | None:
@@ -185,8 +207,34 @@ class Evaluator:
     def _extract(self, images_u8) -> Tensor:
         return extract_features(self.net, images_u8, self.batch_size)
 
-    def score_features(self, feats: Tensor) -> dict:
-        """FID / KID of already-extracted features ``[n, d]`` against the reference."""
+    @torch.no_grad()
+    def logits(self, images_u8, feats: Tensor | None = None) -> Tensor:
+        """The shipped classifier's logits ``[N, classes]`` (float64, CPU). With the fashion
+        features, ``feats`` (already extracted) go straight into the classifier's head."""
+        if feats is not None and self.classifier is self.net:
+            head = self.net.net.head
+            dev = head.weight.device
+            return head(feats.to(dev, head.weight.dtype)).double().cpu()
+        x = as_uint8_images(images_u8)
+        out = [self.classifier.classify(x[i:i + self.batch_size]).double().cpu()
+               for i in range(0, len(x), self.batch_size)]
+        return torch.cat(out) if out else torch.zeros(0, self.num_classes, dtype=torch.float64)
+
+    def predict(self, images_u8) -> tuple[Tensor, Tensor]:
+        """Predicted class and its softmax probability of every image."""
+        probs = torch.softmax(self.logits(images_u8), dim=1)
+        conf, labels = probs.max(1)
+        return labels, conf
+
+    def reference_radii2(self) -> Tensor:
+        if self._ref_radii2 is None:
+            self._ref_radii2 = knn_radii_squared(self.ref_features, self.prdc_k)
+        return self._ref_radii2
+
+    def score_features(self, feats: Tensor, logits: Tensor | None = None) -> dict:
+        """FID / KID, precision / recall / density / coverage of already-extracted features
+        ``[n, d]`` against the reference, and, given the classifier's ``logits``, the class
+        balance."""
         feats = feats.double().cpu()
         n = len(feats)
         if n < 2:
@@ -205,11 +253,25 @@ class Evaluator:
         with torch.random.fork_rng(devices=[]):  # KID draws subsets from the global RNG
             torch.manual_seed(self.kid_seed)
             kid_mean, kid_std = kid.compute()
-        return {"fid": fid, "kid_mean": float(kid_mean), "kid_std": float(kid_std), "n": n}
+        out = {"fid": fid, "kid_mean": float(kid_mean), "kid_std": float(kid_std), "n": n}
+        if n > self.prdc_k:
+            out.update(manifold_scores(self.ref_features, feats, self.prdc_k,
+                                       real_radii2=self.reference_radii2()).as_dict())
+        else:
+            # a k-th neighbour within the set does not exist: the numbers are undefined, so they
+            # are null (and said so), while FID/KID of such a tiny set still are reported
+            print(f"[diffexp] precision/recall/density/coverage need more than k={self.prdc_k} "
+                  f"images (got {n}); left out (null)", file=sys.stderr)
+            out.update({k: None for k in MANIFOLD_KEYS}, k=self.prdc_k)
+        if logits is not None:
+            out.update(class_balance(logits, self.reference_class_hist))
+        return out
 
     def score(self, gen_u8) -> dict:
-        """``dict(fid, kid_mean, kid_std, n)`` of generated uint8 images ``[n, 1, 28, 28]``."""
-        return self.score_features(self._extract(gen_u8))
+        """``dict(fid, kid_mean, kid_std, n, precision, recall, density, coverage, k, class_hist,
+        class_tv, class_confidence)`` of generated uint8 images ``[n, 1, 28, 28]``."""
+        feats = self._extract(gen_u8)
+        return self.score_features(feats, self.logits(gen_u8, feats))
 
     def floor(self, real_u8) -> dict:
         """The same numbers for real images (e.g. ``n`` training images): the value a perfect
