@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from diffexp.cli.report import collect
+from diffexp.runs.report import collect
 
 ORDER = ["schedule", "no_t", "karras_samplers", "sigma_data", "scale_cosine", "scale_karras"]
 

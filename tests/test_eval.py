@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from diffexp import sampling
-from diffexp.cli.report import collect, write_report
 from diffexp.config import validate_train_config
 from diffexp.module import DiffusionModule
+from diffexp.runs.report import collect, write_report
 from diffexp.runs.train import train
 
 from .helpers import TINY_MODEL, compose_train

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from diffexp.config import CONF_DIR, ConfigError, validate_train_config
-from diffexp.cli.eval import summary_metrics, validate_eval_config
-from diffexp.cli.report import cells, collect, write_report
-from diffexp.cli.train import train
+from diffexp.config import CONF_DIR, ConfigError, validate_eval_config, validate_train_config
 from diffexp.evaluation import mean_per_step, proxy_log_dict, summarize_seeds
+from diffexp.runs.evaluate import summary_metrics
+from diffexp.runs.report import cells, collect, write_report
+from diffexp.runs.train import train
 
 from .helpers import TINY_MODEL, compose_train
 

@@ -13,8 +13,9 @@ import matplotlib
 import pytest
 import yaml
 
-from diffexp.cli import report
-from diffexp.cli.report import cells, collect, heatmap_axes, log_to_wandb, main, write_report
+from diffexp.cli.report import main
+from diffexp.runs import report
+from diffexp.runs.report import cells, collect, heatmap_axes, log_to_wandb, write_report
 
 matplotlib.use("Agg")
 

@@ -14,7 +14,8 @@ import matplotlib
 import pytest
 import yaml
 
-from diffexp.cli.report import cells, collect, difference, find_baseline, main, write_report
+from diffexp.cli.report import main
+from diffexp.runs.report import cells, collect, difference, find_baseline, write_report
 
 matplotlib.use("Agg")
 

@@ -12,8 +12,8 @@ import yaml
 
 from diffexp.build import build_objective, build_schedule, upgrade_config
 from diffexp.cli.common import swept_keys
-from diffexp.cli.report import collect, write_report
 from diffexp.config import CONF_DIR, ConfigError, validate_eval_samplers, validate_train_config
+from diffexp.runs.report import collect, write_report
 from diffexp.runs.train import train
 from diffexp.sampling import nfe
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from diffexp.cli.report import collect, write_report
 from diffexp.module import IndexBatches, load_module
+from diffexp.runs.report import collect, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["data=synthetic", "model.widths=[16,32]", "model.blocks=1", "model.attn_levels=[1]",

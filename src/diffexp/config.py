@@ -20,7 +20,8 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from .errors import DiffexpError, first_line
 
-__all__ = ["ConfigError", "validate_train_config", "validate_eval_samplers", "check_group_choices",
+__all__ = ["ConfigError", "validate_train_config", "validate_eval_config", "validate_eval_samplers",
+           "check_group_choices",
            "check_moved_settings", "CONF_DIR"]
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -804,6 +805,99 @@ def validate_train_config(cfg: DictConfig) -> dict:
     if out["ckpt_path"] is not None and not Path(out["ckpt_path"]).is_file():
         raise ConfigError(f"ckpt_path={out['ckpt_path']!r}: no such checkpoint file")
     return out
+
+
+# ----------------------------------------------------------------------------- eval.py
+@dataclass
+class EvalCfg:  # eval.py's eval section (conf/eval.yaml)
+    n_samples: int
+    batch_size: int
+    use_ema: bool
+    features: str
+    kid_subset_size: int
+    kid_subsets: int
+    floor: bool
+    per_step: bool
+    diagnostics: bool
+    n_grid: int
+    device: str
+    # sampling seeds to evaluate the model with (mean ± std over them); null: the top-level seed
+    seeds: Any
+    prdc_k: int  # k of the k-NN balls of precision/recall (Kynkaanniemi) and density/coverage
+
+
+SEEDS_RULE = ("must be null (the top-level seed) or a non-empty list of distinct ints >= 0, "
+              "e.g. eval.seeds=[0,1,2]")
+
+
+def validate_seeds(seeds) -> list[int] | None:
+    """``eval.seeds``: None, or a non-empty list of distinct non-negative ints."""
+    if seeds is None:
+        return None
+    ok = (isinstance(seeds, (list, tuple)) and len(seeds) > 0
+          and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+          and len(set(seeds)) == len(seeds))
+    _require(ok, "eval.seeds", SEEDS_RULE, seeds)
+    return [int(s) for s in seeds]
+
+
+EVAL_TOP_KEYS = {"defaults", "ckpt", "seed", "name", "data_root", "eval", "sampler", "grid",
+                 "logger", "objective", "hydra", "optimized_metric"}
+NO_T_KEYS = ("noise_level_ckpt", "use_predicted_noise_level", "clamp_factor")
+
+
+def eval_defaults() -> dict:
+    """eval.py's evaluation settings as conf/eval.yaml gives them (the base of a training run's
+    end-of-run evaluation, whose own ``eval:`` keys are laid over them)."""
+    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / "eval.yaml"))["eval"]
+
+
+def validate_eval_config(cfg: DictConfig) -> dict:
+    unknown = sorted(set(cfg.keys()) - EVAL_TOP_KEYS)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown top-level setting; valid: "
+                          f"{', '.join(sorted(EVAL_TOP_KEYS - {'defaults', 'hydra'}))}")
+    if OmegaConf.is_missing(cfg, "ckpt"):
+        raise ConfigError("ckpt is required: ckpt=PATH to a training checkpoint (.ckpt)")
+    c = {"ckpt": str(cfg.ckpt), "seed": cfg.seed, "name": cfg.name,
+         "data_root": cfg.get("data_root")}
+    _require(isinstance(c["seed"], int) and c["seed"] >= 0, "seed", "must be an int >= 0",
+             c["seed"])
+    if not Path(c["ckpt"]).is_file():
+        raise ConfigError(f"ckpt={c['ckpt']!r}: no such checkpoint file")
+    e = _typed(cfg.eval, EvalCfg, "eval")
+    _require(e["n_samples"] >= 2, "eval.n_samples", "must be >= 2", e["n_samples"])
+    _require(e["batch_size"] >= 1, "eval.batch_size", "must be >= 1", e["batch_size"])
+    _require(e["n_grid"] >= 1, "eval.n_grid", "must be >= 1", e["n_grid"])
+    _require(e["kid_subset_size"] >= 2, "eval.kid_subset_size", "must be >= 2",
+             e["kid_subset_size"])
+    _require(e["kid_subsets"] >= 1, "eval.kid_subsets", "must be >= 1", e["kid_subsets"])
+    _choice(e["features"], "eval.features", ["fashion", "inception"])
+    _choice(e["device"], "eval.device", ["auto", "cpu", "cuda"])
+    e["seeds"] = validate_seeds(e["seeds"])
+    _require(1 <= e["prdc_k"] < e["n_samples"], "eval.prdc_k",
+             f"must be an int >= 1 and below eval.n_samples={e['n_samples']}", e["prdc_k"])
+    c["eval"] = e
+    c["sampler"] = OmegaConf.to_container(cfg.sampler, resolve=True)
+    if c["sampler"].get("name") != "ckpt":
+        validate_sampler(c["sampler"])
+    c["grid"] = OmegaConf.to_container(cfg.get("grid") or {"name": "ckpt"}, resolve=True)
+    if c["grid"].get("name") != "ckpt":
+        validate_grid(c["grid"])
+    c["logger"] = validate_logger(cfg.logger)
+    c["optimized_metric"] = cfg.get("optimized_metric")
+    if c["optimized_metric"] is not None:
+        _choice(c["optimized_metric"], "optimized_metric", ["fid", "kid_mean"])
+    obj = OmegaConf.to_container(cfg.get("objective") or {}, resolve=True)
+    unknown = sorted(set(obj) - set(NO_T_KEYS))
+    if unknown:
+        raise ConfigError(f"objective.{unknown[0]}: unknown setting; eval accepts "
+                          f"{', '.join('objective.' + k for k in NO_T_KEYS)}")
+    c["objective"] = {k: v for k, v in obj.items() if v is not None}
+    if "clamp_factor" in c["objective"]:
+        _require(c["objective"]["clamp_factor"] >= 1, "objective.clamp_factor", "must be >= 1",
+                 c["objective"]["clamp_factor"])
+    return c
 
 
 # ----------------------------------------------------------------------------- CLI pre-check

@@ -231,7 +231,7 @@ class SweepEnd(Callback):
             print(f"[diffexp] models: {models.count('trained')} trained, "
                   f"{models.count('reused')} reused, for {len(models)} job(s)")
         try:
-            from .report import _write_report, log_to_wandb
+            from ..runs.report import _write_report, log_to_wandb
 
             files, rows, swept = _write_report(sweep_dir, None, self.x, self.y)
             print(f"[diffexp] report: {files['md']}"

@@ -172,9 +172,10 @@ def evaluate_at_end(c: dict, run_dir: Path, logger, ckpt: Path | None = None) ->
     sampler and grid of ``c``: into ``run_dir/eval``, or, when ``eval.samplers`` lists samplers,
     once per entry into ``run_dir/eval/<label>`` (diagnostics with the first only). The headline
     numbers also go to ``logger`` (``eval/fid`` or ``eval/<label>/fid``)."""
-    from ..cli.eval import EvalCfg, run_eval
+    from ..config import eval_defaults
+    from .evaluate import run_eval
 
-    settings = {**EvalCfg().__dict__, **{k: v for k, v in c["eval"].items() if k != "samplers"}}
+    settings = {**eval_defaults(), **{k: v for k, v in c["eval"].items() if k != "samplers"}}
     if settings["n_samples"] == "auto":  # the lesson's n where it is cheap, a quick one elsewhere
         settings["n_samples"] = 2048 if torch.cuda.is_available() else 512
     ckpt = ckpt or run_dir / "checkpoints" / "last.ckpt"
