@@ -55,9 +55,13 @@ def _wandb_logged_in() -> bool:
         return False
 
 
-def make_logger(c: dict, run_dir: Path, *, job_type: str = "train", name: str | None = None):
+def make_logger(c: dict, run_dir: Path, *, job_type: str = "train", name: str | None = None,
+                group: str | None = None, config: dict | None = None):
     """The Lightning logger of ``c["logger"]`` writing into ``run_dir`` (False for none). A
-    wandb run joins its sweep's group and continues its own id after a resume."""
+    wandb run joins ``logger.group``, else ``group``, else its sweep's group, else (a single run)
+    a group named after its run folder, which the run's evaluations join; it records its id and
+    group in ``wandb.json`` and ``wandb_id.txt`` and continues that id after a resume. ``config``:
+    what the run's config panel shows (default ``c``)."""
     lg = c["logger"]
     if lg["name"] == "none":
         return False
@@ -70,10 +74,8 @@ def make_logger(c: dict, run_dir: Path, *, job_type: str = "train", name: str | 
     mode = lg["mode"]
     if mode == "auto":
         mode = os.environ.get("WANDB_MODE") or ("online" if _wandb_logged_in() else "offline")
-    group = lg["group"]
-    if group is None:
-        sweep = sweep_dir()  # the jobs of one multirun share a group on the dashboard
-        group = sweep.name if sweep else None
+    sweep = sweep_dir()  # the jobs of one multirun share a group on the dashboard
+    group = lg["group"] or group or (sweep.name if sweep else Path(run_dir).name)
     id_file = Path(run_dir) / "wandb_id.txt"
     run_id = id_file.read_text().strip() if id_file.exists() else None
     if name is None:  # a sweep's jobs are told apart by their overrides (the job folder's name)
@@ -81,7 +83,8 @@ def make_logger(c: dict, run_dir: Path, *, job_type: str = "train", name: str | 
     return WandbLogger(project=lg["project"], entity=lg["entity"], group=group,
                        tags=list(lg["tags"]), name=name, job_type=job_type,
                        save_dir=str(run_dir), mode=mode,
-                       id=run_id, resume="allow" if run_id else None, config=c,
+                       id=run_id, resume="allow" if run_id else None,
+                       config=c if config is None else config,
                        anonymous="never" if mode == "online" else None)
 
 
@@ -117,3 +120,32 @@ def publish_summary(logger, summary: dict) -> None:
         if "fid" not in evals:
             head.update({f"{label}/fid": e["fid"] for label, e in evals.items()})
     logger.experiment.summary.update(head)
+
+
+def record_wandb_run(logger, run_dir: Path) -> dict | None:
+    """Write the wandb run's id and group into ``run_dir`` (``wandb_id.txt``, ``wandb.json``):
+    a resume continues the id, an evaluation of the run's checkpoint joins the group and links
+    the id. Returns ``{"id", "group", "project"}``, None without a wandb logger."""
+    if not logger or not hasattr(logger, "experiment") or not hasattr(logger.experiment, "group"):
+        return None
+    from .record import write_json
+
+    exp = logger.experiment
+    info = {"id": exp.id, "group": exp.group, "project": exp.project}
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    (Path(run_dir) / "wandb_id.txt").write_text(exp.id or "")
+    write_json(Path(run_dir) / "wandb.json", info)
+    return info
+
+
+def training_wandb_run(ckpt: str | Path) -> dict:
+    """The wandb run that trained a checkpoint (``RUN/checkpoints/X.ckpt`` -> ``RUN/wandb.json``,
+    or a model-store folder), ``{}`` when it was not logged to wandb."""
+    from .record import read_json
+
+    run = Path(ckpt).resolve().parent.parent
+    info = read_json(run / "wandb.json")
+    if info:
+        return info
+    old = run / "wandb_id.txt"  # runs written before wandb.json
+    return {"id": old.read_text().strip()} if old.is_file() else {}

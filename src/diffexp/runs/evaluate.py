@@ -183,7 +183,7 @@ def run_eval(c: dict, run_dir: str | Path) -> dict:
             save_figure(fig, run_dir / "diagnostics" / f"{name}.png")
     result["wall_time_s"] = round(time.perf_counter() - t_start, 2)
     write_json(run_dir / "metrics.json", result)
-    _log(c, run_dir, result)
+    _log(c, run_dir, result, mcfg)
     print(f"[diffexp] {headline(result)}; nfe {result['nfe']}; {result['wall_time_s']}s; "
           f"{run_dir / 'metrics.json'}")
     return result
@@ -243,19 +243,62 @@ def summary_metrics(result: dict) -> dict:
     return {k: v for k, v in flat.items() if v is not None}  # k-NN metrics are null below k+1
 
 
-def _log(c: dict, run_dir: Path, result: dict) -> None:
-    logger = make_logger({**c, "name": c["name"]}, run_dir)
+def _log(c: dict, run_dir: Path, result: dict, trained_cfg: dict) -> None:
+    """The evaluation's logger run. With wandb: ``job_type=eval``, in the training run's group,
+    with the trained model's config (schedule, objective, data, ...) under its own keys, this
+    evaluation's settings under ``eval`` / ``sampler`` / ``grid``, and the training run's id as
+    ``trained_run_id``; the numbers in its summary (``fid``, ``kid``, ``floor_fid`` at the top,
+    ``eval/...`` beside them); one image key per figure; ``wandb.Table``s of FID against NFE (this
+    evaluation's row) and, with ``eval.per_step``, of the per-step curves, each with a plot built
+    from its table."""
+    from ..build import thawed
+    from .env import training_wandb_run
+    from .record import headline as headline_numbers
+
+    wandb_run = c["logger"]["name"] == "wandb"
+    trained = training_wandb_run(c["ckpt"]) if wandb_run else {}
+    config = {**thawed(trained_cfg), "eval": c["eval"], "sampler": result["sampler"],
+              "grid": result["grid"], "ckpt": c["ckpt"], "seed": c["seed"],
+              "trained_run_id": trained.get("id"), "task": "eval"}
+    logger = make_logger(c, run_dir, job_type="eval", group=trained.get("group"),
+                         config=config)
     if not logger:
         return
-    logger.log_hyperparams({"eval": c, "sampler_resolved": result["sampler"]})
+    if not wandb_run:
+        logger.log_hyperparams(config)
     logger.log_metrics(summary_metrics(result), step=0)
     if hasattr(logger, "log_image"):
-        imgs = [run_dir / "samples.png", run_dir / "samples_by_class.png",
-                *sorted((run_dir / "diagnostics").glob("*.png"))]
-        if (run_dir / "per_step.png").exists():
-            imgs.append(run_dir / "per_step.png")
-        logger.log_image(key="eval", images=[str(p) for p in imgs],
-                         caption=[p.stem for p in imgs], step=0)
+        images = {"eval/samples": run_dir / "samples.png",
+                  "eval/samples_by_class": run_dir / "samples_by_class.png",
+                  "eval/per_step": run_dir / "per_step.png",
+                  **{f"eval/diagnostics/{p.stem}": p
+                     for p in sorted((run_dir / "diagnostics").glob("*.png"))}}
+        for key, path in images.items():
+            if path.is_file():
+                logger.log_image(key=key, images=[str(path)], step=0)
+    if wandb_run:
+        import wandb
+
+        exp = logger.experiment
+        smp = result["sampler"]
+        cols = ["sampler", "steps", "grid", "nfe", "fid", "kid_mean", "precision", "recall"]
+        row = [smp.get("sampler"), smp.get("steps"), smp.get("grid"), result["nfe"],
+               *(result.get(k) for k in ("fid", "kid_mean", "precision", "recall"))]
+        nfe_table = wandb.Table(columns=cols, data=[row])
+        tables = {"eval/fid_vs_nfe": nfe_table,
+                  "eval/fid_vs_nfe_plot": wandb.plot.scatter(nfe_table, "nfe", "fid",
+                                                             title="FID against NFE")}
+        steps = result.get("per_step") or []
+        if steps:
+            keys = [k for k in ("seed", "step", "sigma", "fid", "kid_mean", "precision", "recall")
+                    if k in steps[0]]
+            step_table = wandb.Table(columns=keys, data=[[r.get(k) for k in keys]
+                                                         for r in steps])
+            tables["eval/per_step_table"] = step_table
+            tables["eval/per_step_fid_plot"] = wandb.plot.line(
+                step_table, "step", "fid", title="FID of the x0 estimate at each sampling step")
+        exp.log(tables)  # the next step: step 0 already holds the numbers and images
+        exp.summary.update({k: v for k, v in headline_numbers(result).items() if v is not None})
     logger.finalize("success")
-    if hasattr(logger, "experiment") and c["logger"]["name"] == "wandb":
+    if wandb_run:
         logger.experiment.finish()

@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 
 from ..config import ConfigError, fill_from_defaults, validate_train_config
 from ..errors import first_line
-from .env import make_logger, publish_summary, wants_eval_at_end
+from .env import make_logger, publish_summary, record_wandb_run, wants_eval_at_end
 from .record import host_info, model_record, write_summary
 
 __all__ = ["train", "evaluate_at_end", "check_resume", "resume_changes", "resume_config",
@@ -436,11 +436,10 @@ def _train(c: dict, run_dir: str | Path, callbacks: list | None, guard) -> dict:
     write_config(c, run_dir)
     module.attach_data(data, run_dir)
     logger = make_logger(c, run_dir)
+    record_wandb_run(logger, run_dir)
     n_params = sum(p.numel() for p in module.net.parameters())
     if logger:
         logger.log_hyperparams({"parameters": n_params})
-    if logger and hasattr(logger, "experiment") and c["logger"]["name"] == "wandb":
-        (run_dir / "wandb_id.txt").write_text(logger.version or "")
     history = LossHistory()
     t = c["train"]
     extra = [history.callback]

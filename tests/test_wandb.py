@@ -1,0 +1,127 @@
+"""What a researcher finds in wandb, read back from the offline runs themselves: a tiny sweep (its
+model trainings and its cells) and an eval.py run on one of its models, each .wandb file decoded
+record by record (the LevelDB-style log wandb writes: 32 KiB blocks of checksummed records, each
+a wandb_internal_pb2.Record)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .helpers import TINY_MODEL
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["data=synthetic", "train.batch_size=16", "train.n_sample_images=4", "sampler.steps=2",
+        "trainer.limit_train_batches=3", "trainer.log_every_n_steps=1", *TINY_MODEL]
+
+
+def _records(path: Path):
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", path
+    block, pos, out, buf = 32768, 7, [], b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # a block's tail too short for a record header is padding
+            pos += left
+            continue
+        length = int.from_bytes(data[pos + 4:pos + 6], "little")
+        kind = data[pos + 6]
+        if kind == 0 and length == 0:
+            pos += left
+            continue
+        chunk = data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind == 1:  # a whole record
+            out.append(chunk)
+        elif kind == 2:  # first / middle / last pieces of a record spanning blocks
+            buf = chunk
+        elif kind == 3:
+            buf += chunk
+        elif kind == 4:
+            out.append(buf + chunk)
+            buf = b""
+    return [pb.Record.FromString(d) for d in out]
+
+
+def _key(item) -> str:
+    return item.key or "/".join(item.nested_key)
+
+
+def decode(run_file: Path) -> dict:
+    """``{id, job_type, group, name, config: {key: value}, history: set, summary: {key: value}}``"""
+    run = {"config": {}, "history": set(), "summary": {}}
+    for r in _records(run_file):
+        kind = r.WhichOneof("record_type")
+        if kind == "run":
+            run.update(id=r.run.run_id, job_type=r.run.job_type, group=r.run.run_group,
+                       name=r.run.display_name)
+            run["config"].update({i.key: json.loads(i.value_json) for i in r.run.config.update})
+        elif kind == "config":
+            run["config"].update({i.key: json.loads(i.value_json) for i in r.config.update})
+        elif kind == "history":
+            keys = {_key(i) for i in r.history.item}
+            # a media value (image, table) is a nested item: "key/_type", "key/path", ...
+            run["history"] |= keys | {k[:-len("/_type")] for k in keys if k.endswith("/_type")}
+        elif kind == "summary":
+            run["summary"].update({_key(i): json.loads(i.value_json) for i in r.summary.update})
+    return run
+
+
+def _runs(folder: Path) -> list[dict]:
+    return [decode(f) for f in sorted(folder.glob("**/offline-run-*/run-*.wandb"))]
+
+
+def _cli(script: str, *args, cwd):
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    return subprocess.run([sys.executable, str(REPO / script), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_a_sweep_and_an_eval_read_as_a_dashboard(tmp_path, data_root):
+    r = _cli("train.py", "-m", *TINY, "logger=wandb", "data.scale=0.5,1", "eval.n_samples=16",
+             "eval.batch_size=16", "eval.diagnostics=false", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    trainings = _runs(tmp_path / "runs" / "models")
+    in_sweep = _runs(tmp_path / "sweep")
+    cells = [run for run in in_sweep if run["job_type"] == "eval"]
+    summaries = [run for run in in_sweep if run["job_type"] != "eval"]
+    assert len(trainings) == 2 and len(cells) == 2 and len(summaries) == 1
+    assert summaries[0]["summary"]["cells/_type"] == "table-file"  # the report's cell table
+    assert summaries[0]["group"] == "sweep"
+    for t in trainings:
+        assert t["job_type"] == "train" and t["group"] == "sweep"
+        assert {"train/loss_step", "lr-Adam", "train/grad_norm", "train/ema_decay"} <= t["history"]
+        assert t["config"]["parameters"] > 0 and "final_train_loss" in t["summary"]
+    for cell in cells:
+        assert cell["job_type"] == "eval" and cell["group"] == "sweep"
+        assert cell["name"].startswith("cosine-eps/") and "data.scale=" in cell["name"]
+        assert {"fid", "kid", "floor_fid"} <= set(cell["summary"])
+        assert cell["config"]["trained_model"]["wandb_id"] in {t["id"] for t in trainings}
+    assert {c["name"] for c in cells} != {cells[0]["name"]}  # named from their overrides
+
+    model = next((tmp_path / "runs" / "models").glob("*/DONE.json")).parent
+    r = _cli("eval.py", f"ckpt={model / 'checkpoints' / 'last.ckpt'}", "logger=wandb",
+             "sampler=euler", "sampler.steps=3", "eval.n_samples=16", "eval.batch_size=16",
+             "eval.per_step=true", "eval.diagnostics=false", "hydra.run.dir=ev", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (ev,) = _runs(tmp_path / "ev")
+    trained = json.loads((model / "wandb.json").read_text())
+    assert ev["job_type"] == "eval" and ev["group"] == trained["group"]
+    cfg = ev["config"]
+    assert cfg["trained_run_id"] == trained["id"]
+    assert cfg["schedule"]["name"] == "cosine" and cfg["objective"]["name"] == "eps"
+    assert cfg["data"]["scale"] in (0.5, 1.0) and cfg["eval"]["n_samples"] == 16
+    assert "eval" not in cfg["eval"]  # no eval.eval.*
+    assert {"fid", "kid", "eval/fid", "eval/precision", "eval/recall"} <= set(ev["summary"])
+    assert {"eval/fid_vs_nfe", "eval/per_step_table", "eval/samples",
+            "eval/samples_by_class", "eval/per_step"} <= ev["history"]
+    assert ev["summary"]["eval/fid_vs_nfe/_type"] == "table-file"
+    assert ev["summary"]["eval/per_step_table/_type"] == "table-file"
