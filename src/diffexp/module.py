@@ -80,10 +80,11 @@ def build_schedule_from_cfg(sched_cfg: dict) -> Schedule:
     return build_schedule(sched_cfg["name"], **params)
 
 
-def build_net(model_cfg: dict, conditioned: bool = True) -> UNet:
+def build_net(model_cfg: dict, conditioned: bool = True, embedding: str = "geometric") -> UNet:
     return UNet(in_channels=1, out_channels=1, widths=tuple(model_cfg["widths"]),
                 blocks=int(model_cfg["blocks"]), attn_levels=tuple(model_cfg["attn_levels"]),
-                head_dim=int(model_cfg["head_dim"]), cond_embedding=conditioned)
+                head_dim=int(model_cfg["head_dim"]), cond_embedding=conditioned,
+                embedding=embedding)
 
 
 def effective_sigma_data(obj_cfg: dict) -> float | None:
@@ -97,7 +98,8 @@ def effective_sigma_data(obj_cfg: dict) -> float | None:
 
 def build_objective_from_cfg(obj_cfg: dict, schedule: Schedule) -> Objective:
     return build_objective(obj_cfg["name"], schedule, effective_sigma_data(obj_cfg),
-                           bool(obj_cfg.get("normalize_input") or False))
+                           bool(obj_cfg.get("normalize_input") or False),
+                           c_noise=obj_cfg.get("c_noise") or "log")
 
 
 class IndexBatches:
@@ -283,7 +285,8 @@ class DiffusionModule(_DataModuleMixin):
         super().__init__(cfg)
         self.schedule = build_schedule_from_cfg(cfg["schedule"])
         self.objective = build_objective_from_cfg(cfg["objective"], self.schedule)
-        self.net = build_net(cfg["model"], conditioned=self.objective.conditioned)
+        self.net = build_net(cfg["model"], conditioned=self.objective.conditioned,
+                             embedding=self.objective.embedding)
         self.ema = EMA(self.net, cfg["train"]["ema_decay"])
         self._noise_level_net = None
         self.channels_last = bool(cfg["model"].get("channels_last", False))
@@ -343,6 +346,7 @@ class DiffusionModule(_DataModuleMixin):
             pred = self.noise_level_net() if use_pred else None
             den = no_t_denoiser(net, pred, use_predicted=use_pred,
                                 clamp_factor=o.get("clamp_factor", 2.0), record=record,
+                                clamp=o.get("noise_level_clamp", "median"),
                                 normalize_input=self.objective.normalize_input)
         if not clip:
             return den

@@ -111,6 +111,7 @@ class ObjectiveCfg:
     sigma_data: Any = None  # karras only: "auto" or a positive number
     sigma_data_factor: Any = None  # karras only: the objective uses sigma_data * this factor
     normalize_input: bool = False  # VP objectives: Chen 2023's per-image input normalisation
+    c_noise: str | None = None  # karras only: log (ln(sigma)/4, default) | raw (sigma, the lesson)
 
 
 @dataclass
@@ -119,6 +120,7 @@ class NoTObjectiveCfg:
     noise_level_ckpt: str | None = None
     use_predicted_noise_level: bool = True
     clamp_factor: float = 2.0
+    noise_level_clamp: str = "median"  # median (the lesson's, batch-coupled) | grid (per image)
     normalize_input: bool = False
 
 
@@ -327,6 +329,8 @@ def validate_objective(o) -> dict:
         f = 1.0 if o["sigma_data_factor"] is None else o["sigma_data_factor"]
         _require(positive(f), "objective.sigma_data_factor", "must be a finite number > 0", f)
         o["sigma_data_factor"] = float(f)
+        o["c_noise"] = "log" if o["c_noise"] is None else o["c_noise"]
+        _choice(o["c_noise"], "objective.c_noise", ["log", "raw"])
         if o["normalize_input"]:
             raise ConfigError("objective.normalize_input applies to the VP objectives (eps, x0, "
                               "v, no_t); karras' c_in already scales its input to unit variance "
@@ -334,8 +338,9 @@ def validate_objective(o) -> dict:
     elif name == "no_t":
         _require(o["clamp_factor"] >= 1, "objective.clamp_factor", "must be >= 1",
                  o["clamp_factor"])
+        _choice(o["noise_level_clamp"], "objective.noise_level_clamp", ["median", "grid"])
     else:
-        for key in ("sigma_data", "sigma_data_factor"):
+        for key in ("sigma_data", "sigma_data_factor", "c_noise"):
             if o.get(key) is not None:
                 raise ConfigError(f"objective.{key} applies to objective=karras only "
                                   f"(objective={name})")
@@ -652,6 +657,11 @@ def validate_train_config(cfg: DictConfig) -> dict:
     check_sampling_grids(out)
     check_step_count(out)
     o = out["objective"]
+    if out["task"] == "diffusion" and o["name"] != "no_t" and any(
+            e.get("name") == "ddim_no_t_lesson"
+            for e in [out["sampler"], *out["eval"]["samplers"].values()]):
+        raise ConfigError(f"sampler ddim_no_t_lesson needs objective=no_t (objective={o['name']}); "
+                          f"use sampler=ddim_lesson for a t-conditioned model")
     if out["task"] == "diffusion" and o["name"] == "no_t" and o["use_predicted_noise_level"]:
         if not o["noise_level_ckpt"]:
             raise ConfigError("objective.noise_level_ckpt is required with objective=no_t and "
