@@ -96,13 +96,15 @@ class NoTDenoiser:
         self.record, self.normalize_input = record, normalize_input
 
     def eps_and_alpha_bar(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
-        sigma = torch.as_tensor(sigma, device=x.device, dtype=torch.float32)
+        """The model's eps for ``x`` at ``sigma`` and the alpha_bar used for each image; in x's
+        dtype (the sampler's; the denoiser call below works in float32)."""
+        sigma = torch.as_tensor(sigma, device=x.device, dtype=x.dtype)
         if sigma.dim() == 0:
             sigma = sigma.expand(x.shape[0])
-        x_vp = to_vp(x, sigma.to(x.dtype))
+        x_vp = to_vp(x, sigma)
         eps = self.net(normalize_per_image(x_vp) if self.normalize_input else x_vp, None)
         eps = eps.to(x.dtype)
-        abar_grid = sigma_to_alpha_bar(sigma.to(x.dtype))
+        abar_grid = sigma_to_alpha_bar(sigma)
         if self.use_predicted:
             pred = self.noise_level_net.alpha_bar(x_vp).to(x.dtype)
             if self.clamp == "median":
