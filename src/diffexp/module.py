@@ -36,8 +36,10 @@ DENOISER_KEYS = ("clip_denoised",)
 
 
 def pop_denoiser_options(sampler_cfg: dict) -> tuple[dict, dict]:
-    """Split ``clip_denoised`` (clamp every x0 estimate to the data range, +-data.scale: the
-    lesson's clamped x0, for any sampler) off a sampler config."""
+    """Split ``clip_denoised`` off a sampler config: it clamps the denoiser's output to the data
+    range, +-data.scale, before the sampler sees it, so every use of D is clamped, the step
+    direction included (with ddim: eps re-derived from the clamped x0, i.e. ddim's
+    ``use_clipped_eps=true``; the lesson's DDIM, which clamps x0_hat only, is ddim_lesson)."""
     scfg = dict(sampler_cfg)
     opts = {k: scfg.pop(k) for k in DENOISER_KEYS if k in scfg}
     clip = opts.get("clip_denoised", False)
