@@ -105,7 +105,7 @@ def run_lesson_sampler(name, denoiser, sigmas, z0, seed, **opts):
         abar = 1.0 / (1.0 + info["sigma"] ** 2)
         seen.append((info["x0_hat"].clone(), info["x"] * math.sqrt(abar)))
 
-    out = smp.SAMPLERS[name](denoiser, z0 * float(sigmas[0]), sigmas,
+    out = smp.get_sampler(name)(denoiser, z0 * float(sigmas[0]), sigmas,
                              generator=torch.Generator().manual_seed(seed), callback=cb, **opts)
     return out, seen
 
@@ -211,7 +211,23 @@ def test_ddim_no_t_lesson_matches_notebook(steps, eta):
 def test_ddim_no_t_lesson_needs_a_no_t_denoiser():
     sigmas = smp.build_sigmas(CosineSchedule(), 5, grid="lesson")
     with pytest.raises(ValueError, match="no_t"):
-        smp.SAMPLERS["ddim_no_t_lesson"](gauss_D, torch.zeros(2, 1, 4, 4, dtype=F64), sigmas)
+        smp.get_sampler("ddim_no_t_lesson")(gauss_D, torch.zeros(2, 1, 4, 4, dtype=F64), sigmas)
+    # it is kept out of SAMPLERS, whose every entry runs on every denoiser
+    assert "ddim_no_t_lesson" in smp.NO_T_SAMPLERS and "ddim_no_t_lesson" not in smp.SAMPLERS
+
+
+def test_lesson_sampler_yamls_list_every_option_at_its_default():
+    import yaml
+
+    from diffexp.cli.config import CONF_DIR
+    for name in ("ddim_lesson", "ddim_no_t_lesson", "heun_lesson"):
+        cfg = yaml.safe_load((CONF_DIR / "sampler" / f"{name}.yaml").read_text())
+        assert cfg.pop("clip_denoised") is False and cfg["name"] == name
+        smp.validate_sampler_config(cfg)
+        options = smp.split_sampler_config(cfg)[1]
+        assert {k: v for k, v in options.items()} == smp.sampler_options(name)
+    lms = yaml.safe_load((CONF_DIR / "sampler" / "lms_lesson.yaml").read_text())
+    assert lms["name"] == "lms" and lms["order"] == 3 and lms["steps"] == 20
 
 
 # ---------------------------------------------------------------- no_t without batch coupling

@@ -10,6 +10,8 @@ everything here works in sigma space.
 Samplers
 --------
 ``SAMPLERS[name](denoiser, x, sigmas, *, generator=None, callback=None, **options) -> x0``
+(``NO_T_SAMPLERS`` likewise, for the samplers that need a no_t model's denoiser;
+:func:`get_sampler` finds both)
 
 * ``x``: the starting noise, already multiplied by ``sigmas[0]``; its dtype (float32 in normal use)
   is the dtype of all arithmetic on images. Per-step coefficients are computed from the grid as
@@ -117,6 +119,7 @@ from torch import Tensor
 
 __all__ = [
     "SAMPLERS",
+    "NO_T_SAMPLERS",
     "GRIDS",
     "GRID_CONFIG_KEYS",
     "PerSampleNoise",
@@ -507,15 +510,19 @@ def _check_options(name: str, options: dict, prefix: str) -> None:
 # =============================================================================================
 
 SAMPLERS: dict[str, Callable[..., Tensor]] = {}
+#: samplers that need a no_t model's denoiser (``eps_and_alpha_bar``), kept apart from SAMPLERS,
+#: whose every entry runs on every denoiser
+NO_T_SAMPLERS: dict[str, Callable[..., Tensor]] = {}
 _NFE_PER_STEP: dict[str, int] = {}
 _NFE_EXTRA: dict[str, int] = {}
 _RAW: dict[str, Callable[..., Tensor]] = {}
 
 
-def _register(name: str, evals_per_step: int = 1, extra_evals: int = 0):
+def _register(name: str, evals_per_step: int = 1, extra_evals: int = 0, no_t: bool = False):
     """Register a sampler. The wrapper validates options (unknown keys, values) and the grid,
     turns the grid into Python floats and runs the pure step loop under no_grad. ``extra_evals``:
-    denoiser calls beyond the steps' (ddim_no_t_lesson's call at sigma = 0)."""
+    denoiser calls beyond the steps' (ddim_no_t_lesson's call at sigma = 0); ``no_t``: it needs a
+    no_t model's denoiser (registered in NO_T_SAMPLERS instead of SAMPLERS)."""
 
     def deco(fn):
         @functools.wraps(fn)
@@ -528,7 +535,7 @@ def _register(name: str, evals_per_step: int = 1, extra_evals: int = 0):
             with torch.no_grad():
                 return fn(denoiser, x, values, generator=generator, callback=callback, **options)
 
-        SAMPLERS[name] = wrapper
+        (NO_T_SAMPLERS if no_t else SAMPLERS)[name] = wrapper
         _RAW[name] = fn
         _NFE_PER_STEP[name] = evals_per_step
         _NFE_EXTRA[name] = extra_evals
@@ -539,8 +546,11 @@ def _register(name: str, evals_per_step: int = 1, extra_evals: int = 0):
 
 def get_sampler(name: str) -> Callable[..., Tensor]:
     """The sampler function registered as ``name``."""
+    if name in NO_T_SAMPLERS:
+        return NO_T_SAMPLERS[name]
     if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; valid choices: {sorted(SAMPLERS)}")
+        raise ValueError(f"unknown sampler {name!r}; valid choices: "
+                         f"{sorted([*SAMPLERS, *NO_T_SAMPLERS])}")
     return SAMPLERS[name]
 
 
@@ -912,7 +922,7 @@ def _no_t_parts(denoiser):
     return fn
 
 
-@_register("ddim_no_t_lesson", extra_evals=1)
+@_register("ddim_no_t_lesson", extra_evals=1, no_t=True)
 def sample_ddim_no_t_lesson(denoiser, x, sigmas, *, generator=None, callback=None, eta=1.0,
                             clip_x0=2.0, noise_floor=0.01):
     """The lesson's no-t DDIM (course22p2 ``22_noise-pred.ipynb``, the ``ddim_step`` that asks
@@ -1091,8 +1101,9 @@ def validate_sampler_config(cfg) -> None:
     part of it (see :func:`validate_grid_config`)."""
     cfg = dict(cfg)
     name = cfg.get("name")
-    if name not in SAMPLERS:
-        raise ValueError(f"sampler.name={name!r} is not one of {sorted(SAMPLERS)}")
+    if name not in SAMPLERS and name not in NO_T_SAMPLERS:
+        raise ValueError(f"sampler.name={name!r} is not one of "
+                         f"{sorted([*SAMPLERS, *NO_T_SAMPLERS])}")
     _check_steps(cfg.get("steps", 20), "sampler.steps")
     _check_options(name, {k: v for k, v in cfg.items() if k not in ("name", "steps")},
                    prefix="sampler.")
