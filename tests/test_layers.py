@@ -219,7 +219,10 @@ def test_every_option_of_every_group_composes_validates_and_builds(monkeypatch):
     built = 0
     for group, option in _every_option():
         overrides = [f"{group}={option}", "train.batch_size=16"]
-        if (group, option) == ("objective", "no_t") or option == "course_no_t":
+        if (group, option) == ("sampler", "ddim_no_t_lesson"):
+            overrides.append("objective=no_t")  # it samples no_t models only
+        if (group, option) in (("objective", "no_t"), ("sampler", "ddim_no_t_lesson")) \
+                or option in ("course_no_t", "lesson_no_t"):
             overrides.append("objective.use_predicted_noise_level=false")
         c = validate_train_config(compose_train(overrides))
         if c["task"] == "noise_level":

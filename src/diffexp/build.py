@@ -111,6 +111,9 @@ def upgrade_config(cfg: dict) -> dict:
         obj.setdefault("normalize_input", False)  # before the switch existed
         if obj.get("name") == "karras":
             obj.setdefault("sigma_data_factor", 1.0)  # before the factor existed
+            obj.setdefault("c_noise", "log")  # before the lesson's raw c_noise existed
+        if obj.get("name") == "no_t":
+            obj.setdefault("noise_level_clamp", "median")  # before the per-image window
         else:  # written before the objective schemas were split per objective
             for key in ("sigma_data", "sigma_data_factor"):
                 if obj.get(key) is None:
@@ -124,8 +127,10 @@ DENOISER_KEYS = ("clip_denoised",)
 
 
 def pop_denoiser_options(sampler_cfg: dict) -> tuple[dict, dict]:
-    """Split ``clip_denoised`` (clamp every x0 estimate to the data range, +-data.scale: the
-    lesson's clamped x0, for any sampler) off a sampler config."""
+    """Split ``clip_denoised`` off a sampler config: it clamps the denoiser's output to the data
+    range, +-data.scale, before the sampler sees it, so every use of D is clamped, the step
+    direction included (with ddim: eps re-derived from the clamped x0, i.e. ddim's
+    ``use_clipped_eps=true``; the lesson's DDIM, which clamps x0_hat only, is ddim_lesson)."""
     scfg = dict(sampler_cfg)
     opts = {k: scfg.pop(k) for k in DENOISER_KEYS if k in scfg}
     clip = opts.get("clip_denoised", False)
@@ -153,15 +158,19 @@ def build_objective(obj_cfg: dict, schedule: Schedule) -> Objective:
     if sd == "auto":
         raise ValueError("objective.sigma_data=auto is measured on the training data first: "
                          "build through diffusion_spec (or resolve_sigma_data)")
-    return _objective(obj_cfg["name"], schedule, sd, bool(obj_cfg["normalize_input"]))
+    return _objective(obj_cfg["name"], schedule, sd, bool(obj_cfg["normalize_input"]),
+                      c_noise=obj_cfg["c_noise"] if obj_cfg["name"] == "karras" else "log")
 
 
-def build_network(model_cfg: dict, conditioned: bool):
+def build_network(model_cfg: dict, conditioned: bool, embedding: str = "geometric"):
+    """The UNet of ``model_cfg``; ``embedding`` is the objective's (``Objective.embedding``: the
+    lesson's raw-sigma c_noise needs a timestep embedding)."""
     from .models.unet import UNet
 
     return UNet(in_channels=1, out_channels=1, widths=tuple(model_cfg["widths"]),
                 blocks=int(model_cfg["blocks"]), attn_levels=tuple(model_cfg["attn_levels"]),
-                head_dim=int(model_cfg["head_dim"]), cond_embedding=conditioned)
+                head_dim=int(model_cfg["head_dim"]), cond_embedding=conditioned,
+                embedding=embedding)
 
 
 @dataclass(frozen=True)
@@ -255,13 +264,14 @@ class NoTSpec:
     noise_level_ckpt: str | None
     use_predicted_noise_level: bool
     clamp_factor: float
+    noise_level_clamp: str
 
     @classmethod
     def from_config(cls, o: dict) -> NoTSpec | None:
         if o["name"] != "no_t":
             return None
         return cls(o["noise_level_ckpt"], bool(o["use_predicted_noise_level"]),
-                   float(o["clamp_factor"]))
+                   float(o["clamp_factor"]), o["noise_level_clamp"])
 
 
 @dataclass(frozen=True)
@@ -283,7 +293,8 @@ class DiffusionSpec:
     compile: bool = field(default=False)
 
     def network(self):
-        return build_network(self.model, conditioned=self.objective.conditioned)
+        return build_network(self.model, conditioned=self.objective.conditioned,
+                             embedding=self.objective.embedding)
 
 
 def resolve_sigma_data(c: dict, data=None) -> tuple[dict, float | None]:

@@ -115,6 +115,7 @@ class KarrasObjectiveCfg:
     sigma_data: Any  # "auto" or a positive number
     sigma_data_factor: Any  # the objective uses sigma_data * this factor
     normalize_input: bool  # refused: c_in already scales the input
+    c_noise: str  # log (ln(sigma)/4, EDM) | raw (sigma itself, the lesson's)
 
 
 @dataclass
@@ -123,6 +124,7 @@ class NoTObjectiveCfg:
     noise_level_ckpt: str | None
     use_predicted_noise_level: bool
     clamp_factor: float
+    noise_level_clamp: str  # median (the lesson's, batch-coupled) | grid (per image)
     normalize_input: bool
 
 
@@ -131,7 +133,8 @@ OBJECTIVE_SCHEMAS = {"eps": ObjectiveCfg, "x0": ObjectiveCfg, "v": ObjectiveCfg,
 #: objective keys that only some objectives have: key -> the objectives that do
 OBJECTIVE_ONLY = {"sigma_data": ("karras",), "sigma_data_factor": ("karras",),
                   "noise_level_ckpt": ("no_t",), "use_predicted_noise_level": ("no_t",),
-                  "clamp_factor": ("no_t",)}
+                  "clamp_factor": ("no_t",), "noise_level_clamp": ("no_t",),
+                  "c_noise": ("karras",)}
 
 
 @dataclass
@@ -373,6 +376,7 @@ def validate_objective(o) -> dict:
         f = 1.0 if o["sigma_data_factor"] is None else o["sigma_data_factor"]
         _require(positive(f), "objective.sigma_data_factor", "must be a finite number > 0", f)
         o["sigma_data_factor"] = float(f)
+        _choice(o["c_noise"], "objective.c_noise", ["log", "raw"])
         if o["normalize_input"]:
             raise ConfigError("objective.normalize_input applies to the VP objectives (eps, x0, "
                               "v, no_t); karras' c_in already scales its input to unit variance "
@@ -380,6 +384,7 @@ def validate_objective(o) -> dict:
     elif name == "no_t":
         _require(o["clamp_factor"] >= 1, "objective.clamp_factor", "must be >= 1",
                  o["clamp_factor"])
+        _choice(o["noise_level_clamp"], "objective.noise_level_clamp", ["median", "grid"])
     return o
 
 
@@ -794,6 +799,11 @@ def validate_train_config(cfg: DictConfig) -> dict:
         raise ConfigError(f"objective={o['name']} with task=no_t_study: the study trains its own "
                           f"pair (a t-conditioned eps model and a no_t model); leave objective at "
                           f"eps (or no_t, to set its clamp_factor)")
+    if out["task"] == "diffusion" and o["name"] != "no_t" and any(
+            e.get("name") == "ddim_no_t_lesson"
+            for e in [out["sampler"], *out["eval"]["samplers"].values()]):
+        raise ConfigError(f"sampler ddim_no_t_lesson needs objective=no_t (objective={o['name']}); "
+                          f"use sampler=ddim_lesson for a t-conditioned model")
     if out["task"] == "diffusion" and o["name"] == "no_t" and o["use_predicted_noise_level"]:
         if not o["noise_level_ckpt"]:
             raise ConfigError("objective.noise_level_ckpt is required with objective=no_t and "

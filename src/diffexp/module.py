@@ -316,7 +316,8 @@ class DiffusionModule(_DataModuleMixin):
         else:
             pred = self.noise_level_net() if no_t.use_predicted_noise_level else None
             den = no_t_denoiser(net, pred, use_predicted=no_t.use_predicted_noise_level,
-                                clamp_factor=no_t.clamp_factor, record=record,
+                                clamp_factor=no_t.clamp_factor, clamp=no_t.noise_level_clamp,
+                                record=record,
                                 normalize_input=self.objective.normalize_input)
         if not clip:
             return den

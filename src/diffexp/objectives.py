@@ -20,7 +20,9 @@ condition on the schedule's t. With ``abar = 1 / (1 + sigma^2)``:
 
 karras (Karras et al. 2022, Table 1, "EDM" column), with sd = sigma_data:
 c_skip = sd^2 / (sigma^2 + sd^2), c_out = sigma sd / sqrt(sigma^2 + sd^2),
-c_in = 1 / sqrt(sigma^2 + sd^2), c_noise = ln(sigma) / 4; the target is
+c_in = 1 / sqrt(sigma^2 + sd^2), c_noise = ln(sigma) / 4 (``c_noise="log"``; ``"raw"`` hands the
+network sigma itself, as the lesson's 23_karras.ipynb does: ``model((x * c_in, sig))`` into a
+diffusers UNet2DModel's timestep embedding); the target is
 ``(x0 - c_skip x) / c_out`` so that ``x0_hat = c_skip x + c_out F``; EDM's loss weight
 ``lambda = 1 / c_out^2`` times the c_out^2 of the change of variables is 1.
 
@@ -47,7 +49,8 @@ from torch import Tensor
 from .schedules import Schedule
 
 __all__ = ["Objective", "EpsObjective", "X0Objective", "VObjective", "KarrasObjective",
-           "NoTObjective", "OBJECTIVES", "build_objective", "make_denoiser", "normalize_per_image"]
+           "NoTObjective", "OBJECTIVES", "C_NOISE", "build_objective", "make_denoiser",
+           "normalize_per_image"]
 
 
 def _b(v: Tensor, x: Tensor) -> Tensor:
@@ -65,6 +68,8 @@ class Objective:
     name = "base"
     #: does the network receive a conditioning value at all?
     conditioned = True
+    #: the network's sinusoidal embedding kind for that value (models.unet.EMBEDDINGS)
+    embedding = "geometric"
 
     def __init__(self, schedule: Schedule, normalize_input: bool = False):
         self.schedule = schedule
@@ -126,11 +131,22 @@ class VObjective(Objective):
         return x / s2 - _b(sigma, x) * out / s2.sqrt()
 
 
+#: values of ``objective.c_noise`` (karras): the conditioning value the network gets
+C_NOISE = ("log", "raw")
+
+
 class KarrasObjective(Objective):
     name = "karras"
 
-    def __init__(self, schedule: Schedule, sigma_data: float, normalize_input: bool = False):
+    def __init__(self, schedule: Schedule, sigma_data: float, normalize_input: bool = False,
+                 c_noise: str = "log"):
         super().__init__(schedule)
+        if c_noise not in C_NOISE:
+            raise ValueError(f"objective.c_noise={c_noise!r} is not one of {list(C_NOISE)}")
+        self.c_noise = c_noise
+        # raw sigma spans about 0.002 .. 80+: it needs the diffusers-style embedding whose
+        # frequencies go down to 1e-4 (models.unet.sinusoidal_embedding, kind "timestep")
+        self.embedding = "timestep" if c_noise == "raw" else "geometric"
         if normalize_input:
             raise ValueError("objective.normalize_input applies to the VP objectives (eps, x0, v, "
                              "no_t); karras' c_in already scales its input to unit variance")
@@ -150,7 +166,9 @@ class KarrasObjective(Objective):
         return self.scalings(sigma)[2]
 
     def cond(self, sigma):
-        return sigma.float().log() / 4
+        """c_noise: ``ln(sigma) / 4`` (EDM, Table 1) or sigma itself (``c_noise="raw"``, the
+        lesson's)."""
+        return sigma.float() if self.c_noise == "raw" else sigma.float().log() / 4
 
     def target(self, x0, noise, sigma):
         c_skip, c_out, _ = self.scalings(sigma)
@@ -180,11 +198,13 @@ OBJECTIVES = {"eps": EpsObjective, "x0": X0Objective, "v": VObjective, "karras":
 
 
 def build_objective(name: str, schedule: Schedule, sigma_data: float | None = None,
-                    normalize_input: bool = False) -> Objective:
+                    normalize_input: bool = False, c_noise: str = "log") -> Objective:
     if name not in OBJECTIVES:
         raise ValueError(f"objective.name={name!r} is not one of {sorted(OBJECTIVES)}")
     if name == "karras":
-        return KarrasObjective(schedule, sigma_data, normalize_input)
+        return KarrasObjective(schedule, sigma_data, normalize_input, c_noise)
+    if c_noise != "log":
+        raise ValueError(f"objective.c_noise applies to objective=karras only (objective={name})")
     return OBJECTIVES[name](schedule, normalize_input)
 
 

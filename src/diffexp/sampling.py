@@ -10,6 +10,8 @@ everything here works in sigma space.
 Samplers
 --------
 ``SAMPLERS[name](denoiser, x, sigmas, *, generator=None, callback=None, **options) -> x0``
+(``NO_T_SAMPLERS`` likewise, for the samplers that need a no_t model's denoiser;
+:func:`get_sampler` finds both)
 
 * ``x``: the starting noise, already multiplied by ``sigmas[0]``; its dtype (float32 in normal use)
   is the dtype of all arithmetic on images. Per-step coefficients are computed from the grid as
@@ -36,7 +38,20 @@ name                   options (defaults)                                NFE    
 ``dpmpp_2m``           (none)                                            N           x0_hat
 ``dpmpp_2m_sde``       eta=1.0, s_noise=1.0, solver_type="midpoint"      N           x0_hat
 ``dpmpp_2s_ancestral`` eta=1.0 (0 <= eta <= 1), s_noise=1.0              2N - 1      x0_hat
+``ddim_lesson``        eta=1.0, clip_x0=1.5, noise_floor=0.01            N           x0_hat
+``ddim_no_t_lesson``   eta=1.0, clip_x0=2.0, noise_floor=0.01            N + 1       x0_hat at 0
+``heun_lesson``        s_churn, s_tmin, s_tmax, s_noise as euler         2N - 1      Euler (x0_hat)
 =====================  ================================================  ==========  ==============
+
+The three ``*_lesson`` samplers are the fast.ai course22p2 notebooks' loops (22_cosine,
+22_noise-pred, 23_karras), each tested step by step against a re-implementation of the notebook
+loop in its own variables (tests/test_lesson.py). ``ddim_lesson`` differs from ``ddim(eta=1,
+clip_x0=...)`` only in zeroing the noise when ``1 - abar_next <= sig^2 + 0.01`` and in its start
+(unit VP noise); ``ddim_no_t_lesson`` needs a no_t model (the predicted alpha_bar acts on x0_hat
+only; the step uses the schedule's); ``heun_lesson`` evaluates the first D at sigma, not
+sigma_hat (identical to ``heun`` without churn). The lesson's LMS is ``lms`` with ``order=3``.
+The lesson's DDIM grid is ``grid=lesson`` (``t = linspace(1 - 1/steps, 0, steps)``: ``steps``
+values, the last 0, so N = steps - 1).
 
 "x0_hat" means the step to sigma = 0 returns the denoiser's estimate at the current state (for
 Euler-type steps this *is* the Euler step ``x + (0 - sigma) (x - D) / sigma = D``; for the
@@ -104,6 +119,7 @@ from torch import Tensor
 
 __all__ = [
     "SAMPLERS",
+    "NO_T_SAMPLERS",
     "GRIDS",
     "GRID_CONFIG_KEYS",
     "PerSampleNoise",
@@ -112,6 +128,7 @@ __all__ = [
     "SampleResult",
     "karras_sigmas",
     "exponential_sigmas",
+    "lesson_sigmas",
     "build_sigmas",
     "get_sampler",
     "sampler_options",
@@ -130,11 +147,14 @@ __all__ = [
     "sample_dpmpp_2m",
     "sample_dpmpp_2m_sde",
     "sample_dpmpp_2s_ancestral",
+    "sample_ddim_lesson",
+    "sample_ddim_no_t_lesson",
+    "sample_heun_lesson",
 ]
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 
-GRIDS = ("schedule", "karras", "exponential")
+GRIDS = ("schedule", "karras", "exponential", "lesson")
 #: the settings of a grid config (conf/grid/<name>.yaml)
 GRID_CONFIG_KEYS = ("name", "rho", "sigma_min", "sigma_max")
 
@@ -268,6 +288,25 @@ def exponential_sigmas(n: int, sigma_min: float, sigma_max: float) -> Tensor:
     return _append_zero(s)
 
 
+def lesson_sigmas(schedule, steps: int) -> Tensor:
+    """The lesson's DDIM grid (notebooks 22_cosine / 22_noise-pred, ``sample``): ``t =
+    linspace(1 - 1/steps, 0, steps)`` mapped through the schedule, so the grid holds ``steps``
+    values and its last, ``t = 0``, is sigma = 0 (alpha_bar(0) = 1): ``steps - 1`` moves, the
+    notebook's ``abar_t1 = 1`` at its last step being the move to sigma = 0. Only VP schedules with
+    ``alpha_bar(0) = 1`` have such a grid (cosine, linear, sigmoid), and ``steps >= 2``."""
+    _check_steps(steps, "steps")
+    if steps < 2:
+        raise ValueError(f"steps must be >= 2 with grid=lesson (its last point is t = 0; got "
+                         f"{steps})")
+    t = torch.linspace(1 - 1 / steps, 0, steps, dtype=torch.float64)
+    s = schedule.sigma(t).to(torch.float64).clone()
+    if not abs(float(s[-1])) < 1e-6:
+        raise ValueError(f"grid=lesson needs a schedule with alpha_bar(0) = 1 (cosine, linear, "
+                         f"sigmoid); this one has sigma(0) = {float(s[-1]):.4g}")
+    s[-1] = 0.0
+    return s
+
+
 def _check_grid_settings(steps, grid, rho, sigma_min, sigma_max, prefix: str = "") -> None:
     _check_steps(steps, prefix + "steps")
     if grid not in GRIDS:
@@ -284,7 +323,8 @@ def build_sigmas(schedule, steps: int, grid: str = "schedule", rho: float = 7.0,
     the schedule's t (``schedule.sampling_sigmas(steps)``); given sigma_min / sigma_max are mapped
     through ``schedule.t_from_sigma`` and the grid is uniform in t between them. ``"karras"``:
     :func:`karras_sigmas` with ``rho``; ``"exponential"``: :func:`exponential_sigmas` (rho is
-    validated but unused outside karras)."""
+    validated but unused outside karras); ``"lesson"``: :func:`lesson_sigmas` (``steps`` values,
+    the last of them 0; no sigma_min / sigma_max)."""
     _check_grid_settings(steps, grid, rho, sigma_min, sigma_max)
     lo = float(schedule.sigma_min) if sigma_min is None else float(sigma_min)
     hi = float(schedule.sigma_max) if sigma_max is None else float(sigma_max)
@@ -293,6 +333,11 @@ def build_sigmas(schedule, steps: int, grid: str = "schedule", rho: float = 7.0,
         return karras_sigmas(steps, lo, hi, rho)
     if grid == "exponential":
         return exponential_sigmas(steps, lo, hi)
+    if grid == "lesson":
+        if sigma_min is not None or sigma_max is not None:
+            raise ValueError("grid=lesson is fixed by the steps (t = linspace(1 - 1/steps, 0, "
+                             "steps)); it takes no sigma_min / sigma_max")
+        return lesson_sigmas(schedule, steps)
     if sigma_min is None and sigma_max is None:
         s = schedule.sampling_sigmas(steps).to(torch.float64)
     else:
@@ -424,6 +469,9 @@ def _option_error(sampler: str, key: str, value) -> str | None:
     elif key == "variance":
         if value not in ("posterior", "beta"):
             return "must be one of ['posterior', 'beta']"
+    elif key == "noise_floor":
+        if not _is_number(value) or value < 0 or math.isinf(value):
+            return "must be a finite number >= 0"
     elif key == "use_clipped_eps":
         if not isinstance(value, bool):
             return "must be true or false"
@@ -462,13 +510,19 @@ def _check_options(name: str, options: dict, prefix: str) -> None:
 # =============================================================================================
 
 SAMPLERS: dict[str, Callable[..., Tensor]] = {}
+#: samplers that need a no_t model's denoiser (``eps_and_alpha_bar``), kept apart from SAMPLERS,
+#: whose every entry runs on every denoiser
+NO_T_SAMPLERS: dict[str, Callable[..., Tensor]] = {}
 _NFE_PER_STEP: dict[str, int] = {}
+_NFE_EXTRA: dict[str, int] = {}
 _RAW: dict[str, Callable[..., Tensor]] = {}
 
 
-def _register(name: str, evals_per_step: int = 1):
+def _register(name: str, evals_per_step: int = 1, extra_evals: int = 0, no_t: bool = False):
     """Register a sampler. The wrapper validates options (unknown keys, values) and the grid,
-    turns the grid into Python floats and runs the pure step loop under no_grad."""
+    turns the grid into Python floats and runs the pure step loop under no_grad. ``extra_evals``:
+    denoiser calls beyond the steps' (ddim_no_t_lesson's call at sigma = 0); ``no_t``: it needs a
+    no_t model's denoiser (registered in NO_T_SAMPLERS instead of SAMPLERS)."""
 
     def deco(fn):
         @functools.wraps(fn)
@@ -481,9 +535,10 @@ def _register(name: str, evals_per_step: int = 1):
             with torch.no_grad():
                 return fn(denoiser, x, values, generator=generator, callback=callback, **options)
 
-        SAMPLERS[name] = wrapper
+        (NO_T_SAMPLERS if no_t else SAMPLERS)[name] = wrapper
         _RAW[name] = fn
         _NFE_PER_STEP[name] = evals_per_step
+        _NFE_EXTRA[name] = extra_evals
         return wrapper
 
     return deco
@@ -491,8 +546,11 @@ def _register(name: str, evals_per_step: int = 1):
 
 def get_sampler(name: str) -> Callable[..., Tensor]:
     """The sampler function registered as ``name``."""
+    if name in NO_T_SAMPLERS:
+        return NO_T_SAMPLERS[name]
     if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; valid choices: {sorted(SAMPLERS)}")
+        raise ValueError(f"unknown sampler {name!r}; valid choices: "
+                         f"{sorted([*SAMPLERS, *NO_T_SAMPLERS])}")
     return SAMPLERS[name]
 
 
@@ -505,13 +563,14 @@ def sampler_options(name: str) -> dict:
 
 
 def nfe(name: str, n_steps: int, **options) -> int:
-    """Denoiser evaluations per image for ``n_steps`` steps: N for one-evaluation samplers, 2N - 1
-    for heun, dpm_2 and dpmpp_2s_ancestral (their last step, to sigma = 0, is first order)."""
+    """Denoiser evaluations per image for ``n_steps`` steps (grid intervals): N for one-evaluation
+    samplers, 2N - 1 for heun, heun_lesson, dpm_2 and dpmpp_2s_ancestral (their last step, to
+    sigma = 0, is first order), N + 1 for ddim_no_t_lesson (its last call is at sigma = 0)."""
     get_sampler(name)
     _check_steps(n_steps, "n_steps")
     _check_options(name, options, prefix=f"{name}.")
     k = _NFE_PER_STEP[name]
-    return k * n_steps - (k - 1)
+    return k * n_steps - (k - 1) + _NFE_EXTRA[name]
 
 
 # =============================================================================================
@@ -804,6 +863,131 @@ def sample_dpmpp_2s_ancestral(denoiser, x, sigmas, *, generator=None, callback=N
     return x
 
 
+# ---------------------------------------------------------------------------------------------
+# Lesson modes: the fast.ai course22p2 notebooks' samplers, step for step
+# ---------------------------------------------------------------------------------------------
+
+
+def _lesson_sig(abar_t: float, abar_t1: float, eta: float, noise_floor: float) -> float:
+    """The notebooks' ``ddim_step`` noise std (VP): ``sig = eta sqrt(bbar_t1 / bbar_t) sqrt(1 -
+    abar_t / abar_t1)``, set to 0 when ``bbar_t1 <= sig^2 + noise_floor`` (their 0.01)."""
+    bbar_t, bbar_t1 = 1.0 - abar_t, 1.0 - abar_t1
+    sig = eta * math.sqrt(bbar_t1 / bbar_t) * math.sqrt(1.0 - abar_t / abar_t1)
+    return 0.0 if bbar_t1 <= sig * sig + noise_floor else sig
+
+
+@_register("ddim_lesson")
+def sample_ddim_lesson(denoiser, x, sigmas, *, generator=None, callback=None, eta=1.0,
+                       clip_x0=1.5, noise_floor=0.01):
+    """The lesson's DDIM (course22p2 ``22_cosine.ipynb``, ``ddim_step`` and ``sample``), in its own
+    VP variables; the grid is any sigma grid, the lesson's being ``grid=lesson``. Per step, with
+    ``abar_t = 1 / (1 + sigma^2)``, ``abar_t1`` the next one (1 at sigma_next = 0) and ``bbar =
+    1 - abar``::
+
+        eps    = the model's noise estimate, (x - D(x; sigma)) / sigma in sigma space
+        x0_hat = clamp((x_t - sqrt(bbar_t) eps) / sqrt(abar_t), -clip_x0, clip_x0)   (= clamp(D))
+        sig    = eta sqrt(bbar_t1 / bbar_t) sqrt(1 - abar_t / abar_t1), 0 if bbar_t1 <= sig^2 + 0.01
+        x_t1   = sqrt(abar_t1) x0_hat + sqrt(bbar_t1 - sig^2) eps + sig z
+
+    The direction keeps the model's eps (not one re-derived from the clamped x0_hat; that variant
+    is ``ddim(use_clipped_eps=true)``), and ``eta = 1`` is the notebook's. Start: the notebook
+    starts from ``x_t = z``, unit noise as the VP state; the given start ``x = sigma_0 z`` is read
+    as that z. Result: the last x0_hat (at sigma_next = 0, ``x_t1 = x0_hat``). On the lesson grid
+    the notebook makes one more call, at t = 0, whose x0_hat is x_t itself (abar = 1); it is not
+    made here, so NFE = N = steps - 1. ``clip_x0=null`` does not clamp."""
+    n = len(sigmas) - 1
+    x_t = x / sigmas[0]
+    x0_hat = x_t
+    for i in range(n):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        abar_t, abar_t1 = 1.0 / (1.0 + sigma**2), 1.0 / (1.0 + sigma_next**2)
+        x_sig = x_t / math.sqrt(abar_t)  # the sigma-space state the denoiser reads
+        raw = _denoise(denoiser, x_sig, sigma)
+        eps = (x_sig - raw) / sigma
+        x0_hat = _clip((x_t - math.sqrt(1.0 - abar_t) * eps) / math.sqrt(abar_t), clip_x0)
+        _report(callback, i, sigma, sigma, sigma_next, x_sig, x0_hat)
+        sig = _lesson_sig(abar_t, abar_t1, eta, noise_floor)
+        x_t = math.sqrt(abar_t1) * x0_hat + math.sqrt(max(1.0 - abar_t1 - sig**2, 0.0)) * eps
+        if sigma_next > 0.0 and eta > 0.0:  # the notebook draws z at every step
+            x_t = x_t + sig * _randn_like(x_t, generator)
+    return x0_hat
+
+
+def _no_t_parts(denoiser):
+    fn = getattr(denoiser, "eps_and_alpha_bar", None)
+    if fn is None:
+        raise ValueError("sampler ddim_no_t_lesson needs a no_t model's denoiser (objective=no_t, "
+                         "without sampler.clip_denoised: its own clip_x0 clamps); this one has "
+                         "no eps_and_alpha_bar")
+    return fn
+
+
+@_register("ddim_no_t_lesson", extra_evals=1, no_t=True)
+def sample_ddim_no_t_lesson(denoiser, x, sigmas, *, generator=None, callback=None, eta=1.0,
+                            clip_x0=2.0, noise_floor=0.01):
+    """The lesson's no-t DDIM (course22p2 ``22_noise-pred.ipynb``, the ``ddim_step`` that asks
+    ``tmodel``). The denoiser must be a no_t model's (:class:`diffexp.noise_level.NoTDenoiser`):
+    ``eps_and_alpha_bar(x, sigma)`` gives the model's eps and each image's alpha_bar ``a`` (the
+    predictor's, kept within ``[median / 2, 2 median]`` of the batch in the lesson's
+    ``objective.noise_level_clamp=median``). Per grid point, 0 included (the notebook's t = 0)::
+
+        x0_hat = clamp((x_t - sqrt(1 - a) eps) / sqrt(a), -clip_x0, clip_x0)
+        sig    = eta sqrt(bbar_t1 / bbar_t) sqrt(1 - abar_t / abar_t1), 0 if bbar_t1 <= sig^2 + 0.01
+        x_t1   = sqrt(abar_t1) x0_hat + sqrt(bbar_t1 - sig^2) eps + sig z
+
+    with the *schedule's* abar_t, abar_t1 (abar_t1 = 1 after the last point): the prediction acts
+    on x0_hat only. Start as :func:`sample_ddim_lesson`. Result: the x0_hat of the call at
+    sigma = 0. NFE = N + 1 (on the lesson grid: ``steps``, as the notebook)."""
+    parts = _no_t_parts(denoiser)
+    x_t = x / sigmas[0]
+    x0_hat = x_t
+    for i in range(len(sigmas)):
+        sigma = sigmas[i]
+        sigma_next = sigmas[i + 1] if i + 1 < len(sigmas) else 0.0
+        abar_t, abar_t1 = 1.0 / (1.0 + sigma**2), 1.0 / (1.0 + sigma_next**2)
+        x_sig = x_t / math.sqrt(abar_t)
+        eps, a = parts(x_sig, x_sig.new_full((x_sig.shape[0],), sigma))
+        a = a.to(x_t.dtype).view(-1, *([1] * (x_t.dim() - 1)))
+        x0_hat = _clip((x_t - (1.0 - a).sqrt() * eps) / a.sqrt(), clip_x0)
+        _report(callback, i, sigma, sigma, sigma_next, x_sig, x0_hat)
+        if sigma == 0.0:
+            break
+        sig = _lesson_sig(abar_t, abar_t1, eta, noise_floor)
+        x_t = math.sqrt(abar_t1) * x0_hat + math.sqrt(max(1.0 - abar_t1 - sig**2, 0.0)) * eps
+        if eta > 0.0:
+            x_t = x_t + sig * _randn_like(x_t, generator)
+    return x0_hat
+
+
+@_register("heun_lesson", evals_per_step=2)
+def sample_heun_lesson(denoiser, x, sigmas, *, generator=None, callback=None, s_churn=0.0,
+                       s_tmin=0.0, s_tmax=math.inf, s_noise=1.0):
+    """The lesson's Heun step (course22p2 ``23_karras.ipynb``, ``sample_heun``): as
+    :func:`sample_heun` (Karras Algorithm 2) except that after the churn the first denoiser call
+    and its slope use sigma, not sigma_hat::
+
+        denoised = D(x_hat; sigma),  d = (x_hat - denoised) / sigma,  dt = sigma_next - sigma_hat
+        x_2 = x_hat + d dt;  at sigma_next = 0 return x_2,
+        else x = x_hat + (d + (x_2 - D(x_2; sigma_next)) / sigma_next) / 2 * dt
+
+    Without churn (gamma = 0) it is :func:`sample_heun`. NFE = 2N - 1."""
+    n = len(sigmas) - 1
+    for i in range(n):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        x, sigma_hat = _churn(x, sigma, n, generator, s_churn, s_tmin, s_tmax, s_noise)
+        denoised = _denoise(denoiser, x, sigma)  # the notebook: D at sig, not sigma_hat
+        _report(callback, i, sigma, sigma, sigma_next, x, denoised)
+        d = _to_d(x, sigma, denoised)
+        dt = sigma_next - sigma_hat
+        x_2 = x + d * dt
+        if sigma_next == 0.0:
+            x = x_2
+            continue
+        d_2 = _to_d(x_2, sigma_next, _denoise(denoiser, x_2, sigma_next))
+        x = x + 0.5 * (d + d_2) * dt
+    return x
+
+
 # =============================================================================================
 # High level
 # =============================================================================================
@@ -815,6 +999,12 @@ class CountingDenoiser:
     def __init__(self, denoiser: Denoiser):
         self.denoiser = denoiser
         self.calls = 0
+        if hasattr(denoiser, "eps_and_alpha_bar"):  # a no_t denoiser: count that call too
+            self.eps_and_alpha_bar = self._eps_and_alpha_bar
+
+    def _eps_and_alpha_bar(self, x: Tensor, sigma: Tensor):
+        self.calls += 1
+        return self.denoiser.eps_and_alpha_bar(x, sigma)
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         self.calls += 1
@@ -896,6 +1086,11 @@ def validate_grid_config(grid) -> dict:
         raise ValueError(f"grid.rho acts only on the karras grid (this is grid={name}); "
                          f"write grid=karras grid.rho={rho}")
     _check_sigma_range(g.get("sigma_min"), g.get("sigma_max"), prefix="grid.")
+    if name == "lesson":
+        for key in ("sigma_min", "sigma_max"):
+            if g.get(key) is not None:
+                raise ValueError(f"grid.{key} does not act on grid=lesson (t = linspace(1 - "
+                                 f"1/steps, 0, steps)); drop it or use grid=schedule")
     return {"name": name, "rho": rho, "sigma_min": g.get("sigma_min"),
             "sigma_max": g.get("sigma_max")}
 
@@ -906,8 +1101,9 @@ def validate_sampler_config(cfg) -> None:
     part of it (see :func:`validate_grid_config`)."""
     cfg = dict(cfg)
     name = cfg.get("name")
-    if name not in SAMPLERS:
-        raise ValueError(f"sampler.name={name!r} is not one of {sorted(SAMPLERS)}")
+    if name not in SAMPLERS and name not in NO_T_SAMPLERS:
+        raise ValueError(f"sampler.name={name!r} is not one of "
+                         f"{sorted([*SAMPLERS, *NO_T_SAMPLERS])}")
     _check_steps(cfg.get("steps", 20), "sampler.steps")
     _check_options(name, {k: v for k, v in cfg.items() if k not in ("name", "steps")},
                    prefix="sampler.")

@@ -15,15 +15,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["UNet", "sinusoidal_embedding"]
+__all__ = ["UNet", "sinusoidal_embedding", "EMBEDDINGS"]
+
+#: kinds of conditioning embedding: "geometric" (values in about [-2, 2]) or "timestep" (values up
+#: to the hundreds, e.g. raw sigma: the diffusers UNet2DModel's timestep frequencies)
+EMBEDDINGS = ("geometric", "timestep")
 
 
-def sinusoidal_embedding(c: Tensor, dim: int, max_freq: float = 1000.0) -> Tensor:
-    """[B] -> [B, dim]: sin and cos of ``c * f`` for frequencies f geometric in [1, max_freq].
+def sinusoidal_embedding(c: Tensor, dim: int, max_freq: float = 1000.0,
+                         kind: str = "geometric") -> Tensor:
+    """[B] -> [B, dim]: sin and cos of ``c * f``.
 
-    Conditioning values here live in about [-2, 2] (t in [0, 1], or ln(sigma) / 4), so the
-    frequencies start at 1 rad per unit rather than the transformer convention for integers."""
+    ``kind="geometric"``: frequencies geometric in [1, max_freq]. Conditioning values here live in
+    about [-2, 2] (t in [0, 1], or ln(sigma) / 4), so the frequencies start at 1 rad per unit
+    rather than the transformer convention for integers. ``kind="timestep"``: the transformer /
+    diffusers ``Timesteps`` frequencies ``10000^(-i / half)``, i = 0 .. half - 1, cos first (its
+    ``flip_sin_to_cos``), for values up to hundreds such as a raw sigma (the lesson's Karras
+    c_noise): their lowest frequencies keep such values apart without wrapping."""
     half = dim // 2
+    if kind == "timestep":
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=c.device) / half)
+        arg = c.float()[:, None] * freqs[None]
+        return torch.cat([arg.cos(), arg.sin()], dim=1)
+    if kind != "geometric":
+        raise ValueError(f"embedding kind must be one of {list(EMBEDDINGS)} (got {kind!r})")
     freqs = torch.exp(torch.linspace(0, math.log(max_freq), half, device=c.device))
     arg = c.float()[:, None] * freqs[None]
     return torch.cat([arg.sin(), arg.cos()], dim=1)
@@ -87,13 +102,19 @@ class Block(nn.Module):
 class UNet(nn.Module):
     """``widths[i]`` channels at level i (resolution halves per level); ``blocks`` residual blocks
     per level on the way down (``blocks + 1`` on the way up, one per skip); attention at the levels
-    listed in ``attn_levels`` (0 = full resolution) with heads of ``head_dim`` channels."""
+    listed in ``attn_levels`` (0 = full resolution) with heads of ``head_dim`` channels;
+    ``embedding``: the sinusoidal embedding kind of the conditioning value (see
+    :func:`sinusoidal_embedding`)."""
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1,
                  widths: tuple[int, ...] = (32, 64, 128, 256), blocks: int = 2,
                  attn_levels: tuple[int, ...] = (1, 2, 3), head_dim: int = 32,
-                 cond_embedding: bool = True, emb_dim: int | None = None):
+                 cond_embedding: bool = True, emb_dim: int | None = None,
+                 embedding: str = "geometric"):
         super().__init__()
+        if embedding not in EMBEDDINGS:
+            raise ValueError(f"embedding must be one of {list(EMBEDDINGS)} (got {embedding!r})")
+        self.embedding = embedding
         widths = tuple(int(w) for w in widths)
         self.widths = widths
         self.cond_embedding = bool(cond_embedding)
@@ -137,7 +158,8 @@ class UNet(nn.Module):
         if self.cond_embedding:
             if cond is None:
                 raise ValueError("this UNet is conditioned: pass a [B] conditioning tensor")
-            emb = self.emb_mlp(sinusoidal_embedding(cond, self.widths[0]).to(x.dtype))
+            emb = self.emb_mlp(sinusoidal_embedding(cond, self.widths[0], kind=self.embedding)
+                               .to(x.dtype))
         else:
             if cond is not None:
                 raise ValueError("this UNet has no conditioning input (cond_embedding=False)")
