@@ -495,9 +495,9 @@ def test_lesson_no_t_recipe_validates(tmp_path):
 
 @pytest.mark.parametrize("overrides,match", [
     (["objective=eps", "+objective.c_noise=raw"], "c_noise"),
-    (["objective=karras", "schedule=karras", "+objective.c_noise=sigma"], "objective.c_noise"),
+    (["objective=karras", "schedule=karras", "objective.c_noise=sigma"], "objective.c_noise"),
     (["objective=no_t", "objective.use_predicted_noise_level=false",
-      "+objective.noise_level_clamp=batch"], "objective.noise_level_clamp"),
+      "objective.noise_level_clamp=batch"], "objective.noise_level_clamp"),
     (["sampler=ddim_no_t_lesson"], "ddim_no_t_lesson needs objective=no_t"),
     (["grid.name=lesson", "grid.sigma_max=5.0"], "grid.sigma_max"),
     (["schedule=karras", "objective=karras", "grid.name=lesson"], "alpha_bar\\(0\\) = 1"),
