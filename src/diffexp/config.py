@@ -853,7 +853,7 @@ def validate_seeds(seeds) -> list[int] | None:
 
 EVAL_TOP_KEYS = {"defaults", "ckpt", "seed", "name", "data_root", "eval", "sampler", "grid",
                  "logger", "objective", "hydra", "optimized_metric"}
-NO_T_KEYS = ("noise_level_ckpt", "use_predicted_noise_level", "clamp_factor")
+NO_T_KEYS = ("noise_level_ckpt", "use_predicted_noise_level", "clamp_factor", "noise_level_clamp")
 
 
 def eval_defaults() -> dict:
@@ -904,6 +904,9 @@ def validate_eval_config(cfg: DictConfig) -> dict:
         raise ConfigError(f"objective.{unknown[0]}: unknown setting; eval accepts "
                           f"{', '.join('objective.' + k for k in NO_T_KEYS)}")
     c["objective"] = {k: v for k, v in obj.items() if v is not None}
+    if "noise_level_clamp" in c["objective"]:
+        _choice(c["objective"]["noise_level_clamp"], "objective.noise_level_clamp",
+                ["median", "grid"])
     if "clamp_factor" in c["objective"]:
         _require(c["objective"]["clamp_factor"] >= 1, "objective.clamp_factor", "must be >= 1",
                  c["objective"]["clamp_factor"])

@@ -23,8 +23,6 @@ from ..config import ConfigError
 from .env import make_logger
 from .record import host_info, write_json
 
-NO_T_KEYS = ("noise_level_ckpt", "use_predicted_noise_level", "clamp_factor")
-
 
 def resolve_sampler(ckpt_sampler: dict, requested: dict) -> dict:
     """``sampler=ckpt`` (default): the checkpoint's sampler with every non-null key of the request
