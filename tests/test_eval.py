@@ -50,7 +50,7 @@ def test_eval_end_to_end(tiny_ckpt, tmp_path, data_root):
     assert (out / "samples.png").is_file() and (out / "per_step.png").is_file()
     rows = list(csv.DictReader(open(out / "per_step.csv")))
     assert [int(r["step"]) for r in rows] == [1, 2, 3]
-    for name in ("denoise", "noise_levels", "one_step_from_noise"):
+    for name in ("denoise", "training_sigmas", "one_step_from_noise"):
         assert (out / "diagnostics" / f"{name}.png").is_file()
 
 

@@ -21,7 +21,7 @@ from scipy import integrate
 from diffexp import sampling as smp
 from diffexp.config import ConfigError, validate_train_config
 from diffexp.models.unet import UNet, sinusoidal_embedding
-from diffexp.noise_level import ABAR_EPS, NoTDenoiser, clamp_to_grid
+from diffexp.no_t import ABAR_EPS, NoTDenoiser, clamp_to_grid
 from diffexp.objectives import KarrasObjective, make_denoiser
 from diffexp.schedules import CosineSchedule, KarrasSchedule
 

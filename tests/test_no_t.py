@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from diffexp.config import ConfigError, validate_train_config
-from diffexp.models.noise_level import NoiseLevelNet
+from diffexp.models.alpha_bar_net import AlphaBarNet
 from diffexp.models.unet import UNet
 from diffexp.module import DiffusionModule, load_noise_level_net
-from diffexp.noise_level import clamp_to_median, no_t_denoiser
+from diffexp.no_t import clamp_to_median, no_t_denoiser
 from diffexp.objectives import EpsObjective, make_denoiser
 from diffexp.runs.train import train
 from diffexp.schedules import CosineSchedule
@@ -86,7 +86,7 @@ def test_predictor_beats_constant_baseline(predictor_run):
     assert h["mse"] < 0.25 * h["baseline_mse"], h
     assert (run / "samples" / "noise_level_final.png").is_file()
     net, cfg = load_noise_level_net(run / "checkpoints" / "last.ckpt")
-    assert isinstance(net, NoiseLevelNet) and cfg["task"] == "noise_level"
+    assert isinstance(net, AlphaBarNet) and cfg["task"] == "noise_level"
 
 
 def test_no_t_sampling_with_predictor(predictor_run, tmp_path):

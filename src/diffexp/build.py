@@ -344,9 +344,9 @@ class NoiseLevelSpec:
     precision: str
 
     def network(self):
-        from .models.noise_level import NoiseLevelNet
+        from .models.alpha_bar_net import AlphaBarNet
 
-        return NoiseLevelNet(self.widths, target=self.target)
+        return AlphaBarNet(self.widths, target=self.target)
 
 
 def noise_level_spec(c: dict, *, precision: str | None = None) -> NoiseLevelSpec:

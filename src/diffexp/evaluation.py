@@ -21,7 +21,7 @@ from . import sampling
 from .data import CLASSES, decode, load_fashion_mnist, to_uint8
 from .metrics import DEFAULT_K, Evaluator
 from .module import DiffusionModule
-from .viz import image_table, noise_level_figure
+from .viz import image_table, training_sigma_figure
 
 __all__ = ["REFERENCE_KEY", "SCALAR_METRICS", "reference_images", "reference_labels",
            "floor_images", "make_evaluator", "evaluate_samples", "scalar_scores", "summarize_seeds",
@@ -215,7 +215,7 @@ def diagnostics(module: DiffusionModule, real_u8: Tensor, *, use_ema: bool = Tru
 
     * ``denoise``: real images noised at a range of noise levels, the one-step x0 prediction, and
       the truth (titles give sigma and the schedule's t);
-    * ``noise_levels``: the training noise-level distribution (log sigma and t histograms);
+    * ``training_sigmas``: the training noise-level distribution (log sigma and t histograms);
     * ``cskip_target`` (karras objective): the c_skip training target at a range of sigmas;
     * ``one_step_from_noise``: a single denoising step from pure noise at sigma_max."""
     d = module.cfg["data"]
@@ -250,7 +250,7 @@ def diagnostics(module: DiffusionModule, real_u8: Tensor, *, use_ema: bool = Tru
 
     train_sig = sched.sample_training_sigma(100_000, generator=torch.Generator().manual_seed(0))
     train_t = sched.t_from_sigma(train_sig.double())
-    figs["noise_levels"] = noise_level_figure(train_sig, train_t, sched.name)
+    figs["training_sigmas"] = training_sigma_figure(train_sig, train_t, sched.name)
 
     obj = module.objective
     if obj.name == "karras":

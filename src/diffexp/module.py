@@ -29,14 +29,14 @@ from .checkpoint_io import CHECKPOINT_FORMAT, read_checkpoint
 from .data import DeviceData, decode
 from .ema import EMA
 from .errors import CheckpointError
-from .models.noise_level import NoiseLevelNet
+from .models.alpha_bar_net import AlphaBarNet
 from .models.unet import count_parameters
-from .noise_level import ABAR_EPS, no_t_denoiser
+from .no_t import ABAR_EPS, no_t_denoiser
 from .objectives import make_denoiser
 from .preemption import step_seed
 from .viz import save_grid
 
-__all__ = ["DiffusionModule", "IndexBatches", "NoiseLevelModule", "load_module",
+__all__ = ["DiffusionModule", "IndexBatches", "AlphaBarModule", "load_module",
            "load_noise_level_net"]
 
 
@@ -408,8 +408,8 @@ class DiffusionModule(_DataModuleMixin):
         checkpoint["diffexp_version"] = CHECKPOINT_FORMAT
 
 
-class NoiseLevelModule(_DataModuleMixin):
-    """Trains :class:`NoiseLevelNet` to read alpha_bar off a noised VP image.
+class AlphaBarModule(_DataModuleMixin):
+    """Trains :class:`AlphaBarNet` to read alpha_bar off a noised VP image.
 
     Each image gets its own alpha_bar, uniform in (0, 1) (``noise_level.abar_dist=uniform``, kept
     within [1e-4, 1 - 1e-4]) or drawn from the schedule's training distribution
@@ -425,7 +425,7 @@ class NoiseLevelModule(_DataModuleMixin):
         self.schedule = spec.schedule
 
     @classmethod
-    def from_config(cls, c: dict) -> NoiseLevelModule:
+    def from_config(cls, c: dict) -> AlphaBarModule:
         return cls(noise_level_spec(c))
 
     def draw_alpha_bar(self, n: int, device, generator=None) -> Tensor:
@@ -489,22 +489,22 @@ class NoiseLevelModule(_DataModuleMixin):
         last = self.current_epoch + 1 >= self.trainer.max_epochs
         every = self.spec.train.sample_every_n_epochs
         if last or (every and (self.current_epoch + 1) % every == 0):
-            from .viz import noise_level_scatter, save_figure
+            from .viz import alpha_bar_scatter, save_figure
 
             h = self.held_out(n=self.spec.n_scatter)
             tag = "final" if last else f"epoch_{self.current_epoch + 1:03d}"
-            path = save_figure(noise_level_scatter(h["abar"], h["abar_hat"], self.target),
+            path = save_figure(alpha_bar_scatter(h["abar"], h["abar_hat"], self.target),
                                self.run_dir / "samples" / f"noise_level_{tag}.png")
             for lg in self.loggers:
                 if hasattr(lg, "log_image"):
                     lg.log_image(key="noise_level", images=[str(path)], step=self.global_step)
 
 
-def load_noise_level_net(path: str | Path) -> tuple[NoiseLevelNet, dict]:
+def load_noise_level_net(path: str | Path) -> tuple[AlphaBarNet, dict]:
     """The predictor of a ``task=noise_level`` checkpoint and that run's config."""
     ckpt = read_checkpoint(path, setting="objective.noise_level_ckpt", task="noise_level")
     cfg = ckpt["hyper_parameters"]["cfg"]
-    module = NoiseLevelModule.from_config(cfg)
+    module = AlphaBarModule.from_config(cfg)
     module.load_state_dict(ckpt["state_dict"])
     return module.net, cfg
 

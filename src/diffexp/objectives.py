@@ -184,7 +184,7 @@ class NoTObjective(EpsObjective):
     """An eps model that is never told its noise level: the network gets no conditioning input.
 
     At sampling time the noise level comes from the schedule or from a noise-level predictor
-    (see :mod:`diffexp.noise_level`)."""
+    (see :mod:`diffexp.no_t`)."""
 
     name = "no_t"
     conditioned = False

@@ -926,7 +926,7 @@ def _no_t_parts(denoiser):
 def sample_ddim_no_t_lesson(denoiser, x, sigmas, *, generator=None, callback=None, eta=1.0,
                             clip_x0=2.0, noise_floor=0.01):
     """The lesson's no-t DDIM (course22p2 ``22_noise-pred.ipynb``, the ``ddim_step`` that asks
-    ``tmodel``). The denoiser must be a no_t model's (:class:`diffexp.noise_level.NoTDenoiser`):
+    ``tmodel``). The denoiser must be a no_t model's (:class:`diffexp.no_t.NoTDenoiser`):
     ``eps_and_alpha_bar(x, sigma)`` gives the model's eps and each image's alpha_bar ``a`` (the
     predictor's, kept within ``[median / 2, 2 median]`` of the batch in the lesson's
     ``objective.noise_level_clamp=median``). Per grid point, 0 included (the notebook's t = 0)::

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["make_grid", "save_grid", "save_png", "save_figure", "image_table", "noise_level_figure"]
+__all__ = ["make_grid", "save_grid", "save_png", "save_figure", "image_table", "training_sigma_figure"]
 
 
 def make_grid(u8: Tensor, ncol: int | None = None, pad: int = 2, pad_value: int = 255) -> Tensor:
@@ -97,7 +97,7 @@ def image_table(rows: list[Tensor], row_names: list[str], col_titles: list[str],
     return fig
 
 
-def noise_level_figure(sigma: Tensor, t: Tensor, schedule_name: str):
+def training_sigma_figure(sigma: Tensor, t: Tensor, schedule_name: str):
     """Histograms of the training noise levels: log10 sigma and the schedule's t."""
     plt = _plt()
     fig, ax = plt.subplots(1, 2, figsize=(8, 3))
@@ -111,7 +111,7 @@ def noise_level_figure(sigma: Tensor, t: Tensor, schedule_name: str):
     return fig
 
 
-def noise_level_scatter(abar: Tensor, abar_hat: Tensor, target: str):
+def alpha_bar_scatter(abar: Tensor, abar_hat: Tensor, target: str):
     """Predicted vs true alpha_bar on held-out images, with the identity line."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4, 4))

@@ -398,7 +398,7 @@ def _train(c: dict, run_dir: str | Path, callbacks: list | None, guard) -> dict:
     from ..checkpoint_io import AtomicCheckpointIO
     from ..data import DataError, build_data
     from ..guards import DivergenceGuard
-    from ..module import DiffusionModule, NoiseLevelModule, describe
+    from ..module import AlphaBarModule, DiffusionModule, describe
     from ..preemption import Preempted
 
     run_dir = Path(run_dir)
@@ -419,7 +419,7 @@ def _train(c: dict, run_dir: str | Path, callbacks: list | None, guard) -> dict:
     except DataError as e:
         raise ConfigError(str(e)) from None
     if c["task"] == "noise_level":
-        module = NoiseLevelModule(noise_level_spec(c, precision=precision))
+        module = AlphaBarModule(noise_level_spec(c, precision=precision))
         print(f"[diffexp] noise-level predictor (target={c['noise_level']['target']}): "
               f"{sum(p.numel() for p in module.net.parameters()):,} parameters; {run_dir}")
     else:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["NoiseLevelNet"]
+__all__ = ["AlphaBarNet"]
 
 
-class NoiseLevelNet(nn.Module):
+class AlphaBarNet(nn.Module):
     def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 128), target: str = "logit"):
         super().__init__()
         if target not in ("logit", "raw"):
