@@ -114,7 +114,8 @@ def evaluate_samples(module: DiffusionModule, evaluator: Evaluator, sampler_cfg:
     t0 = time.perf_counter()
     _, u8, nfe = module.generate(n, seed=seed, sampler_cfg=sampler_cfg, grid_cfg=grid_cfg,
                                  use_ema=use_ema,
-                                 batch_size=batch_size, callback=keep_x0 if per_step else None)
+                                 batch_size=batch_size, callback=keep_x0 if per_step else None,
+                                 progress=f"sampling (seed {seed})")
     _sync(module.device)
     t_sample = time.perf_counter() - t0
     t1 = time.perf_counter()

@@ -349,9 +349,10 @@ class DiffusionModule(_DataModuleMixin):
     @torch.no_grad()
     def generate(self, n: int, seed: int = 0, sampler_cfg: dict | None = None,
                  grid_cfg: dict | None = None, use_ema: bool = True,
-                 batch_size: int | None = None, callback=None):
+                 batch_size: int | None = None, callback=None, progress: str | None = None):
         """Sample ``n`` images with a sampler config and a grid config (default: the run's own);
-        returns ``(x0 in the data range, uint8 images, nfe)``."""
+        returns ``(x0 in the data range, uint8 images, nfe)``. ``progress``: a label under which
+        to report progress on stderr (:class:`~diffexp.progress.Progress`)."""
         from .build import SamplingSpec
 
         if sampler_cfg is None and grid_cfg is None:
@@ -363,11 +364,19 @@ class DiffusionModule(_DataModuleMixin):
         was_training = self.training
         self.eval()
         den = self.denoiser(use_ema, clip=spec.clip_denoised)
+        bar = None
+        if progress:
+            from .progress import Progress
+
+            bar = Progress(n, progress)
         with self._autocast():
             res = sampling.sample(den, self.schedule, n=n,
                                   shape=self.image_shape, seed=seed,
                                   batch_size=batch_size or self.spec.train.batch_size,
-                                  device=self.device, callback=callback, **grid_kw, **options)
+                                  device=self.device, callback=callback,
+                                  on_batch=bar.update if bar else None, **grid_kw, **options)
+        if bar:
+            bar.close()
         self.train(was_training)
         d = self.spec.data
         return res.x0, decode(res.x0, d.pad, d.scale), res.nfe

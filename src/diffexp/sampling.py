@@ -1025,12 +1025,15 @@ def sample(denoiser: Denoiser, schedule, *, n: int, shape: Sequence[int], seed: 
            sampler: str = "euler", steps: int = 20, grid: str = "schedule", rho: float = 7.0,
            sigma_min: float | None = None, sigma_max: float | None = None,
            batch_size: int | None = None, first_index: int = 0, device="cpu", callback=None,
-           dtype: torch.dtype = torch.float32, noise_device="cpu", **options) -> SampleResult:
+           dtype: torch.dtype = torch.float32, noise_device="cpu", on_batch=None,
+           **options) -> SampleResult:
     """Draw images ``first_index .. first_index + n - 1`` of the run with base ``seed``.
 
     Image k's start noise (times sigmas[0]) and all its later noise come from its own stream
     (:class:`PerSampleNoise`), so results do not depend on ``batch_size`` or on how the index range
-    is split between calls / processes. Returns a :class:`SampleResult` with the measured NFE."""
+    is split between calls / processes. Returns a :class:`SampleResult` with the measured NFE.
+    ``on_batch(k)``, when given, is called after each batch with its number of images (progress
+    reporting)."""
     fn = get_sampler(sampler)
     _check_options(sampler, options, prefix="")
     _check_steps(n, "n")
@@ -1052,6 +1055,8 @@ def sample(denoiser: Denoiser, schedule, *, n: int, shape: Sequence[int], seed: 
             def cb(info, _b=first_index + start):
                 callback({**info, "batch_start": _b})
         outs.append(fn(counter, x, sigmas, generator=noise, callback=cb, **options))
+        if on_batch is not None:
+            on_batch(stop - start)
         if measured is None:
             measured = counter.calls
         elif counter.calls != measured:  # pragma: no cover - samplers are not data dependent

@@ -80,9 +80,14 @@ class LossHistory:
                                 for (s, _), v in zip(cb.pending, vals)]
                     cb.pending.clear()
                     if trainer.is_global_zero:
-                        print(f"[diffexp] epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: "
-                              f"mean train loss {sum(vals) / len(vals):.4f} over {len(vals)} "
-                              f"steps, {time.perf_counter() - cb.t0:.1f}s", flush=True)
+                        msg = (f"[diffexp] epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: "
+                               f"mean train loss {sum(vals) / len(vals):.4f} over {len(vals)} "
+                               f"steps, {time.perf_counter() - cb.t0:.1f}s")
+                        bar = trainer.progress_bar_callback
+                        if bar is not None:  # written above the bar, which stays whole
+                            bar.print(msg)
+                        else:
+                            print(msg, flush=True)
 
             def on_validation_epoch_end(cb, trainer, module):
                 v = trainer.callback_metrics.get("val/loss")
