@@ -702,6 +702,10 @@ def check_step_count(c: dict) -> None:
         if capped < per_epoch:
             per_epoch, key = max(capped, 1), "trainer.limit_train_batches"
     total = per_epoch * t["epochs"]
+    max_steps = tr.get("max_steps")  # a Trainer argument passed through
+    if isinstance(max_steps, int) and not isinstance(max_steps, bool) and max_steps >= 0 \
+            and max_steps < total:
+        total, key = max_steps, "trainer.max_steps"
     if c["optim"]["lr_schedule"] == "onecycle" and total < 3:
         raise ConfigError(f"{key}: the run makes {total} optimizer step(s) and "
                           f"optim.lr_schedule=onecycle needs at least 3; train longer or use "
