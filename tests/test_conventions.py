@@ -80,6 +80,7 @@ def test_max_steps_acts_and_checkpoints_are_kept_every_k_epochs(tmp_path):
 def test_job_return_gives_the_optimized_metric_as_a_float():
     summary = {"eval": {"fid": 12.5, "kid_mean": 0.01}, "final_train_loss": 0.3}
     assert job_return(summary, None) is summary
+    assert job_return({"fid": 7.0, "kid_mean": 0.2}, "fid") == 7.0  # an eval.py job's metrics
     assert job_return(summary, "fid") == 12.5 and job_return(summary, "final_train_loss") == 0.3
     labelled = {"eval": {"heun": {"fid": 3.0, "kid_mean": 0.1}, "euler": {"fid": 4.0}}}
     assert job_return(labelled, "fid") == 3.0  # the first end sampler's
@@ -116,3 +117,26 @@ def test_optuna_search_runs_three_trials(tmp_path):
         fids.append(json.loads(job.read_text())["eval"]["fid"])
     assert len(fids) == 3 and best["best_value"] == pytest.approx(min(fids))
     assert set(best["best_params"]) == {"optim.lr", "data.scale", "train.ema_decay"}
+
+
+@pytest.mark.slow
+def test_sampler_optuna_search_on_one_checkpoint(tmp_path):
+    """eval.py hparams_search=sampler_optuna: three trials of grid rho and churn on one trained
+    checkpoint, no retraining; each trial returns its FID and the best is the smallest."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    c = validate_train_config(compose_train([*TINY, "debug=fast", "logger=none",
+                                             "schedule=karras", "objective=karras"]))
+    train(c, tmp_path / "run")
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    r = subprocess.run([sys.executable, str(REPO / "eval.py"), "hparams_search=sampler_optuna",
+                        f"ckpt={ckpt}", "hydra.sweeper.n_trials=3", "sampler.steps=3",
+                        "eval.n_samples=16", "eval.batch_size=16", "logger=none",
+                        "hydra.sweep.dir=esweep"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    best = yaml.safe_load((tmp_path / "esweep" / "optimization_results.yaml").read_text())
+    assert set(best["best_params"]) == {"grid.rho", "sampler.s_churn", "sampler.s_tmin"}
+    import json
+
+    fids = [json.loads(m.read_text())["fid"] for m in (tmp_path / "esweep").glob("*/metrics.json")]
+    assert len(fids) == 3 and best["best_value"] == pytest.approx(min(fids))

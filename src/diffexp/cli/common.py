@@ -83,13 +83,15 @@ def run_job(fn):
 def job_return(result, metric: str | None):
     """What a job returns to Hydra: its result, or with ``optimized_metric`` that number of it (a
     float, as Hydra's Optuna sweeper needs; a failed job counts as the worst, +inf). The metric
-    is read from the end-of-run evaluation (its first end sampler's with ``eval.samplers``) or,
-    for the losses, from the training summary."""
+    is read from an eval.py job's metrics, a training job's end-of-run evaluation (its first end
+    sampler's with ``eval.samplers``) or, for the losses, the training summary."""
     if not metric:
         return result
     if not isinstance(result, dict) or result.get("status") == "failed":
         return float("inf")
-    source = result.get("eval") if metric in ("fid", "kid_mean") else result
+    # an eval.py job's result holds the numbers; a training job's, its end-of-run evaluation's
+    source = result.get("eval") if metric in ("fid", "kid_mean") and metric not in result \
+        else result
     if source and metric not in source and metric in ("fid", "kid_mean"):
         source = next(iter(source.values()), None)  # eval.samplers: label -> metrics
     value = (source or {}).get(metric) if isinstance(source, dict) else None
