@@ -149,7 +149,7 @@ class FidProxy:
                     return
                 if not trainer.is_global_zero:
                     return
-                from ..evaluation import evaluate_samples, make_evaluator
+                from ..evaluation import evaluate_samples, make_evaluator, proxy_log_dict
 
                 if proxy.evaluator is None:
                     proxy.evaluator = make_evaluator(module.spec.data.root, device=module.device)
@@ -157,11 +157,11 @@ class FidProxy:
                 m, _, _ = evaluate_samples(module, proxy.evaluator, None, n=n,
                                            seed=module.spec.train.seed,
                                            batch_size=module.spec.train.batch_size)
-                module.log_dict({"val/fid": m["fid"], "val/kid": m["kid_mean"]},
-                                rank_zero_only=True)
+                module.log_dict(proxy_log_dict(m), rank_zero_only=True)
                 best = min((h["fid"] for h in proxy.history), default=math.inf)
                 proxy.history.append({"epoch": epoch, "fid": m["fid"], "kid": m["kid_mean"],
-                                      "n": n})
+                                      "precision": m.get("precision"),
+                                      "recall": m.get("recall"), "n": n})
                 print(f"[diffexp] epoch {epoch}: proxy FID {m['fid']:.2f} (n={n})")
                 if best_path is not None and m["fid"] < best:
                     trainer.save_checkpoint(str(best_path))  # atomic (AtomicCheckpointIO)
@@ -199,8 +199,9 @@ def evaluate_at_end(c: dict, run_dir: Path, logger, ckpt: Path | None = None) ->
             if m.get("floor"):
                 flat[prefix + "floor_fid"] = m["floor"]["fid"]
             logger.log_metrics(flat)
-        return {k: m[k] for k in ("fid", "kid_mean", "kid_std", "n", "nfe", "wall_time_s")} | {
-            "floor_fid": (m.get("floor") or {}).get("fid")}
+        keep = ("fid", "kid_mean", "kid_std", "precision", "recall", "density", "coverage",
+                "class_tv", "class_confidence", "n", "nfe", "wall_time_s")
+        return {k: m.get(k) for k in keep} | {"floor_fid": (m.get("floor") or {}).get("fid")}
 
     samplers = c["eval"]["samplers"]
     if not samplers:
