@@ -7,8 +7,8 @@ sweep summary, the Python API) reads back, defined once.
 * :func:`model_record`: how a trained model is described in both, so one name means one number:
   ``sigma_data`` is the value the objective uses (measured or given, times
   ``objective.sigma_data_factor``) and ``sigma_data_measured`` what was measured or given.
-* :func:`headline`: fid, kid, kid_std, floor_fid, nfe of one metrics record (what dashboards
-  and summaries show).
+* :func:`headline`: fid, kid, kid_std, floor_fid, nfe (and precision, recall, density, coverage,
+  class_tv where measured) of one metrics record: what dashboards and summaries show.
 
 All JSON is strict (infinities and NaN written as strings) and written atomically.
 """
@@ -94,9 +94,12 @@ def model_record(cfg: dict) -> dict:
 def headline(metrics: dict) -> dict:
     """The numbers a dashboard shows of one evaluation record."""
     floor = metrics.get("floor")
-    return {"fid": metrics["fid"], "kid": metrics["kid_mean"], "kid_std": metrics["kid_std"],
-            "floor_fid": floor["fid"] if isinstance(floor, dict) else metrics.get("floor_fid"),
-            "nfe": metrics["nfe"]}
+    out = {"fid": metrics["fid"], "kid": metrics["kid_mean"], "kid_std": metrics["kid_std"],
+           "floor_fid": floor["fid"] if isinstance(floor, dict) else metrics.get("floor_fid"),
+           "nfe": metrics["nfe"]}
+    out.update({k: metrics[k] for k in ("precision", "recall", "density", "coverage",
+                                        "class_tv") if metrics.get(k) is not None})
+    return out
 
 
 def cpu_model() -> str:
