@@ -192,7 +192,7 @@ def test_each_sampler_yaml_sets_every_option_of_its_sampler(name):
 
 # ----------------------------------------------------------------------------- build everything
 GROUPS = ["data", "model", "schedule", "objective", "sampler", "grid", "optim", "trainer",
-          "logger", "experiment", "debug", "sweep"]
+          "callbacks", "logger", "experiment", "debug", "sweep"]
 
 
 def _every_option():
