@@ -92,6 +92,7 @@ def test_job_return_gives_the_optimized_metric_as_a_float():
                                              "train.eval_at_end=false"]))
 
 
+@pytest.mark.slow
 def test_failed_jobs_of_submitit_local_exit_1(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     r = _cli("-m", "data.scale=-1,-2", "logger=none", "hydra/launcher=submitit_local",

@@ -43,7 +43,9 @@ def _contexts() -> list[tuple[list[str], str]]:
     out += [([f"grid={g}", "grid.sigma_min=0.01", "grid.sigma_max=50"], "grid")
             for g in group_options("grid") if g != "ckpt"]
     out += [(["grid=karras", "schedule=karras"], "grid")]
-    out += [([f"sampler={s}"], "sampler") for s in group_options("sampler") if s != "ckpt"]
+    no_t = ["objective=no_t", "objective.use_predicted_noise_level=false"]
+    out += [([f"sampler={s}", *(no_t if s == "ddim_no_t_lesson" else [])], "sampler")
+            for s in group_options("sampler") if s != "ckpt"]
     out += [([], "data"), ([], "model")]
     return out
 

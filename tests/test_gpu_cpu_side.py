@@ -211,6 +211,7 @@ def test_training_steps_read_nothing_back_to_the_host(tmp_path, fused_adam):
     assert sum(counts[1].values()) <= 2, counts[1]  # the epoch-end gather of the loss history
 
 
+@pytest.mark.slow
 def test_logger_reads_the_loss_once_per_logging_step(tmp_path, fused_adam):
     """With a logger, Lightning converts the logged step values to numbers every
     ``log_every_n_steps`` steps: at most two reads per logging step (the loss and the gradient

@@ -104,9 +104,9 @@ def test_sigma_data_factor_scales_the_preconditioning():
     sched = build_schedule({"name": "karras", "sigma_min": 0.002, "sigma_max": 80.0,
                             "rho": 7.0, "p_mean": -1.2, "p_std": 1.2})
     full = build_objective({"name": "karras", "sigma_data": 0.6, "sigma_data_factor": 1.0,
-                            "normalize_input": False}, sched)
+                            "normalize_input": False, "c_noise": "log"}, sched)
     half = build_objective({"name": "karras", "sigma_data": 0.6, "sigma_data_factor": 0.5,
-                            "normalize_input": False}, sched)
+                            "normalize_input": False, "c_noise": "log"}, sched)
     assert half.sigma_data == pytest.approx(0.3) and full.sigma_data == pytest.approx(0.6)
     # c_skip = sd^2 / (sigma^2 + sd^2) is exactly 1/2 where sigma equals the effective sigma_data
     for obj, sd in ((full, 0.6), (half, 0.3)):

@@ -806,7 +806,7 @@ def validate_train_config(cfg: DictConfig) -> dict:
     if out["task"] == "diffusion" and o["name"] != "no_t" and any(
             e.get("name") == "ddim_no_t_lesson"
             for e in [out["sampler"], *out["eval"]["samplers"].values()]):
-        raise ConfigError(f"sampler ddim_no_t_lesson needs objective=no_t (objective={o['name']}); "
+        raise ConfigError(f"sampler.name=ddim_no_t_lesson needs objective=no_t (objective={o['name']}); "
                           f"use sampler=ddim_lesson for a t-conditioned model")
     if out["task"] == "diffusion" and o["name"] == "no_t" and o["use_predicted_noise_level"]:
         if not o["noise_level_ckpt"]:
