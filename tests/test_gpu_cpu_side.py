@@ -199,6 +199,7 @@ def _growth(a: collections.Counter, b: collections.Counter) -> dict:
     return {k: (a[k], b[k]) for k in set(a) | set(b) if b[k] != a[k]}
 
 
+@pytest.mark.slow
 def test_training_steps_read_nothing_back_to_the_host(tmp_path, fused_adam):
     """Measured: with no logger, the count over steps 2..N is the same for N = 3 and N = 9 (only
     the loss history's one read at the epoch's end). Before the module logged ``train/loss`` to
