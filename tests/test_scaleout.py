@@ -56,6 +56,7 @@ def test_ddp_two_cpu_processes(tmp_path):
 def test_kill_and_resume(tmp_path):
     args = [*TINY, "data.subset=2000", "data.val_size=64", "train.epochs=6",
             "trainer.limit_train_batches=25", "train.sample_every_n_epochs=0", "logger=csv",
+            "callbacks.checkpoints.every_k_epochs=1",
             "hydra.run.dir=run"]
     p = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

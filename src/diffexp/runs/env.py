@@ -102,14 +102,29 @@ def holding_run_folder(run_dir: Path):
     return hold_run_folder(run_dir) if _launching_process() else contextlib.nullcontext()
 
 
+def _wandb_run(logger):
+    """The wandb Run behind ``logger``; None for another logger, or in a DDP rank other than 0
+    (where Lightning hands out a do-nothing stand-in)."""
+    try:
+        from pytorch_lightning.loggers import WandbLogger
+    except ImportError:  # pragma: no cover - Lightning is a dependency
+        return None
+    if not isinstance(logger, WandbLogger):
+        return None
+    import wandb
+
+    exp = logger.experiment
+    return exp if isinstance(exp, wandb.sdk.wandb_run.Run) else None
+
+
 def publish_summary(logger, summary: dict) -> None:
     """A wandb run's summary (what the runs table, parallel-coordinates and scatter panels read):
     fid, kid, kid_std, floor_fid and nfe of the end-of-run evaluation (the first end sampler's,
     and each one's fid under its label), the final losses and the parameter count."""
     from .record import headline
 
-    if not logger or not hasattr(logger, "experiment") or not hasattr(logger.experiment,
-                                                                       "summary"):
+    run = _wandb_run(logger)
+    if run is None:
         return
     head = {k: summary[k] for k in ("final_train_loss", "final_val_loss", "parameters")
             if summary.get(k) is not None}
@@ -119,18 +134,18 @@ def publish_summary(logger, summary: dict) -> None:
         head.update(headline(first))
         if "fid" not in evals:
             head.update({f"{label}/fid": e["fid"] for label, e in evals.items()})
-    logger.experiment.summary.update(head)
+    run.summary.update(head)
 
 
 def record_wandb_run(logger, run_dir: Path) -> dict | None:
     """Write the wandb run's id and group into ``run_dir`` (``wandb_id.txt``, ``wandb.json``):
     a resume continues the id, an evaluation of the run's checkpoint joins the group and links
     the id. Returns ``{"id", "group", "project"}``, None without a wandb logger."""
-    if not logger or not hasattr(logger, "experiment") or not hasattr(logger.experiment, "group"):
+    exp = _wandb_run(logger)
+    if exp is None:
         return None
     from .record import write_json
 
-    exp = logger.experiment
     info = {"id": exp.id, "group": exp.group, "project": exp.project}
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     (Path(run_dir) / "wandb_id.txt").write_text(exp.id or "")

@@ -488,7 +488,12 @@ def _train(c: dict, run_dir: str | Path, callbacks: list | None, guard) -> dict:
                "checkpoint": str(run_dir / "checkpoints" / "last.ckpt")}
     if proxy is not None:
         summary["fid_proxy"] = proxy.history
-    if wants_eval_at_end(c) and c["task"] == "diffusion" and trainer.is_global_zero:
+    if wants_eval_at_end(c) and c["task"] == "diffusion" and trainer.world_size > 1:
+        # the metrics would synchronise across processes the other ranks have left
+        if trainer.is_global_zero:
+            print(f"[diffexp] no end-of-run evaluation in a {trainer.world_size}-process run: "
+                  f"python eval.py ckpt={run_dir / 'checkpoints' / 'last.ckpt'}")
+    elif wants_eval_at_end(c) and c["task"] == "diffusion" and trainer.is_global_zero:
         summary["eval"] = evaluate_at_end(c, run_dir, logger)
     if c["task"] == "noise_level":
         h = module.held_out(n=2048)
