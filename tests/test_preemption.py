@@ -138,6 +138,31 @@ def test_sigterm_writes_checkpoint_exits_nonzero_and_resumes_bitwise(case, tmp_p
     assert (run / "samples" / "final.png").is_file() and (run / "summary.json").is_file()
 
 
+def test_kill_during_the_last_epochs_end_resumes_bitwise_and_runs_that_end(tmp_path, reference):
+    """A kill after the run's last step but before its epoch end has saved (validation, epoch
+    checkpoint, final grid) must leave a last.ckpt that resumes into that epoch end: one taken
+    right after the last step would be resumed by Lightning as a finished epoch (its end skipped,
+    the epoch counter one ahead). Rebuilt here as the files such a kill leaves behind."""
+
+    class Snapshot(pl.Callback):  # runs before the checkpoint callbacks' own epoch-end saves
+        def on_train_epoch_end(self, trainer, module):
+            if trainer.current_epoch == EPOCHS - 1:
+                last = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+                (last.parent / "at-kill.ckpt").write_bytes(last.read_bytes())
+
+    run = tmp_path / "run"
+    train(_cfg("train.checkpoint_every_n_steps=1"), run, callbacks=[Snapshot()])
+    ckpts = run / "checkpoints"
+    (ckpts / "at-kill.ckpt").replace(ckpts / "last.ckpt")
+    for f in ("checkpoints/epoch001.ckpt", "samples/final.png", "summary.json"):
+        (run / f).unlink()
+    assert _load(ckpts / "last.ckpt")["global_step"] == TOTAL - 1
+    s = train(_cfg("train.checkpoint_every_n_steps=1"), run)
+    assert s["global_step"] == TOTAL
+    _assert_same_training_state(_load(ckpts / "last.ckpt"), reference)
+    assert (ckpts / "epoch001.ckpt").is_file() and (run / "samples" / "final.png").is_file()
+
+
 def test_slurm_sigusr1_checkpoints_and_requeues(tmp_path, monkeypatch):
     log = _fake_scontrol(tmp_path, monkeypatch)
     run = tmp_path / "run"

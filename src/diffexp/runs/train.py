@@ -315,15 +315,31 @@ def checkpoint_callbacks(c: dict, ckpt_dir: Path) -> list:
                 self._save_topk_checkpoint(trainer, candidates)
             self._save_last_checkpoint(trainer, candidates)
 
+    class MidEpochCheckpoint(ModelCheckpoint):
+        """last.ckpt every N steps / minutes, never after an epoch's last step: Lightning resumes
+        such a checkpoint with the next epoch, skipping the epoch's end (validation, sample
+        grid, epoch checkpoint), and EpochCheckpoints writes last.ckpt right after it anyway."""
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+                return
+            super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
+
+        def on_train_end(self, trainer, module):
+            # Lightning's would write last.ckpt here when this callback has not written it in
+            # this process (a resume within the last epoch): after fit, with the epoch counter
+            # one past the end; the epoch-end one already holds the final state
+            pass
+
     cbs = [EpochCheckpoints(dirpath=str(ckpt_dir), filename="epoch{epoch:03d}",
                             auto_insert_metric_name=False, save_last=True, save_top_k=-1,
                             save_on_train_epoch_end=True, enable_version_counter=False)]
     if t["checkpoint_every_n_steps"]:
-        cbs.append(ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, save_top_k=0,
-                                   every_n_train_steps=int(t["checkpoint_every_n_steps"]),
-                                   enable_version_counter=False))
+        cbs.append(MidEpochCheckpoint(dirpath=str(ckpt_dir), save_last=True, save_top_k=0,
+                                      every_n_train_steps=int(t["checkpoint_every_n_steps"]),
+                                      enable_version_counter=False))
     if t["checkpoint_every_minutes"]:
-        cbs.append(ModelCheckpoint(
+        cbs.append(MidEpochCheckpoint(
             dirpath=str(ckpt_dir), save_last=True, save_top_k=0, enable_version_counter=False,
             train_time_interval=timedelta(minutes=float(t["checkpoint_every_minutes"]))))
     return cbs
