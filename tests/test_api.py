@@ -38,6 +38,7 @@ def example(tmp_path_factory, data_root):
     return ns
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores: with make test-slow
 def test_readme_example_runs_and_gives_what_it_says(example):
     run, model, images = example["run"], example["model"], example["images"]
     assert (example["cwd"] / run / "config.yaml").is_file()

@@ -90,6 +90,7 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores: with make test-slow
 def test_every_numeric_edge_fails_at_validation_or_runs(one_thread):
     tried, refused, ran, broken = 0, 0, 0, []
     for choose, key, edge, cfg in _cases():

@@ -54,6 +54,7 @@ def test_eval_end_to_end(tiny_ckpt, tmp_path, data_root):
         assert (out / "diagnostics" / f"{name}.png").is_file()
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores: with make test-slow
 def test_eval_multirun_and_report(tiny_ckpt, tmp_path, data_root):
     r = _eval("-m", f"ckpt={tiny_ckpt}", "logger=none", "sampler=euler,heun",
               "sampler.steps=2,0", "eval.n_samples=32", "eval.batch_size=32", "eval.floor=false",

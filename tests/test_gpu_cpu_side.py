@@ -72,6 +72,7 @@ def fused_adam(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------ bf16, compile
+@pytest.mark.slow  # tens of seconds on 2 cores: with make test-slow
 def test_bf16_autocast_training_on_cpu_is_finite_and_learns():
     """bf16 autocast (what bf16-mixed does) on one fixed batch: every loss finite and computed in
     fp32 from a network that ran in bf16, and the loss falls. Kept small: bf16 convolutions are
@@ -103,6 +104,7 @@ def test_bf16_autocast_training_on_cpu_is_finite_and_learns():
     assert after < 0.5 * before, (before, after)  # measured: 0.98 -> 0.15
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores: with make test-slow
 def test_bf16_mixed_training_with_fused_adam_clips_gradients(tmp_path, fused_adam):
     """The GPU's configuration (bf16-mixed, fused Adam, gradient clipping) through Lightning on the
     CPU. Lightning's mixed-precision plugin refuses to clip for a fused optimizer; the module

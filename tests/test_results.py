@@ -120,6 +120,7 @@ def test_sigma_data_factor_scales_the_preconditioning():
     assert old.sigma_data == pytest.approx(0.6)
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores: with make test-slow
 def test_train_evaluates_each_end_sampler(tmp_path):
     c = validate_train_config(compose_train(
         ["data=synthetic", "debug=fast", "logger=csv", "train.batch_size=16", *TINY_MODEL,

@@ -293,6 +293,7 @@ def test_sampling_sweeps_vary_slowest():
     assert sorted(out) == sorted(argv)  # the same arguments, flags where they were
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores: with make test-slow
 def test_study_recipe_composes_its_cells():
     import yaml
 

@@ -33,7 +33,7 @@ def test_loss_decreases_on_fixed_batch(objective, schedule):
     torch.manual_seed(0)
     m = DiffusionModule.from_config(c)
     data = build_data(c["data"])
-    x0 = data.batch(data.train_index[:32])
+    x0 = data.batch(data.train_index[:8])
     opt = torch.optim.Adam(m.net.parameters(), lr=2e-3)
 
     def loss_at(seed):
