@@ -125,3 +125,8 @@ def test_a_sweep_and_an_eval_read_as_a_dashboard(tmp_path, data_root):
             "eval/samples_by_class", "eval/per_step"} <= ev["history"]
     assert ev["summary"]["eval/fid_vs_nfe/_type"] == "table-file"
     assert ev["summary"]["eval/per_step_table/_type"] == "table-file"
+    for run in [*trainings, *in_sweep, ev]:  # `pytest -s` shows what a dashboard reads
+        print(f"\n[{run['job_type']}] {run['name']} (group {run['group']})\n"
+              f"  history: {sorted(k for k in run['history'] if '/_' not in k and '/path' not in k)}\n"
+              f"  summary: {sorted(k for k in run['summary'] if '/_' not in k)}\n"
+              f"  config: {sorted(run['config'])}")

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The quickstart search of docs/TUNING.md, stage by stage, as it was run: two single-thread jobs
+# side by side on a 2-core CPU (each stage's pair at once), then the winner as `make run` on both
+# cores. Every job trains one model (one epoch over 38,000 images) and scores it at n = 512;
+# diffexp-report gathers them all.  Usage: scripts/tune_quickstart.sh [OUT]   (default runs/tune)
+set -euo pipefail
+OUT=${1:-runs/tune}
+PY=${PYTHON:-python}
+export OMP_NUM_THREADS=1
+run() {  # run NAME OVERRIDES...: one multirun folder per stage cell
+    local name=$1; shift
+    "$PY" train.py -m experiment=tune_quickstart logger=csv "hydra.sweep.dir=$OUT/$name" "$@" \
+        > "$OUT/$name.log" 2>&1
+}
+mkdir -p "$OUT"
+# stage 1: the objective at batch 128, scale 0.5 (eps + cosine vs karras + its log-normal sigmas;
+# v and the other scales were started and stopped to save time, see TUNING.md)
+run s1_eps objective=eps data.scale=0.5 &
+run s1_karras objective=karras schedule=karras data.scale=0.5 &
+wait
+# stage 2: batch size at equal images (karras, scale 0.5; 4x / 2x the optimizer steps)
+run s2_bs32 objective=karras schedule=karras data.scale=0.5 train.batch_size=32 optim.lr=2e-3 &
+run s2_bs64 objective=karras schedule=karras data.scale=0.5 train.batch_size=64 optim.lr=3e-3 &
+wait
+# EMA vs the raw weights of the batch-32 model (no retraining)
+# (the model store's folder of the s2_bs32 model: its name is a hash of the training settings)
+"$PY" eval.py "ckpt=runs/models/karras-karras-1ebba698dc5e/checkpoints/last.ckpt" \
+    sampler=dpmpp_2m sampler.steps=10 eval.n_samples=512 eval.use_ema=false \
+    eval.diagnostics=false logger=none "hydra.run.dir=$OUT/s2_bs32_raw_weights"
+# stage 3: batch 16; unpadded 28x28 images at batch 32
+run s3_bs16 objective=karras schedule=karras data.scale=0.5 train.batch_size=16 optim.lr=1.5e-3 &
+run s3_bs32_pad0 objective=karras schedule=karras data.scale=0.5 train.batch_size=32 \
+    optim.lr=2e-3 data.pad=0 &
+wait
+# stage 4: lr 4e-3; scale 1 (both at batch 32, 28x28)
+run s4_bs32_pad0_lr4e-3 objective=karras schedule=karras data.scale=0.5 train.batch_size=32 \
+    optim.lr=4e-3 data.pad=0 &
+run s4_bs32_pad0_scale1 objective=karras schedule=karras data.scale=1.0 train.batch_size=32 \
+    optim.lr=2e-3 data.pad=0 &
+wait
+diffexp-report "$OUT" --out "$OUT/report"
+# the winner as the quickstart (both cores, n = 2,048), then Optuna over heun's rho and churn on it
+unset OMP_NUM_THREADS
+"$PY" train.py experiment=quickstart
+CKPT=$(ls -td runs/train/*_quickstart/ | head -1)checkpoints/last.ckpt
+OMP_NUM_THREADS=1 "$PY" eval.py hparams_search=sampler_optuna "ckpt=$CKPT" hydra.sweeper.n_trials=10 \
+    logger=none "hydra.sweep.dir=$OUT/optuna_sampler_quickstart"
