@@ -1,0 +1,68 @@
+"""The quickstart search's table (docs/TUNING.md): every trained cell of a tuning folder, one row per
+(model, sampler), sorted by FID, with the settings each model was trained with read from its
+config.yaml (not only the swept keys) and its training time.
+
+    python scripts/tuning_table.py runs/tune [--top 10]
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+AXES = [("objective", ("objective", "name")), ("schedule", ("schedule", "name")),
+        ("scale", ("data", "scale")), ("pad", ("data", "pad")),
+        ("batch", ("train", "batch_size")), ("lr", ("optim", "lr")),
+        ("ema", ("train", "ema_decay")), ("model", ("model", "name"))]
+
+
+def _get(cfg: dict, path):
+    for k in path:
+        cfg = cfg[k]
+    return cfg
+
+
+def rows(folder: Path) -> list[dict]:
+    out = []
+    for metrics in sorted(folder.glob("*/*/eval/*/metrics.json")):
+        job = metrics.parents[2]
+        cfg = yaml.safe_load((job / "config.yaml").read_text())
+        summary = json.loads((job / "summary.json").read_text())
+        m = json.loads(metrics.read_text())
+        row = {"cell": f"{job.parent.name}/{metrics.parent.name}"}
+        row.update({name: _get(cfg, path) for name, path in AXES})
+        row.update(sampler=metrics.parent.name, nfe=m["nfe"], fid=m["fid"], kid=m["kid_mean"],
+                   n=m["n"], steps=summary["global_step"],
+                   images=summary["global_step"] * cfg["train"]["batch_size"],
+                   train_s=summary["wall_time_s"], threads=summary["host"]["torch_threads"])
+        out.append(row)
+    return sorted(out, key=lambda r: r["fid"])
+
+
+def markdown(table: list[dict]) -> str:
+    cols = ["cell", *(a for a, _ in AXES), "sampler", "nfe", "n", "fid", "kid", "steps", "images",
+            "train_s", "threads"]
+    fmt = {"fid": "{:.2f}", "kid": "{:.3f}", "train_s": "{:.0f}"}
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in table:
+        lines.append("| " + " | ".join(fmt.get(c, "{}").format(r[c]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("folder", type=Path)
+    p.add_argument("--top", type=int, default=0, help="only the best N rows (0: all)")
+    a = p.parse_args(argv)
+    table = rows(a.folder)
+    if not table:
+        print(f"error: no */*/eval/*/metrics.json under {a.folder}", file=sys.stderr)
+        return 2
+    print(markdown(table[: a.top or None]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
