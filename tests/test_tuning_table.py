@@ -1,0 +1,49 @@
+"""scripts/tuning_table.py: one row per (model, sampler) of a tuning folder, settings read from each
+model's config.yaml, sorted by FID; an empty folder is a one-line error and exit 2."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import yaml
+
+from diffexp.config import validate_train_config
+
+from .helpers import compose_train
+
+REPO = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("tuning_table", REPO / "scripts" / "tuning_table.py")
+tuning_table = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tuning_table)
+
+
+def _cell(root: Path, stage: str, overrides: list[str], fids: dict[str, float], steps: int):
+    job = root / stage / "0_job"
+    job.mkdir(parents=True)
+    cfg = validate_train_config(compose_train(overrides))
+    (job / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (job / "summary.json").write_text(json.dumps(
+        {"global_step": steps, "wall_time_s": 12.5, "host": {"torch_threads": 1}}))
+    for label, fid in fids.items():
+        d = job / "eval" / label
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps({"fid": fid, "kid_mean": 0.1, "n": 512, "nfe": 10}))
+
+
+def test_rows_carry_each_models_settings_and_sort_by_fid(tmp_path):
+    _cell(tmp_path, "a", ["train.batch_size=32", "data.pad=0"], {"x10": 30.0, "x20": 20.0}, 100)
+    _cell(tmp_path, "b", ["objective=karras", "schedule=karras", "optim.lr=0.002"], {"x10": 25.0},
+          50)
+    rows = tuning_table.rows(tmp_path)
+    assert [(r["cell"], r["fid"]) for r in rows] == [("a/x20", 20.0), ("b/x10", 25.0),
+                                                     ("a/x10", 30.0)]
+    a, b = rows[0], rows[1]
+    assert (a["batch"], a["pad"], a["objective"], a["images"]) == (32, 0, "eps", 3200)
+    assert (b["objective"], b["schedule"], b["lr"], b["pad"]) == ("karras", "karras", 0.002, 2)
+    md = tuning_table.markdown(rows).splitlines()
+    assert len(md) == 2 + 3 and md[2].startswith("| a/x20 | eps |") and "| 20.00 |" in md[2]
+
+
+def test_an_empty_folder_is_an_error(tmp_path, capsys):
+    assert tuning_table.main([str(tmp_path)]) == 2
+    assert "no */*/eval/*/metrics.json" in capsys.readouterr().err
