@@ -38,6 +38,9 @@ run s4_bs32_pad0_lr4e-3 objective=karras schedule=karras data.scale=0.5 train.ba
 run s4_bs32_pad0_scale1 objective=karras schedule=karras data.scale=1.0 train.batch_size=32 \
     optim.lr=2e-3 data.pad=0 &
 wait
+# stage 5, after the recipe was fixed, on both threads: batch 16 on 28x28
+OMP_NUM_THREADS=2 run s5_bs16_pad0 objective=karras schedule=karras data.scale=0.5 \
+    train.batch_size=16 optim.lr=1.5e-3 data.pad=0 '~eval.samplers.dpmpp_2m_20'
 diffexp-report "$OUT" --out "$OUT/report"
 # the winner as the quickstart (both cores, n = 2,048), then Optuna over heun's rho and churn on it
 unset OMP_NUM_THREADS
