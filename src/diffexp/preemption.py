@@ -37,6 +37,14 @@ def step_seed(seed: int, rank: int, step: int) -> int:
     return (x ^ (x >> 31)) >> 1
 
 
+def after_epochs_last_step(trainer) -> bool:
+    """True in ``on_train_batch_end`` of an epoch's last step, before the epoch's end (validation,
+    sample grid, epoch checkpoint) has run. A checkpoint taken here is not one to resume from:
+    Lightning resumes it as a finished epoch, so that epoch's end would be skipped and the epoch
+    counter would run one ahead. The epoch-end checkpoint, written right after, is the one."""
+    return trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+
+
 class Preempted(SystemExit):
     """Training stopped on a signal (after writing last.ckpt when it stopped mid-training); exits
     with status 128 + the signal number, as a shell reports a process ended by that signal. A
@@ -114,10 +122,9 @@ class PreemptionGuard:
                 if signum is None:
                     return
                 trainer.save_checkpoint(guard.last)
-                if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
-                    # after an epoch's last step its end (validation, sample grid, epoch
-                    # checkpoint) runs first: Lightning resumes a checkpoint from the last step
-                    # with the next epoch and would skip them. This one covers a kill meanwhile.
+                if after_epochs_last_step(trainer):
+                    # the epoch's end runs first and saves again (on_train_epoch_end below);
+                    # this save only covers a kill meanwhile
                     return
                 guard._stop(trainer, signum)
 

@@ -300,6 +300,8 @@ def checkpoint_callbacks(c: dict, ckpt_dir: Path) -> list:
 
     from pytorch_lightning.callbacks import ModelCheckpoint
 
+    from ..preemption import after_epochs_last_step
+
     t = c["train"]
     k = c["callbacks"]["checkpoints"]["every_k_epochs"]
 
@@ -316,12 +318,11 @@ def checkpoint_callbacks(c: dict, ckpt_dir: Path) -> list:
             self._save_last_checkpoint(trainer, candidates)
 
     class MidEpochCheckpoint(ModelCheckpoint):
-        """last.ckpt every N steps / minutes, never after an epoch's last step: Lightning resumes
-        such a checkpoint with the next epoch, skipping the epoch's end (validation, sample
-        grid, epoch checkpoint), and EpochCheckpoints writes last.ckpt right after it anyway."""
+        """last.ckpt every N steps / minutes, never after an epoch's last step (see
+        ``preemption.after_epochs_last_step``): EpochCheckpoints writes it right after."""
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            if after_epochs_last_step(trainer):
                 return
             super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
 
