@@ -39,6 +39,9 @@ BAD = [
     (["trainer.precision=8"], "trainer.precision"),
     (["model.blocks=0"], "model.blocks"),
     (["model.attn_levels=[5]"], "model.attn_levels"),
+    (["model.patch=0"], "model.patch"),
+    (["data.pad=0", "model=unet_course"], "model.patch"),           # 28 does not halve 3 times
+    (["data.pad=0", "model.patch=2"], "model.patch"),               # 14 does not halve twice
     (["logger.mode=sometimes"], "logger.mode"),
     (["seed=-1"], "seed"),
     (["+foo=1"], "foo"),
@@ -72,6 +75,7 @@ def test_bad_values_name_the_key(overrides, key):
     ["objective=v", "objective.normalize_input=true", "data.scale=0.25"],
     ["objective=no_t", "objective.normalize_input=true", "objective.use_predicted_noise_level=false"],
     ["experiment=course_cosine"], ["experiment=quickstart"], ["debug=fast"],
+    ["data.pad=0", "model.patch=2", "model.widths=[32,64]", "model.attn_levels=[1]"],
 ])
 def test_good_configs_validate(overrides):
     c = validate_train_config(compose_train(overrides))

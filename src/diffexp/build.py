@@ -80,7 +80,8 @@ def upgrade_config(cfg: dict) -> dict:
     ``sigma_max`` (rho acting only with grid=karras) and the karras schedule a ``rho`` of its own
     that its default grid used. They become ``cfg["grid"]`` with the meaning they had: a karras
     schedule's own grid with a rho other than 7 is written as the karras grid with that rho, which
-    is the same grid. Objectives from before ``normalize_input`` did not normalise."""
+    is the same grid. Objectives from before ``normalize_input`` did not normalise; networks from
+    before ``model.patch`` had patch 1."""
     if "grid" not in cfg and isinstance(cfg.get("sampler"), dict):
         smp = cfg["sampler"]
         grid = {"name": smp.pop("grid", "schedule"), "rho": smp.pop("rho", None),
@@ -106,6 +107,9 @@ def upgrade_config(cfg: dict) -> dict:
     if isinstance(lg, dict) and lg.get("name") in ("csv", "none"):
         # written when every logger carried wandb's settings: csv and none have none of them
         cfg["logger"] = {"name": lg["name"]}
+    model = cfg.get("model")
+    if isinstance(model, dict) and "widths" in model:
+        model.setdefault("patch", 1)  # before patches existed every network saw whole pixels
     obj = cfg.get("objective")
     if isinstance(obj, dict):
         obj.setdefault("normalize_input", False)  # before the switch existed
@@ -170,7 +174,7 @@ def build_network(model_cfg: dict, conditioned: bool, embedding: str = "geometri
     return UNet(in_channels=1, out_channels=1, widths=tuple(model_cfg["widths"]),
                 blocks=int(model_cfg["blocks"]), attn_levels=tuple(model_cfg["attn_levels"]),
                 head_dim=int(model_cfg["head_dim"]), cond_embedding=conditioned,
-                embedding=embedding)
+                embedding=embedding, patch=int(model_cfg["patch"]))
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ class ModelCfg:
     head_dim: int
     channels_last: bool
     compile: bool
+    patch: int
 
 
 @dataclass
@@ -298,12 +299,29 @@ def validate_model(m) -> dict:
              m["widths"])
     _require(m["blocks"] >= 1, "model.blocks", "must be >= 1", m["blocks"])
     _require(m["head_dim"] >= 1, "model.head_dim", "must be >= 1", m["head_dim"])
+    _require(m["patch"] >= 1, "model.patch", "must be >= 1", m["patch"])
     _require(all(0 <= a < len(m["widths"]) for a in m["attn_levels"]), "model.attn_levels",
              f"must be level indices in [0, {len(m['widths'])})", m["attn_levels"])
     for w in m["widths"]:
         _require(w % m["head_dim"] == 0 or not m["attn_levels"], "model.widths",
                  f"must be multiples of model.head_dim={m['head_dim']}", m["widths"])
     return m
+
+
+def check_image_fits_model(data: dict, model: dict) -> None:
+    """The UNet cuts the image into model.patch-sized patches, then halves the resolution once
+    per level below the first: the side (28 + 2 data.pad) must divide by patch * 2^(levels-1)
+    or the skip connections would not line up."""
+    side = 28 + 2 * data["pad"]
+    levels = len(model["widths"])
+    step = model["patch"] * 2 ** (levels - 1)
+    if side % step:
+        fits = [p for p in range(0, 5) if (28 + 2 * p) % step == 0]
+        hint = (f"data.pad in {fits}" if fits else
+                "fewer levels (model.widths) or a smaller model.patch")
+        raise ConfigError(f"model.patch={model['patch']} with {levels} levels (model.widths) needs "
+                          f"an image side divisible by {step}, but data.pad={data['pad']} gives "
+                          f"{side}x{side}: use {hint}")
 
 
 def validate_schedule(s) -> dict:
@@ -782,6 +800,7 @@ def validate_train_config(cfg: DictConfig) -> dict:
     out["callbacks"] = validate_callbacks(cfg.callbacks)
     out["optimized_metric"] = validate_optimized_metric(cfg.get("optimized_metric"))
     out["train"] = validate_train(cfg.train)
+    check_image_fits_model(out["data"], out["model"])
     if out["optimized_metric"] in ("fid", "kid_mean") and out["train"]["eval_at_end"] is False:
         raise ConfigError(f"optimized_metric={out['optimized_metric']} is a number of the "
                           f"end-of-run evaluation: set train.eval_at_end=true (or auto)")

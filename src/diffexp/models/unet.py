@@ -104,16 +104,23 @@ class UNet(nn.Module):
     per level on the way down (``blocks + 1`` on the way up, one per skip); attention at the levels
     listed in ``attn_levels`` (0 = full resolution) with heads of ``head_dim`` channels;
     ``embedding``: the sinusoidal embedding kind of the conditioning value (see
-    :func:`sinusoidal_embedding`)."""
+    :func:`sinusoidal_embedding`); ``patch``: side of the square patches the image is cut into
+    before level 0 (``pixel_unshuffle``: a 28x28x1 image becomes 14x14x4 with ``patch=2``) and
+    reassembled from after the last layer, so level 0 runs at 1/patch of the image's resolution
+    (the patch embedding of vision transformers, here a lossless reshape: the network sees every
+    pixel, at a quarter of the positions per convolution)."""
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1,
                  widths: tuple[int, ...] = (32, 64, 128, 256), blocks: int = 2,
                  attn_levels: tuple[int, ...] = (1, 2, 3), head_dim: int = 32,
                  cond_embedding: bool = True, emb_dim: int | None = None,
-                 embedding: str = "geometric"):
+                 embedding: str = "geometric", patch: int = 1):
         super().__init__()
         if embedding not in EMBEDDINGS:
             raise ValueError(f"embedding must be one of {list(EMBEDDINGS)} (got {embedding!r})")
+        if int(patch) < 1:
+            raise ValueError(f"patch must be >= 1 (got {patch!r})")
+        self.patch = int(patch)
         self.embedding = embedding
         widths = tuple(int(w) for w in widths)
         self.widths = widths
@@ -123,7 +130,7 @@ class UNet(nn.Module):
         if cond_embedding:
             self.emb_mlp = nn.Sequential(nn.Linear(widths[0], emb_dim), nn.SiLU(),
                                          nn.Linear(emb_dim, emb_dim))
-        self.conv_in = nn.Conv2d(in_channels, widths[0], 3, padding=1)
+        self.conv_in = nn.Conv2d(in_channels * self.patch ** 2, widths[0], 3, padding=1)
 
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
@@ -149,7 +156,7 @@ class UNet(nn.Module):
             if lvl > 0:
                 self.upsample.append(nn.Conv2d(ch, ch, 3, padding=1))
         self.norm_out = _norm(ch)
-        self.conv_out = nn.Conv2d(ch, out_channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(ch, out_channels * self.patch ** 2, 3, padding=1)
         self.blocks = blocks
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
@@ -164,6 +171,8 @@ class UNet(nn.Module):
             if cond is not None:
                 raise ValueError("this UNet has no conditioning input (cond_embedding=False)")
             emb = None
+        if self.patch > 1:
+            x = F.pixel_unshuffle(x, self.patch)
         h = self.conv_in(x)
         hs = [h]
         blocks = iter(self.down)
@@ -182,7 +191,8 @@ class UNet(nn.Module):
                 h = next(blocks)(torch.cat([h, hs.pop()], dim=1), emb)
             if lvl > 0:
                 h = self.upsample[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))
-        return self.conv_out(F.silu(self.norm_out(h)))
+        out = self.conv_out(F.silu(self.norm_out(h)))
+        return F.pixel_shuffle(out, self.patch) if self.patch > 1 else out
 
 
 def count_parameters(model: nn.Module) -> int:
