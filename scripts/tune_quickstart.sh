@@ -41,6 +41,15 @@ wait
 # stage 5, after the recipe was fixed, on both threads: batch 16 on 28x28
 OMP_NUM_THREADS=2 run s5_bs16_pad0 objective=karras schedule=karras data.scale=0.5 \
     train.batch_size=16 optim.lr=1.5e-3 data.pad=0 '~eval.samplers.dpmpp_2m_20'
+# stage 6, after the first quickstart: networks at equal wall time (batch 16, 28x28). model.patch=2
+# runs level 0 on 2x2 patches (14x14x4): 1.4x the training and 2x the sampling images per second
+# of unet_tiny at [32,64], so it trains all 58,000 images in about the time unet_tiny trains 38,000;
+# at [48,96] it is about as fast as unet_tiny with 2.4x the weights
+K6=(objective=karras schedule=karras data.scale=0.5 data.pad=0 train.batch_size=16 optim.lr=1.5e-3
+    model.patch=2 'model.attn_levels=[1]' '~eval.samplers.dpmpp_2m_20')
+run s6_p2_w32_58k "${K6[@]}" 'model.widths=[32,64]' data.subset=60000 &
+run s6_p2_w48_38k "${K6[@]}" 'model.widths=[48,96]' &
+wait
 diffexp-report "$OUT" --out "$OUT/report"
 # the winner as the quickstart (both cores, n = 2,048), then Optuna over heun's rho and churn on it
 unset OMP_NUM_THREADS

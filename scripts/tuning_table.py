@@ -15,13 +15,19 @@ import yaml
 AXES = [("objective", ("objective", "name")), ("schedule", ("schedule", "name")),
         ("scale", ("data", "scale")), ("pad", ("data", "pad")),
         ("batch", ("train", "batch_size")), ("lr", ("optim", "lr")),
-        ("ema", ("train", "ema_decay")), ("model", ("model", "name"))]
+        ("ema", ("train", "ema_decay")), ("model", ("model", "name")),
+        ("widths", ("model", "widths")), ("blocks", ("model", "blocks")),
+        ("patch", ("model", "patch"))]
+#: settings a run folder written before they existed does not hold: the value they had then
+BEFORE = {("model", "patch"): 1}
 
 
 def _get(cfg: dict, path):
     for k in path:
+        if k not in cfg and tuple(path) in BEFORE:
+            return BEFORE[tuple(path)]
         cfg = cfg[k]
-    return cfg
+    return "/".join(map(str, cfg)) if isinstance(cfg, list) else cfg
 
 
 def rows(folder: Path) -> list[dict]:

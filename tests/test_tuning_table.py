@@ -40,6 +40,7 @@ def test_rows_carry_each_models_settings_and_sort_by_fid(tmp_path):
     a, b = rows[0], rows[1]
     assert (a["batch"], a["pad"], a["objective"], a["images"]) == (32, 0, "eps", 3200)
     assert (b["objective"], b["schedule"], b["lr"], b["pad"]) == ("karras", "karras", 0.002, 2)
+    assert (a["widths"], a["blocks"], a["patch"]) == ("16/32/64", 1, 1)
     md = tuning_table.markdown(rows).splitlines()
     assert len(md) == 2 + 3 and md[2].startswith("| a/x20 | eps |") and "| 20.00 |" in md[2]
 
@@ -47,3 +48,13 @@ def test_rows_carry_each_models_settings_and_sort_by_fid(tmp_path):
 def test_an_empty_folder_is_an_error(tmp_path, capsys):
     assert tuning_table.main([str(tmp_path)]) == 2
     assert "no */*/eval/*/metrics.json" in capsys.readouterr().err
+
+
+def test_a_run_from_before_model_patch_reads_as_patch_one(tmp_path):
+    _cell(tmp_path, "old", ["model.patch=2", "data.pad=2"], {"x10": 20.0}, 10)
+    saved = tmp_path / "old" / "0_job" / "config.yaml"
+    cfg = yaml.safe_load(saved.read_text())
+    assert tuning_table.rows(tmp_path)[0]["patch"] == 2
+    del cfg["model"]["patch"]
+    saved.write_text(yaml.safe_dump(cfg))
+    assert tuning_table.rows(tmp_path)[0]["patch"] == 1
