@@ -50,6 +50,12 @@ K6=(objective=karras schedule=karras data.scale=0.5 data.pad=0 train.batch_size=
 run s6_p2_w32_58k "${K6[@]}" 'model.widths=[32,64]' data.subset=60000 &
 run s6_p2_w48_38k "${K6[@]}" 'model.widths=[48,96]' &
 wait
+# stage 7: at [32,64] on all 58,000 images, lr 3e-3; and a narrower [24,48] net at about the same
+# time, trading width for two epochs over 43,000 images
+run s7_p2_w32_58k_lr3e-3 "${K6[@]}" 'model.widths=[32,64]' data.subset=60000 optim.lr=3e-3 &
+run s7_p2_w24_2x43k "${K6[@]}" 'model.widths=[24,48]' model.head_dim=12 data.subset=45000 \
+    train.epochs=2 &
+wait
 diffexp-report "$OUT" --out "$OUT/report"
 # the winner as the quickstart (both cores, n = 2,048), then Optuna over heun's rho and churn on it
 unset OMP_NUM_THREADS
