@@ -56,6 +56,22 @@ run s7_p2_w32_58k_lr3e-3 "${K6[@]}" 'model.widths=[32,64]' data.subset=60000 opt
 run s7_p2_w24_2x43k "${K6[@]}" 'model.widths=[24,48]' model.head_dim=12 data.subset=45000 \
     train.epochs=2 &
 wait
+# stage 8, no training: the sampling grid of the best stage-6 model (Karras grid, rho x sigma_max),
+# DPM++(2M) 10 steps, n = 512 (eval.py multiruns on its checkpoint in the model store)
+CKPT6=$("$PY" -c "import glob, json; print(json.load(open(glob.glob('$OUT/s6_p2_w32_58k/*/summary.json')[0]))['checkpoint'])")
+for smax in 10 80; do
+    "$PY" eval.py -m "ckpt=$CKPT6" sampler=dpmpp_2m sampler.steps=10 grid=karras grid.rho=5,7,10 \
+        grid.sigma_max=$smax eval.n_samples=512 eval.diagnostics=false logger=none \
+        "hydra.sweep.dir=$OUT/s8_grid_p2_w32_58k_smax$smax" > "$OUT/s8_grid_smax$smax.log" 2>&1 &
+done
+wait
+# stage 9: where the training noise levels sit, at [32,64] on 58,000 images: input scale 0.35
+# (relative to the data, every noise level 1.4x larger) and p_mean -0.6 (the log-normal's centre
+# 1.8x larger)
+run s9_p2_w32_58k_scale0.35 "${K6[@]}" 'model.widths=[32,64]' data.subset=60000 data.scale=0.35 &
+run s9_p2_w32_58k_pmean-0.6 "${K6[@]}" 'model.widths=[32,64]' data.subset=60000 \
+    schedule.p_mean=-0.6 &
+wait
 diffexp-report "$OUT" --out "$OUT/report"
 # the winner as the quickstart (both cores, n = 2,048), then Optuna over heun's rho and churn on it
 unset OMP_NUM_THREADS
