@@ -1,4 +1,5 @@
-"""A UNet for 32x32 single-channel images with an optional embedding of a scalar conditioning value.
+"""A UNet for 28x28 or 32x32 single-channel images with an optional embedding of a scalar
+conditioning value.
 
 Pre-activation residual blocks (GroupNorm, SiLU, 3x3 conv) whose second norm is modulated by the
 embedding (scale and shift), self-attention at chosen resolutions, strided-conv down-sampling,
