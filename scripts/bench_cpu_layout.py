@@ -1,0 +1,84 @@
+"""Side by side on this CPU, in alternating rounds (so drift hits both alike): a network's training
+step and its inference throughput, contiguous vs channels_last memory, inference at several batch
+sizes. It chose the quickstart's eval.batch_size (docs/TUNING.md). Prints images per second and
+the ratio of each variant to the first.
+
+    python scripts/bench_cpu_layout.py                         # unet_tiny on 28x28, 2 threads
+    python scripts/bench_cpu_layout.py --widths 32 64 --patch 2 --attn 1 --threads 1
+"""
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+from diffexp.models.unet import UNet
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64])
+    p.add_argument("--attn", type=int, nargs="*", default=None,
+                   help="attention levels (default: the lowest level)")
+    p.add_argument("--patch", type=int, default=1)
+    p.add_argument("--side", type=int, default=28)
+    p.add_argument("--train-batch", type=int, default=16)
+    p.add_argument("--infer-batches", type=int, nargs="+", default=[64, 512])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=4, help="timed rounds (one warm-up round more)")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    attn = tuple(a.attn) if a.attn is not None else (len(a.widths) - 1,)
+
+    def build(channels_last: bool):
+        torch.manual_seed(0)
+        net = UNet(1, 1, tuple(a.widths), 1, attn, 16, patch=a.patch)
+        if channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        return net, torch.optim.Adam(net.parameters(), 1e-3)
+
+    def fmt(t, channels_last):
+        return t.contiguous(memory_format=torch.channels_last) if channels_last else t
+
+    layouts = {"contiguous": False, "channels_last": True}
+    nets = {k: build(v) for k, v in layouts.items()}
+    train_s = dict.fromkeys(layouts, 0.0)
+    infer_s = {(k, b): 0.0 for k in layouts for b in a.infer_batches}
+    x = torch.randn(a.train_batch, 1, a.side, a.side)
+    c = torch.randn(a.train_batch)
+    steps, infer_images = 8, max(1024, max(a.infer_batches))
+    for r in range(a.rounds + 1):  # round 0 warms up
+        for name, cl in layouts.items():
+            net, opt = nets[name]
+            xx = fmt(x, cl)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                loss = F.mse_loss(net(xx, c), x)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            if r:
+                train_s[name] += time.perf_counter() - t0
+            with torch.no_grad():
+                for b in a.infer_batches:
+                    xe, ce = fmt(torch.randn(b, 1, a.side, a.side), cl), torch.randn(b)
+                    t0 = time.perf_counter()
+                    for _ in range(infer_images // b):
+                        net(xe, ce)
+                    if r:
+                        infer_s[(name, b)] += time.perf_counter() - t0
+    print(f"widths {a.widths}, patch {a.patch}, {a.side}x{a.side}, {a.threads} thread(s), "
+          f"{a.rounds} rounds")
+    rows = [(f"train step, batch {a.train_batch}, {n}",
+             a.rounds * steps * a.train_batch / train_s[n]) for n in layouts]
+    rows += [(f"inference, batch {b}, {n}", a.rounds * (infer_images // b) * b / infer_s[(n, b)])
+             for b in a.infer_batches for n in layouts]
+    train_ref, infer_ref = rows[0][1], rows[len(layouts)][1]
+    for i, (label, ips) in enumerate(rows):
+        ref = train_ref if i < len(layouts) else infer_ref
+        print(f"  {label:42s} {ips:8.0f} images/s  x{ips / ref:.2f}")
+
+
+if __name__ == "__main__":
+    main()
