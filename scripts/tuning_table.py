@@ -1,6 +1,7 @@
 """The quickstart search's table (docs/TUNING.md): every trained cell of a tuning folder, one row per
 (model, sampler), sorted by FID, with the settings each model was trained with read from its
-config.yaml (not only the swept keys) and its training time.
+config.yaml (not only the swept keys) and its training time. Single runs (``make run`` folders)
+are rows too.
 
     python scripts/tuning_table.py runs/tune [--top 10]
 """
@@ -17,7 +18,7 @@ AXES = [("objective", ("objective", "name")), ("schedule", ("schedule", "name"))
         ("batch", ("train", "batch_size")), ("lr", ("optim", "lr")),
         ("ema", ("train", "ema_decay")), ("model", ("model", "name")),
         ("widths", ("model", "widths")), ("blocks", ("model", "blocks")),
-        ("patch", ("model", "patch"))]
+        ("patch", ("model", "patch")), ("seed", ("seed",))]
 #: settings a run folder written before they existed does not hold: the value they had then
 BEFORE = {("model", "patch"): 1}
 
@@ -30,16 +31,30 @@ def _get(cfg: dict, path):
     return "/".join(map(str, cfg)) if isinstance(cfg, list) else cfg
 
 
-def rows(folder: Path) -> list[dict]:
-    out = []
+def _evaluations(folder: Path):
+    """(job folder, cell label, metrics.json) of every evaluation under ``folder``: multirun cells
+    (``STAGE/JOB/eval/LABEL/metrics.json``, one per ``eval.samplers`` entry) and single runs such
+    as ``make run`` copies (``RUN/eval/metrics.json``, labelled by their sampler)."""
     for metrics in sorted(folder.glob("*/*/eval/*/metrics.json")):
         job = metrics.parents[2]
+        yield job, f"{job.parent.name}/{metrics.parent.name}", metrics
+    for metrics in sorted(folder.glob("*/eval/metrics.json")):
+        job = metrics.parents[1]
+        yield job, job.name, metrics
+
+
+def rows(folder: Path) -> list[dict]:
+    out = []
+    for job, cell, metrics in _evaluations(folder):
         cfg = yaml.safe_load((job / "config.yaml").read_text())
         summary = json.loads((job / "summary.json").read_text())
         m = json.loads(metrics.read_text())
-        row = {"cell": f"{job.parent.name}/{metrics.parent.name}"}
+        row = {"cell": cell}
         row.update({name: _get(cfg, path) for name, path in AXES})
-        row.update(sampler=metrics.parent.name, nfe=m["nfe"], fid=m["fid"], kid=m["kid_mean"],
+        smp = cfg["sampler"]
+        label = (metrics.parent.name if metrics.parent.name != "eval"
+                 else f"{smp['name']}_{smp['steps']}")
+        row.update(sampler=label, nfe=m["nfe"], fid=m["fid"], kid=m["kid_mean"],
                    n=m["n"], steps=summary["global_step"],
                    images=summary["global_step"] * cfg["train"]["batch_size"],
                    train_s=summary["wall_time_s"], threads=summary["host"]["torch_threads"])
@@ -64,7 +79,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     table = rows(a.folder)
     if not table:
-        print(f"error: no */*/eval/*/metrics.json under {a.folder}", file=sys.stderr)
+        print(f"error: no */*/eval/*/metrics.json or */eval/metrics.json under {a.folder}",
+              file=sys.stderr)
         return 2
     print(markdown(table[: a.top or None]))
     return 0

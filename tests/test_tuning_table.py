@@ -50,6 +50,22 @@ def test_an_empty_folder_is_an_error(tmp_path, capsys):
     assert "no */*/eval/*/metrics.json" in capsys.readouterr().err
 
 
+def test_single_runs_are_rows_labelled_by_their_sampler(tmp_path):
+    _cell(tmp_path, "stage", ["train.batch_size=32"], {"x10": 30.0}, 100)
+    run = tmp_path / "quickstart_run"
+    cfg = validate_train_config(compose_train(["experiment=quickstart"]))
+    (run / "eval").mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (run / "summary.json").write_text(json.dumps(
+        {"global_step": 7, "wall_time_s": 3.0, "host": {"torch_threads": 2}}))
+    (run / "eval" / "metrics.json").write_text(
+        json.dumps({"fid": 21.0, "kid_mean": 0.2, "n": 2048, "nfe": 10}))
+    rows = tuning_table.rows(tmp_path)
+    assert [(r["cell"], r["sampler"], r["n"]) for r in rows] == [
+        ("quickstart_run", "dpmpp_2m_10", 2048), ("stage/x10", "x10", 512)]
+    assert rows[0]["images"] == 7 * cfg["train"]["batch_size"] and rows[0]["threads"] == 2
+
+
 def test_a_run_from_before_model_patch_reads_as_patch_one(tmp_path):
     _cell(tmp_path, "old", ["model.patch=2", "data.pad=2"], {"x10": 20.0}, 10)
     saved = tmp_path / "old" / "0_job" / "config.yaml"
