@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The quickstart search of docs/TUNING.md, stage by stage, as it was run: two single-thread jobs
 # side by side on a 2-core CPU (each stage's pair at once), then the winner as `make run` on both
-# cores. Every job trains one model (one epoch over 38,000 images) and scores it at n = 512;
-# diffexp-report gathers them all.  Usage: scripts/tune_quickstart.sh [OUT]   (default runs/tune)
+# cores, then the second round's `make run` candidates. Every stage job trains one model (one
+# epoch, or two in one cell) and scores it at n = 512; diffexp-report gathers them all.
+# Usage: scripts/tune_quickstart.sh [OUT]   (default runs/tune)
 set -euo pipefail
 OUT=${1:-runs/tune}
 PY=${PYTHON:-python}
@@ -79,3 +80,18 @@ unset OMP_NUM_THREADS
 CKPT=$(ls -td runs/train/*_quickstart/ | head -1)checkpoints/last.ckpt
 OMP_NUM_THREADS=1 "$PY" eval.py hparams_search=sampler_optuna "ckpt=$CKPT" hydra.sweeper.n_trials=10 \
     logger=none "hydra.sweep.dir=$OUT/optuna_sampler_quickstart"
+# second round's `make run` candidates, each on the idle cores (both threads), timed with `time`.
+# They were run as `make run` with conf/experiment/quickstart.yaml edited to these settings; the
+# overrides below compose the same configs. Table: python scripts/tuning_table.py runs/qs2
+unset OMP_NUM_THREADS
+Q=(experiment=quickstart train.batch_size=16 optim.lr=1.5e-3)
+time "$PY" train.py "${Q[@]}" hydra.run.dir=runs/qs2/bs16_38k
+time "$PY" train.py "${Q[@]}" model.patch=2 'model.widths=[32,64]' 'model.attn_levels=[1]' \
+    data.subset=54000 hydra.run.dir=runs/qs2/p2_w32_52k
+time "$PY" train.py "${Q[@]}" data.subset=36000 eval.batch_size=64 hydra.run.dir=runs/qs2/bs16_34k_eval64
+# the last recipe's training noise: seeds 1 and 2, one thread each, side by side
+for s in 1 2; do
+    OMP_NUM_THREADS=1 "$PY" train.py "${Q[@]}" data.subset=36000 eval.batch_size=64 seed=$s \
+        logger=csv "hydra.run.dir=runs/qs2/bs16_34k_seed$s" > "runs/qs2/bs16_34k_seed$s.log" 2>&1 &
+done
+wait
