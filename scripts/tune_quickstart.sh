@@ -95,3 +95,13 @@ for s in 1 2; do
         logger=csv "hydra.run.dir=runs/qs2/bs16_34k_seed$s" > "runs/qs2/bs16_34k_seed$s.log" 2>&1 &
 done
 wait
+# stage 10: batch 16 on 38,000 images, n = 2,048, one thread each, side by side: training seed 1,
+# and the v objective on the same log-normal training sigmas
+for cell in "seed=1 hydra.run.dir=runs/qs2/bs16_38k_seed1" "objective=v hydra.run.dir=runs/qs2/bs16_38k_v"; do
+    # shellcheck disable=SC2086  # $cell is two overrides
+    OMP_NUM_THREADS=1 "$PY" train.py "${Q[@]}" logger=csv $cell > "runs/qs2/$(basename "${cell##*=}").log" 2>&1 &
+done
+wait
+# the new quickstart (experiment=quickstart since the second round), timed on the idle cores
+time "$PY" train.py "${Q[@]}" objective=v data.subset=36000 eval.batch_size=64 \
+    hydra.run.dir=runs/qs2/v_bs16_34k_eval64
