@@ -13,20 +13,18 @@ from pathlib import Path
 
 import yaml
 
+from diffexp.build import upgrade_config
+
 AXES = [("objective", ("objective", "name")), ("schedule", ("schedule", "name")),
         ("scale", ("data", "scale")), ("pad", ("data", "pad")),
         ("batch", ("train", "batch_size")), ("lr", ("optim", "lr")),
         ("ema", ("train", "ema_decay")), ("model", ("model", "name")),
         ("widths", ("model", "widths")), ("blocks", ("model", "blocks")),
         ("patch", ("model", "patch")), ("seed", ("seed",))]
-#: settings a run folder written before they existed does not hold: the value they had then
-BEFORE = {("model", "patch"): 1}
 
 
 def _get(cfg: dict, path):
     for k in path:
-        if k not in cfg and tuple(path) in BEFORE:
-            return BEFORE[tuple(path)]
         cfg = cfg[k]
     return "/".join(map(str, cfg)) if isinstance(cfg, list) else cfg
 
@@ -46,7 +44,8 @@ def _evaluations(folder: Path):
 def rows(folder: Path) -> list[dict]:
     out = []
     for job, cell, metrics in _evaluations(folder):
-        cfg = yaml.safe_load((job / "config.yaml").read_text())
+        # runs written before a setting existed read with the value it had then
+        cfg = upgrade_config(yaml.safe_load((job / "config.yaml").read_text()))
         summary = json.loads((job / "summary.json").read_text())
         m = json.loads(metrics.read_text())
         row = {"cell": cell}

@@ -177,6 +177,11 @@ def build_network(model_cfg: dict, conditioned: bool, embedding: str = "geometri
                 embedding=embedding, patch=int(model_cfg["patch"]))
 
 
+def image_side(pad: int) -> int:
+    """Side of the square images the network sees: Fashion-MNIST's 28 plus ``pad`` on each side."""
+    return 28 + 2 * pad
+
+
 @dataclass(frozen=True)
 class DataSpec:
     """What the data group describes: which images, how they are split, padded and scaled."""
@@ -195,7 +200,8 @@ class DataSpec:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return (1, 28 + 2 * self.pad, 28 + 2 * self.pad)
+        side = image_side(self.pad)
+        return (1, side, side)
 
     def config(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}

@@ -312,11 +312,13 @@ def check_image_fits_model(data: dict, model: dict) -> None:
     """The UNet cuts the image into model.patch-sized patches, then halves the resolution once
     per level below the first: the side (28 + 2 data.pad) must divide by patch * 2^(levels-1)
     or the skip connections would not line up."""
-    side = 28 + 2 * data["pad"]
+    from .build import image_side
+
+    side = image_side(data["pad"])
     levels = len(model["widths"])
     step = model["patch"] * 2 ** (levels - 1)
     if side % step:
-        fits = [p for p in range(0, 5) if (28 + 2 * p) % step == 0]
+        fits = [p for p in range(0, 5) if image_side(p) % step == 0]
         hint = (f"data.pad in {fits}" if fits else
                 "fewer levels (model.widths) or a smaller model.patch")
         raise ConfigError(f"model.patch={model['patch']} with {levels} levels (model.widths) needs "
