@@ -1,7 +1,8 @@
-"""Side by side on this CPU, in alternating rounds (so drift hits both alike): a network's training
-step and its inference throughput, contiguous vs channels_last memory, inference at several batch
-sizes. It chose the quickstart's eval.batch_size (docs/TUNING.md). Prints images per second and
-the ratio of each variant to the first.
+"""Side by side on this CPU, in rounds that alternate which layout goes first (so drift hits both
+alike): a network's training step and its inference throughput, contiguous vs channels_last
+memory, inference at several batch sizes. It chose the quickstart's eval.batch_size
+(docs/TUNING.md). Prints the median images per second over the rounds and the ratio of each
+variant to the first.
 
     python scripts/bench_cpu_layout.py                         # unet_tiny on 28x28, 2 threads
     python scripts/bench_cpu_layout.py --widths 32 64 --patch 2 --attn 1 --threads 1
@@ -13,6 +14,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from diffexp.benchmarking.timing import interleave, median
 from diffexp.models.unet import UNet
 
 
@@ -43,42 +45,50 @@ def main(argv=None) -> None:
 
     layouts = {"contiguous": False, "channels_last": True}
     nets = {k: build(v) for k, v in layouts.items()}
-    train_s = dict.fromkeys(layouts, 0.0)
-    infer_s = {(k, b): 0.0 for k in layouts for b in a.infer_batches}
     x = torch.randn(a.train_batch, 1, a.side, a.side)
     c = torch.randn(a.train_batch)
     steps, infer_images = 8, max(1024, max(a.infer_batches))
-    for r in range(a.rounds + 1):  # round 0 warms up
-        for name, cl in layouts.items():
-            net, opt = nets[name]
-            xx = fmt(x, cl)
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                loss = F.mse_loss(net(xx, c), x)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            if r:
-                train_s[name] += time.perf_counter() - t0
-            with torch.no_grad():
-                for b in a.infer_batches:
-                    xe, ce = fmt(torch.randn(b, 1, a.side, a.side), cl), torch.randn(b)
-                    t0 = time.perf_counter()
-                    for _ in range(infer_images // b):
-                        net(xe, ce)
-                    if r:
-                        infer_s[(name, b)] += time.perf_counter() - t0
+
+    def measure(name: str) -> dict:
+        """One round of one layout: images/s of its training step and of each inference batch."""
+        net, opt = nets[name]
+        cl = layouts[name]
+        xx = fmt(x, cl)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            loss = F.mse_loss(net(xx, c), x)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        rates = {"train": steps * a.train_batch / (time.perf_counter() - t0)}
+        with torch.no_grad():
+            for b in a.infer_batches:
+                xe, ce = fmt(torch.randn(b, 1, a.side, a.side), cl), torch.randn(b)
+                t0 = time.perf_counter()
+                for _ in range(infer_images // b):
+                    net(xe, ce)
+                rates[b] = (infer_images // b) * b / (time.perf_counter() - t0)
+        return rates
+
+    reps = {k: [] for k in layouts}
+    for r in range(a.rounds + 1):  # round 0 warms up; the order of the two layouts alternates
+        first, second = interleave(lambda: measure("contiguous"),
+                                   lambda: measure("channels_last"), flip=bool(r % 2))
+        if r:
+            reps["contiguous"].append(first)
+            reps["channels_last"].append(second)
+
+    def rate(name, part):  # median images/s over the timed rounds
+        return median([rep[part] for rep in reps[name]])
+
     print(f"widths {a.widths}, patch {a.patch}, {a.side}x{a.side}, {a.threads} thread(s), "
-          f"{a.rounds} rounds")
-    rows = [(f"train step, batch {a.train_batch}, {n}",
-             a.rounds * steps * a.train_batch / train_s[n]) for n in layouts]
-    rows += [(f"inference, batch {b}, {n}", a.rounds * (infer_images // b) * b / infer_s[(n, b)])
-             for b in a.infer_batches for n in layouts]
+          f"{a.rounds} rounds, medians")
+    rows = [(f"train step, batch {a.train_batch}, {n}", rate(n, "train")) for n in layouts]
+    rows += [(f"inference, batch {b}, {n}", rate(n, b)) for b in a.infer_batches for n in layouts]
     train_ref, infer_ref = rows[0][1], rows[len(layouts)][1]
     for i, (label, ips) in enumerate(rows):
         ref = train_ref if i < len(layouts) else infer_ref
         print(f"  {label:42s} {ips:8.0f} images/s  x{ips / ref:.2f}")
-
 
 if __name__ == "__main__":
     main()
