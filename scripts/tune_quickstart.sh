@@ -84,7 +84,10 @@ OMP_NUM_THREADS=1 "$PY" eval.py hparams_search=sampler_optuna "ckpt=$CKPT" hydra
 # They were run as `make run` with conf/experiment/quickstart.yaml edited to these settings; the
 # overrides below compose the same configs. Table: python scripts/tuning_table.py runs/qs2
 unset OMP_NUM_THREADS
-Q=(experiment=quickstart train.batch_size=16 optim.lr=1.5e-3)
+# experiment=quickstart was then the first round's karras recipe (38,000 images, eval batches of
+# 512); it is pinned here so that the commands reproduce those runs after the quickstart moved on
+Q=(experiment=quickstart objective=karras data.subset=40000 eval.batch_size=512
+   train.batch_size=16 optim.lr=1.5e-3)
 time "$PY" train.py "${Q[@]}" hydra.run.dir=runs/qs2/bs16_38k
 time "$PY" train.py "${Q[@]}" model.patch=2 'model.widths=[32,64]' 'model.attn_levels=[1]' \
     data.subset=54000 hydra.run.dir=runs/qs2/p2_w32_52k

@@ -145,3 +145,29 @@ def test_wandb_offline_one_run_per_job(tmp_path):
         ids.append((tmp_path / f"w{k}" / "wandb_id.txt").read_text().strip())
         assert list((tmp_path / f"w{k}" / "wandb").glob("offline-run-*")), "offline run written"
     assert all(ids) and ids[0] != ids[1]  # the second job did not reuse the first job's run
+
+
+def test_onecycle_cycles_beta1_and_keeps_the_configured_beta2():
+    """conf/optim/adam_onecycle.yaml's comment: under onecycle, Adam's beta1 follows the one-cycle
+    momentum (0.95 at the start and end, 0.85 at the peak learning rate) whatever optim.betas[0]
+    says, and beta2 is optim.betas[1]; the learning rate peaks at optim.lr after pct_start."""
+    import types
+
+    c = validate_train_config(compose_train(
+        ["data=synthetic", "train.batch_size=16", *TINY_MODEL, "optim=adam_onecycle",
+         "optim.lr=3e-3", "optim.betas=[0.5,0.99]", "optim.pct_start=0.25"]))
+    m = DiffusionModule.from_config(c)
+    m._trainer = types.SimpleNamespace(estimated_stepping_batches=100)
+    conf = m.configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    seen = []
+    for _ in range(100):
+        g = opt.param_groups[0]
+        seen.append((g["lr"], *g["betas"]))
+        opt.step()
+        sched.step()
+    lr, b1, b2 = zip(*seen)
+    assert set(b2) == {0.99}
+    assert b1[0] == pytest.approx(0.95) and min(b1) == pytest.approx(0.85, abs=1e-4)
+    assert max(lr) == pytest.approx(3e-3, rel=1e-3) and lr.index(max(lr)) in (24, 25)
+    assert b1[lr.index(max(lr))] == pytest.approx(0.85, abs=1e-4)
