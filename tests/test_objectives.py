@@ -35,6 +35,27 @@ def test_v_target_closed_form():
     torch.testing.assert_close(obj.target(x0, n, sig), expect)
 
 
+def test_v_is_karras_preconditioning_at_sigma_data_one():
+    """v is EDM preconditioning with sigma_data = 1, up to the output's sign and the conditioning
+    value (docs/TUNING.md, third round): the same network input, the negated training target, so
+    the same unweighted MSE at every noise level, and the same denoiser for a network output and
+    its negation. Only the noise conditioning differs: the schedule's t against ln(sigma) / 4."""
+    sched = KarrasSchedule()
+    v, k = build_objective("v", sched), KarrasObjective(sched, sigma_data=1.0)
+    x0, n = (t.double() for t in _batch(2))
+    sig = SIGMAS.double()
+    x = x0 + sig.view(-1, 1, 1, 1) * n
+    torch.testing.assert_close(v.net_input(x, sig)[0], k.net_input(x, sig)[0])
+    torch.testing.assert_close(v.target(x0, n, sig), -k.target(x0, n, sig))
+    assert torch.equal(v.loss_weight(sig), k.loss_weight(sig))
+    out = torch.randn_like(x0)
+    torch.testing.assert_close(v.to_x0(x, out, sig), k.to_x0(x, -out, sig))
+    assert not torch.allclose(v.cond(sig), k.cond(sig))
+    # and not at the measured sigma_data of the quickstart's data (0.35): a different target
+    k35 = KarrasObjective(sched, sigma_data=0.35)
+    assert not torch.allclose(v.target(x0, n, sig).abs(), k35.target(x0, n, sig).abs())
+
+
 def test_karras_unit_variance():
     sd = 0.5
     obj = KarrasObjective(KarrasSchedule(), sigma_data=sd)
