@@ -17,14 +17,20 @@ from diffexp.build import upgrade_config
 
 AXES = [("objective", ("objective", "name")), ("schedule", ("schedule", "name")),
         ("scale", ("data", "scale")), ("pad", ("data", "pad")),
+        ("sigma_data", ("objective", "sigma_data")),
         ("batch", ("train", "batch_size")), ("lr", ("optim", "lr")),
+        ("beta2", ("optim", "betas", 1)), ("pct_start", ("optim", "pct_start")),
         ("ema", ("train", "ema_decay")), ("model", ("model", "name")),
         ("widths", ("model", "widths")), ("blocks", ("model", "blocks")),
         ("patch", ("model", "patch")), ("seed", ("seed",))]
 
 
 def _get(cfg: dict, path):
+    """The setting at ``path``; "-" where the run's config has no such key (sigma_data belongs to
+    objective=karras only)."""
     for k in path:
+        if isinstance(cfg, dict) and k not in cfg:
+            return "-"
         cfg = cfg[k]
     return "/".join(map(str, cfg)) if isinstance(cfg, list) else cfg
 

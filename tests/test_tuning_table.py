@@ -32,8 +32,8 @@ def _cell(root: Path, stage: str, overrides: list[str], fids: dict[str, float], 
 
 def test_rows_carry_each_models_settings_and_sort_by_fid(tmp_path):
     _cell(tmp_path, "a", ["train.batch_size=32", "data.pad=0"], {"x10": 30.0, "x20": 20.0}, 100)
-    _cell(tmp_path, "b", ["objective=karras", "schedule=karras", "optim.lr=0.002"], {"x10": 25.0},
-          50)
+    _cell(tmp_path, "b", ["objective=karras", "schedule=karras", "optim.lr=0.002",
+                          "objective.sigma_data=2", "optim.betas=[0.9,0.99]"], {"x10": 25.0}, 50)
     rows = tuning_table.rows(tmp_path)
     assert [(r["cell"], r["fid"]) for r in rows] == [("a/x20", 20.0), ("b/x10", 25.0),
                                                      ("a/x10", 30.0)]
@@ -41,6 +41,8 @@ def test_rows_carry_each_models_settings_and_sort_by_fid(tmp_path):
     assert (a["batch"], a["pad"], a["objective"], a["images"]) == (32, 0, "eps", 3200)
     assert (b["objective"], b["schedule"], b["lr"], b["pad"]) == ("karras", "karras", 0.002, 2)
     assert (a["widths"], a["blocks"], a["patch"]) == ("16/32/64", 1, 1)
+    # sigma_data is objective=karras' own key: the eps cell has none
+    assert (a["sigma_data"], a["beta2"], b["sigma_data"], b["beta2"]) == ("-", 0.999, 2, 0.99)
     md = tuning_table.markdown(rows).splitlines()
     assert len(md) == 2 + 3 and md[2].startswith("| a/x20 | eps |") and "| 20.00 |" in md[2]
 
