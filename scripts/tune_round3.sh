@@ -8,10 +8,14 @@ STAGE=$1
 OUT=${2:-runs/qs3}
 PY=${PYTHON:-python}
 export OMP_NUM_THREADS=1
-mkdir -p "$OUT"
-cell() {  # cell NAME OVERRIDES...: one training of experiment=quickstart with the overrides
+mkdir -p "$OUT/ddp"
+# the second round's quickstart, which stages 11 to 15 start from (experiment=quickstart has moved
+# on to this round's winner since): lr 1.5e-3, beta2 0.999, 34,000 images, DPM++(2M) 10 steps
+BASE=(experiment=quickstart optim.lr=1.5e-3 'optim.betas=[0.9,0.999]' data.subset=36000
+      sampler.steps=10)
+cell() {  # cell NAME OVERRIDES...: one training of BASE with the overrides, scored at n = 512
     local name=$1; shift
-    "$PY" train.py experiment=quickstart logger=csv eval.n_samples=512 eval.diagnostics=false \
+    "$PY" train.py "${BASE[@]}" logger=csv eval.n_samples=512 eval.diagnostics=false \
         "hydra.run.dir=$OUT/$name" "$@" > "$OUT/$name.log" 2>&1
 }
 case $STAGE in
@@ -21,6 +25,46 @@ case $STAGE in
       cell lr3e-3_b099 optim.lr=3e-3 'optim.betas=[0.9,0.99]' & ;;
   13) cell lr3e-3_b095 optim.lr=3e-3 'optim.betas=[0.9,0.95]' &
       cell lr3e-3_b099_pct01 optim.lr=3e-3 'optim.betas=[0.9,0.99]' optim.pct_start=0.1 & ;;
+  14) cell bs8_lr2e-3_b099 train.batch_size=8 optim.lr=2e-3 'optim.betas=[0.9,0.99]' &
+      cell bs8_lr3e-3_b099 train.batch_size=8 optim.lr=3e-3 'optim.betas=[0.9,0.99]' & ;;
+  15) cell karras_sd1_lr3e-3_b099 objective=karras objective.sigma_data=1 optim.lr=3e-3 'optim.betas=[0.9,0.99]' &
+      cell karras_sd2_lr3e-3_b099 objective=karras objective.sigma_data=2 optim.lr=3e-3 'optim.betas=[0.9,0.99]' & ;;
+  # no training: the second round's quickstart model (make run, 34,000 images) at n = 512, EMA and
+  # raw weights; then its sampler steps at n = 2,048
+  base) CK=runs/qs2/v_bs16_34k_eval64/checkpoints/last.ckpt
+      for e in true false; do
+          "$PY" eval.py "ckpt=$CK" eval.n_samples=512 eval.diagnostics=false eval.floor=false \
+              eval.batch_size=64 eval.use_ema=$e logger=none "hydra.run.dir=$OUT/base512_ema_$e" \
+              > "$OUT/base512_ema_$e.log" 2>&1 &
+      done ;;
+  steps) "$PY" eval.py -m "ckpt=runs/qs2/v_bs16_34k_eval64/checkpoints/last.ckpt" sampler=dpmpp_2m \
+      sampler.steps=6,8,10,14,20 eval.floor=false eval.diagnostics=false eval.batch_size=64 \
+      logger=none "hydra.sweep.dir=$OUT/steps" > "$OUT/steps.log" 2>&1 ;;
+  # two CPU processes (trainer=ddp, one thread each) against one two-thread process: training time
+  # at two lengths, the slope is the time per step (no evaluation, validation or grids)
+  ddp) unset OMP_NUM_THREADS
+      for n in 60 360; do
+          for v in "one_bs16" "ddp_bs8 trainer=ddp trainer.accelerator=cpu trainer.devices=2 train.batch_size=8"; do
+              # shellcheck disable=SC2086  # $v is a name and overrides
+              set -- $v
+              "$PY" train.py "${BASE[@]}" logger=none train.eval_at_end=false trainer.limit_val_batches=0 \
+                  train.sample_every_n_epochs=0 trainer.limit_train_batches=$n \
+                  "hydra.run.dir=$OUT/ddp/$1-$n" "${@:2}" > "$OUT/ddp/$1-$n.log" 2>&1
+          done
+      done
+      for n in 30 180; do
+          "$PY" train.py "${BASE[@]}" logger=none train.eval_at_end=false trainer.limit_val_batches=0 \
+              train.sample_every_n_epochs=0 trainer.limit_train_batches=$n trainer=ddp \
+              trainer.accelerator=cpu trainer.devices=2 "hydra.run.dir=$OUT/ddp/ddp_bs16-$n" \
+              > "$OUT/ddp/ddp_bs16-$n.log" 2>&1
+      done ;;
+  # the winner (experiment=quickstart as committed) as make run on the idle cores, then its
+  # training noise: seeds 1 and 2, one thread each, side by side, scored like make run (n = 2,048)
+  final) unset OMP_NUM_THREADS; { time make run; } > "$OUT/final_makerun.log" 2>&1 ;;
+  seeds) for s in 1 2; do
+          "$PY" train.py experiment=quickstart logger=csv seed=$s "hydra.run.dir=$OUT/final_seed$s" \
+              > "$OUT/final_seed$s.log" 2>&1 &
+      done ;;
   *) echo "unknown stage $STAGE" >&2; exit 2 ;;
 esac
 wait
