@@ -64,7 +64,7 @@ def test_single_runs_are_rows_labelled_by_their_sampler(tmp_path):
         json.dumps({"fid": 21.0, "kid_mean": 0.2, "n": 2048, "nfe": 10}))
     rows = tuning_table.rows(tmp_path)
     assert [(r["cell"], r["sampler"], r["n"]) for r in rows] == [
-        ("quickstart_run", "dpmpp_2m_10", 2048), ("stage/x10", "x10", 512)]
+        ("quickstart_run", f"dpmpp_2m_{cfg['sampler']['steps']}", 2048), ("stage/x10", "x10", 512)]
     assert rows[0]["images"] == 7 * cfg["train"]["batch_size"] and rows[0]["threads"] == 2
 
 
