@@ -29,6 +29,13 @@ case $STAGE in
       cell bs8_lr3e-3_b099 train.batch_size=8 optim.lr=3e-3 'optim.betas=[0.9,0.99]' & ;;
   15) cell karras_sd1_lr3e-3_b099 objective=karras objective.sigma_data=1 optim.lr=3e-3 'optim.betas=[0.9,0.99]' &
       cell karras_sd2_lr3e-3_b099 objective=karras objective.sigma_data=2 optim.lr=3e-3 'optim.betas=[0.9,0.99]' & ;;
+  # after the new quickstart: where v's training noise levels sit (the log-normal's p_mean, -1.2
+  # by default; -1.6 puts it where -1.2 sits for data of std 0.5, EDM's case, at this data's 0.35)
+  # and a sigma_data between the measured 0.35 and v's 1, both at stage 12's winning settings (the
+  # new quickstart's training; compare with lr3e-3_b099)
+  16) cell lr3e-3_b099_pmean-1.6 optim.lr=3e-3 'optim.betas=[0.9,0.99]' schedule.p_mean=-1.6 &
+      cell karras_sd0.7_lr3e-3_b099 objective=karras objective.sigma_data=0.7 optim.lr=3e-3 \
+          'optim.betas=[0.9,0.99]' & ;;
   # no training: the second round's quickstart model (make run, 34,000 images) at n = 512, EMA and
   # raw weights; then its sampler steps at n = 2,048
   base) CK=runs/qs2/v_bs16_34k_eval64/checkpoints/last.ckpt
