@@ -73,11 +73,19 @@ case $STAGE in
   # the winner (experiment=quickstart as committed) as make run on the idle cores, then its
   # training noise: seeds 1 and 2, one thread each, side by side, scored like make run (n = 2,048)
   # (makerun_36k_s14 was the same with data.subset=38000: 36,000 images)
-  final) unset OMP_NUM_THREADS; { time make run; } > "$OUT/makerun_34k_s14.log" 2>&1
+  # (final and seeds ran before stage 17, with the log-normal's p_std 1.2, pinned here; final_pstd1
+  # and seeds_pstd1 are the same with stage 17's p_std 1.0, the quickstart since)
+  final) unset OMP_NUM_THREADS; { time make run ARGS=schedule.p_std=1.2; } > "$OUT/makerun_34k_s14.log" 2>&1
       cp -r "$(ls -td runs/train/*_quickstart/ | head -1)" "$OUT/makerun_34k_s14" ;;
   seeds) for s in 1 2; do
-          "$PY" train.py experiment=quickstart logger=csv seed=$s "hydra.run.dir=$OUT/final_seed$s" \
-              > "$OUT/final_seed$s.log" 2>&1 &
+          "$PY" train.py experiment=quickstart schedule.p_std=1.2 logger=csv seed=$s \
+              "hydra.run.dir=$OUT/final_seed$s" > "$OUT/final_seed$s.log" 2>&1 &
+      done ;;
+  final_pstd1) unset OMP_NUM_THREADS; { time make run; } > "$OUT/makerun_34k_s14_pstd1.0.log" 2>&1
+      cp -r "$(ls -td runs/train/*_quickstart/ | head -1)" "$OUT/makerun_34k_s14_pstd1.0" ;;
+  seeds_pstd1) for s in 1 2; do
+          "$PY" train.py experiment=quickstart logger=csv seed=$s \
+              "hydra.run.dir=$OUT/final_pstd1.0_seed$s" > "$OUT/final_pstd1.0_seed$s.log" 2>&1 &
       done ;;
   *) echo "unknown stage $STAGE" >&2; exit 2 ;;
 esac
