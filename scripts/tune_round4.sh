@@ -26,6 +26,21 @@ case $STAGE in
   # where the training noise levels sit at p_std 1.0: the log-normal's centre either side of -1.2
   19) cell pmean-1.0 schedule.p_mean=-1.0 &
       cell pmean-1.4 schedule.p_mean=-1.4 & ;;
+  # depth against width at about the same cost per image (two residual blocks down and three up
+  # per level at 0.75x the widths: 5/3 x 0.5625 = 0.94x the convolutions' multiply-adds), and a
+  # higher peak rate now that beta2 0.99 steadies Adam
+  20) cell blocks2_w12 model.blocks=2 'model.widths=[12,24,48]' &
+      cell lr4e-3 optim.lr=4e-3 & ;;
+  # no training: the quickstart's make run model (seed 0, p_std 1.0) under other sampling grids and
+  # with D clamped, scored as make run scores it (n = 2,048, DPM++(2M) 14 steps, sampling seed 0,
+  # so every cell draws the same starting noise; make run's own grid scored 11.055)
+  grid) CK=runs/qs3/makerun_34k_s14_pstd1.0/checkpoints/last.ckpt
+      EV=(eval.py -m "ckpt=$CK" sampler=dpmpp_2m sampler.steps=14 eval.n_samples=2048 eval.floor=false
+          eval.diagnostics=false eval.batch_size=64 logger=none)
+      "$PY" "${EV[@]}" grid=karras grid.rho=5,10 "hydra.sweep.dir=$OUT/grid_rho" \
+          > "$OUT/grid_rho.log" 2>&1 &
+      "$PY" "${EV[@]}" grid=karras grid.sigma_max=20 sampler.clip_denoised=false,true \
+          "hydra.sweep.dir=$OUT/grid_smax20_clip" > "$OUT/grid_smax20_clip.log" 2>&1 & ;;
   *) echo "unknown stage $STAGE" >&2; exit 2 ;;
 esac
 wait
