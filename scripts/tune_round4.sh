@@ -29,8 +29,14 @@ case $STAGE in
   # depth against width at about the same cost per image (two residual blocks down and three up
   # per level at 0.75x the widths: 5/3 x 0.5625 = 0.94x the convolutions' multiply-adds), and a
   # higher peak rate now that beta2 0.99 steadies Adam
+  # (its blocks2_w12 stopped at the start: widths must be multiples of the attention's head_dim,
+  # 16; stage 21 runs it with head_dim 12)
   20) cell blocks2_w12 model.blocks=2 'model.widths=[12,24,48]' &
       cell lr4e-3 optim.lr=4e-3 & ;;
+  # the depth cell with 12-channel heads, and attention at 14x14 as well as at 7x7 (about 8% more
+  # multiply-adds)
+  21) cell blocks2_w12_hd12 model.blocks=2 'model.widths=[12,24,48]' model.head_dim=12 &
+      cell attn12 'model.attn_levels=[1,2]' & ;;
   # no training: the quickstart's make run model (seed 0, p_std 1.0) under other sampling grids and
   # with D clamped, scored as make run scores it (n = 2,048, DPM++(2M) 14 steps, sampling seed 0,
   # so every cell draws the same starting noise; make run's own grid scored 11.055)
