@@ -37,6 +37,10 @@ case $STAGE in
   # multiply-adds)
   21) cell blocks2_w12_hd12 model.blocks=2 'model.widths=[12,24,48]' model.head_dim=12 &
       cell attn12 'model.attn_levels=[1,2]' & ;;
+  # the peak rate the other way (4e-3 lost), and cosine annealing from the peak with no warm-up
+  # (and no beta1 cycling) in place of the one-cycle schedule
+  22) cell lr2e-3 optim.lr=2e-3 &
+      cell cosine optim.lr_schedule=cosine & ;;
   # no training: the quickstart's make run model (seed 0, p_std 1.0) under other sampling grids and
   # with D clamped, scored as make run scores it (n = 2,048, DPM++(2M) 14 steps, sampling seed 0,
   # so every cell draws the same starting noise; make run's own grid scored 11.055)
