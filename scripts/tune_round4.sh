@@ -41,6 +41,10 @@ case $STAGE in
   # (and no beta1 cycling) in place of the one-cycle schedule
   22) cell lr2e-3 optim.lr=2e-3 &
       cell cosine optim.lr_schedule=cosine & ;;
+  # stratified training noise levels (train.stratified_noise: one per sixteenth of the log-normal
+  # in every batch), and the base itself with training seed 1, for the proxy's training noise
+  23) cell stratified train.stratified_noise=true &
+      cell base_seed1 seed=1 & ;;
   # no training: the quickstart's make run model (seed 0, p_std 1.0) under other sampling grids and
   # with D clamped, scored as make run scores it (n = 2,048, DPM++(2M) 14 steps, sampling seed 0,
   # so every cell draws the same starting noise; make run's own grid scored 11.055)

@@ -13,6 +13,7 @@ from diffexp.schedules import (
     alpha_bar_to_sigma,
     build_schedule,
     sigma_to_alpha_bar,
+    stratified_uniform,
     to_vp,
 )
 
@@ -89,6 +90,56 @@ def test_training_draws():
     t = c.t_from_sigma(sig.double())
     assert float(t.min()) >= c.t_min - 1e-5 and float(t.max()) <= c.t_max + 1e-5
     assert float(t.mean()) == pytest.approx((c.t_min + c.t_max) / 2, abs=0.005)
+
+
+def test_stratified_uniform_puts_one_draw_in_each_stratum():
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 2, 16, 257):
+        u = stratified_uniform(n, generator=g)
+        assert u.shape == (n,) and float(u.min()) >= 0 and float(u.max()) < 1
+        assert torch.equal(torch.sort((u * n).floor().long()).values, torch.arange(n))
+    # pooled over batches, each draw is U(0, 1): its deciles hold a tenth each
+    pooled = torch.cat([stratified_uniform(16, generator=g) for _ in range(5000)])
+    counts = torch.bincount((pooled * 10).floor().long(), minlength=10).double() / pooled.numel()
+    torch.testing.assert_close(counts, torch.full((10,), 0.1, dtype=torch.float64), atol=0.004,
+                               rtol=0)
+    # and its position in the batch carries no information: every slot has mean 1/2
+    slots = torch.stack([stratified_uniform(16, generator=g) for _ in range(5000)])
+    assert float((slots.mean(0) - 0.5).abs().max()) < 0.02
+
+
+@pytest.mark.parametrize("sched", [KarrasSchedule(p_mean=-1.2, p_std=1.0), CosineSchedule(),
+                                   LinearSchedule()])
+def test_stratified_training_draws_keep_the_distribution_with_less_batch_variance(sched):
+    g = torch.Generator().manual_seed(1)
+    strat = torch.stack([sched.sample_training_sigma(16, generator=g, stratified=True)
+                         for _ in range(4000)]).double().log()
+    iid = torch.stack([sched.sample_training_sigma(16, generator=g)
+                       for _ in range(4000)]).double().log()
+    # the same distribution of ln(sigma): quantiles of the pooled draws agree
+    q = torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95], dtype=torch.float64)
+    spread = float(iid.std())
+    torch.testing.assert_close(torch.quantile(strat.flatten(), q), torch.quantile(iid.flatten(), q),
+                               atol=0.03 * spread, rtol=0)
+    # a batch's mean ln(sigma) varies far less: iid has variance var / 16; stratified draws
+    # leave only the within-stratum jitter
+    assert float(strat.mean(1).var()) < 0.1 * float(iid.mean(1).var())
+    if isinstance(sched, KarrasSchedule):  # exact log-normal: ln(sigma) = p_mean + p_std * z
+        z = (strat.flatten() - sched.p_mean) / sched.p_std
+        assert float(z.mean()) == pytest.approx(0, abs=0.01)
+        assert float(z.std()) == pytest.approx(1, abs=0.01)
+
+
+def test_independent_training_draws_are_unchanged_by_the_stratified_switch():
+    """The default path draws exactly what it drew before the switch existed (runs reproduce)."""
+    s = KarrasSchedule(p_mean=-1.2, p_std=1.0)
+    got = s.sample_training_sigma(8, generator=torch.Generator().manual_seed(3))
+    z = torch.randn(8, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(got, torch.exp(-1.2 + 1.0 * z))
+    c = CosineSchedule()
+    got = c.sample_training_sigma(8, generator=torch.Generator().manual_seed(3))
+    u = torch.rand(8, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(got, c.sigma((c.t_min + (c.t_max - c.t_min) * u).double()).float())
 
 
 def test_to_vp_matches_vp_form():

@@ -52,6 +52,27 @@ def test_loss_decreases_on_fixed_batch(objective, schedule):
     assert after < 0.8 * before, (before, after)
 
 
+@pytest.mark.parametrize("stratified", [True, False])
+def test_stratified_noise_switch_reaches_the_training_loss(stratified, monkeypatch):
+    """train.stratified_noise=true: a batch of 16 trains on one noise level in each sixteenth of
+    the log-normal (its standard-normal CDF values fall one per stratum); independent draws cover
+    all sixteen strata with probability 16!/16^16, about 1e-6."""
+    c = validate_train_config(compose_train(
+        ["schedule=karras", "objective=v", "data=synthetic", "train.batch_size=16", *TINY_MODEL,
+         f"train.stratified_noise={str(stratified).lower()}"]))
+    m = DiffusionModule.from_config(c)
+    seen = []
+    net_input = m.objective.net_input
+    monkeypatch.setattr(m.objective, "net_input",
+                        lambda x, sigma: seen.append(sigma.detach().clone()) or net_input(x, sigma))
+    data = build_data(c["data"])
+    m.diffusion_loss(data.batch(data.train_index[:16]), generator=torch.Generator().manual_seed(0))
+    sched = c["schedule"]
+    z = (seen[0].double().log() - sched["p_mean"]) / sched["p_std"]
+    strata = (torch.special.ndtr(z) * 16).floor().long().clamp(0, 15)
+    assert torch.equal(torch.sort(strata).values, torch.arange(16)) == stratified
+
+
 def _quick_cfg(tmp_path, *extra):
     return validate_train_config(compose_train(
         ["data=synthetic", "debug=fast", "logger=csv", "train.batch_size=16", *TINY_MODEL,

@@ -99,6 +99,8 @@ def upgrade_config(cfg: dict) -> dict:
     if sched.get("name") == "karras" and float(sched.get("rho", 7.0)) == 7.0:
         sched.pop("rho", None)  # the fixed time map; a rho other than 7 stays (it defined t)
     train = cfg.get("train")
+    if isinstance(train, dict) and "batch_size" in train:
+        train.setdefault("stratified_noise", False)  # before the switch: independent draws
     if isinstance(train, dict) and "checkpoint_every_n_epochs" in train:
         # epoch checkpoints every N epochs, all kept: now the callbacks group's setting
         every = train.pop("checkpoint_every_n_epochs")
@@ -260,12 +262,14 @@ class TrainSpec:
     ema_decay: float
     sample_every_n_epochs: int
     n_sample_images: int
+    stratified_noise: bool = False
 
     @classmethod
     def from_config(cls, c: dict) -> TrainSpec:
         t = c["train"]
         return cls(int(c["seed"]), int(t["batch_size"]), int(t["epochs"]), float(t["ema_decay"]),
-                   int(t["sample_every_n_epochs"] or 0), int(t["n_sample_images"]))
+                   int(t["sample_every_n_epochs"] or 0), int(t["n_sample_images"]),
+                   bool(t.get("stratified_noise", False)))
 
 
 @dataclass(frozen=True)

@@ -222,6 +222,7 @@ class TrainCfg:
     epochs: int
     ema_decay: float
     grad_clip: float
+    stratified_noise: bool  # one training noise level per n-th of the schedule's distribution
     skip_nonfinite: bool  # drop a batch with non-finite gradients instead of stopping
     sample_every_n_epochs: int
     n_sample_images: int

@@ -269,7 +269,8 @@ class DiffusionModule(_DataModuleMixin):
     def diffusion_loss(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Mean over the batch of loss_weight(sigma) * mean-squared error on the objective's target."""
         b = x0.shape[0]
-        sigma = self.schedule.sample_training_sigma(b, generator=generator, device=x0.device)
+        sigma = self.schedule.sample_training_sigma(
+            b, generator=generator, device=x0.device, stratified=self.spec.train.stratified_noise)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device)
         x = x0 + sigma.view(-1, 1, 1, 1) * noise
         inp, cond = self.objective.net_input(x, sigma)
