@@ -22,6 +22,7 @@ from diffexp.metrics import (
 )
 from diffexp.metrics import features as feat_mod
 from diffexp.metrics import fid as fid_mod
+from diffexp.metrics.prdc import DEFAULT_K
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -217,7 +218,7 @@ def test_reference_cache(fmnist_test_split, tmp_path, monkeypatch):
     calls.clear()
     ev3 = Evaluator(ref, cache_dir=tmp_path, cache_key_extra="pad=0,scale=1.0", **FAST)
     assert not ev3.loaded_from_cache and calls == [500]
-    assert ev3.cache_path != ev1.cache_path and len(list(tmp_path.iterdir())) == 2
+    assert ev3.cache_path != ev1.cache_path and len(list(tmp_path.glob("fidref-*"))) == 2
 
     other = ref.clone()
     other[0, 0, 0, 0] ^= 1  # one pixel of the reference differs: another key
@@ -232,6 +233,52 @@ def test_reference_cache(fmnist_test_split, tmp_path, monkeypatch):
 
     monkeypatch.setenv("DIFFEXP_CACHE_DIR", str(tmp_path / "env"))
     assert fid_mod.default_cache_dir() == tmp_path / "env"
+
+
+def test_floor_and_reference_radii_are_cached_under_their_whole_key(fmnist_test_split, tmp_path,
+                                                                    monkeypatch):
+    """The floor (real-vs-real scores) and the reference's k-NN radii are functions of their
+    inputs only: a second evaluator reuses them without extracting or searching again, with the
+    same numbers, and any change of images, KID settings or k is a new entry."""
+    x = fmnist_test_split[0]
+    ref, real = x[:500], x[500:700]
+    ev1 = Evaluator(ref, cache_dir=tmp_path, **FAST)
+    first = ev1.floor(real)
+    assert sorted(p.name.split("-")[0] for p in tmp_path.iterdir()) == ["fidref", "floor", "radii"]
+
+    calls = []
+    real_extract, real_radii = Evaluator._extract, fid_mod.knn_radii_squared
+    monkeypatch.setattr(Evaluator, "_extract",
+                        lambda self, im: calls.append(("extract", len(im))) or real_extract(self, im))
+    monkeypatch.setattr(fid_mod, "knn_radii_squared",
+                        lambda f, k: calls.append(("radii", k)) or real_radii(f, k))
+    ev2 = Evaluator(ref, cache_dir=tmp_path, **FAST)
+    assert ev2.floor(real) == first and calls == []
+    torch.testing.assert_close(ev2.reference_radii2(), real_radii(ev1.ref_features, ev1.prdc_k))
+    # a generated set is never taken from the cache; it uses the cached radii
+    calls.clear()
+    ev2.score(real)
+    assert calls == [("extract", 200)]
+
+    other = real.clone()
+    other[0, 0, 0, 0] ^= 1  # one pixel differs: recomputed
+    calls.clear()
+    ev2.floor(other)
+    assert calls == [("extract", 200)]
+    calls.clear()
+    ev3 = Evaluator(ref, cache_dir=tmp_path, **{**FAST, "kid_subsets": FAST["kid_subsets"] + 1})
+    ev3.floor(real)
+    assert calls == [("extract", 200)]  # other KID settings: another floor entry
+    calls.clear()
+    ev4 = Evaluator(ref, cache_dir=tmp_path, **FAST, prdc_k=DEFAULT_K + 2)
+    ev4.floor(real)
+    assert ("radii", DEFAULT_K + 2) in calls  # another k: other radii
+    # a corrupt entry is recomputed, not trusted
+    for p in tmp_path.glob("floor-*"):
+        p.write_text("{truncated")
+    calls.clear()
+    assert Evaluator(ref, cache_dir=tmp_path, **FAST).floor(real) == first
+    assert calls == [("extract", 200)]
 
 
 # --- Inception -----------------------------------------------------------------------------------

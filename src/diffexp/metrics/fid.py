@@ -227,8 +227,17 @@ class Evaluator:
         return labels, conf
 
     def reference_radii2(self) -> Tensor:
+        """The reference's squared k-NN radii (for precision/recall/density/coverage), computed
+        once per reference, feature net and k and cached beside the reference features."""
         if self._ref_radii2 is None:
-            self._ref_radii2 = knn_radii_squared(self.ref_features, self.prdc_k)
+            key = {**self.cache_key, "radii_k": self.prdc_k}
+            path = self._derived_path("radii", key, "pt")
+            cached = self._read_derived(path, key)
+            if isinstance(cached, Tensor) and tuple(cached.shape) == (len(self.ref_features),):
+                self._ref_radii2 = cached.double()
+            else:
+                self._ref_radii2 = knn_radii_squared(self.ref_features, self.prdc_k)
+                self._write_derived(path, key, self._ref_radii2)
         return self._ref_radii2
 
     def score_features(self, feats: Tensor, logits: Tensor | None = None) -> dict:
@@ -275,6 +284,60 @@ class Evaluator:
 
     def floor(self, real_u8) -> dict:
         """The same numbers for real images (e.g. ``n`` training images): the value a perfect
-        generator would get at this ``n`` (real-vs-real floor)."""
-        return self.score(real_u8)
+        generator would get at this ``n`` (real-vs-real floor). A function of the images, the
+        reference, the feature net and the KID/k-NN settings only, so it is cached under a key
+        made of all of them: every evaluation at the same ``n`` and seed reuses it."""
+        real = as_uint8_images(real_u8)
+        key = {**self.cache_key, "floor_images": _hash_images(real),
+               "kid": [self.kid_subset_size, self.kid_subsets, self.kid_seed], "k": self.prdc_k}
+        path = self._derived_path("floor", key, "json")
+        cached = self._read_derived(path, key)
+        if isinstance(cached, dict):
+            return cached
+        out = self.score(real)
+        self._write_derived(path, key, out)
+        return out
+
+    # -- derived caches (floor scores, reference radii) -------------------------------------------
+    def _derived_path(self, kind: str, key: dict, ext: str) -> Path:
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+        return self.cache_dir / f"{kind}-{self.features}-{digest[:24]}.{ext}"
+
+    def _read_derived(self, path: Path, key: dict):
+        """The value cached at ``path`` under exactly ``key``; None when absent, foreign or
+        unreadable (then it is recomputed, as with the reference features)."""
+        if not path.exists():
+            return None
+        try:
+            if path.suffix == ".json":
+                blob = json.loads(path.read_text())
+            else:
+                blob = torch.load(path, map_location="cpu", weights_only=True)
+            if json.loads(blob["key"]) != json.loads(json.dumps(key, sort_keys=True)):
+                return None
+            return blob["value"]
+        except Exception as e:  # noqa: BLE001 - a cache is derived data: recompute it
+            print(f"[diffexp] cache {path} is unreadable ({first_line(e, 120)}); recomputing it",
+                  file=sys.stderr)
+            return None
+
+    def _write_derived(self, path: Path, key: dict, value) -> None:
+        """Write atomically (a temporary file renamed into place); a read-only cache directory
+        only costs the recomputation next time."""
+        blob = {"key": json.dumps(key, sort_keys=True), "value": value}
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=path.name, suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    if path.suffix == ".json":
+                        f.write(json.dumps(blob).encode())
+                    else:
+                        torch.save(blob, f)
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except OSError as e:
+            warnings.warn(f"could not write cache {path}: {e}", stacklevel=3)
 
