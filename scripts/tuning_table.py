@@ -4,6 +4,12 @@ config.yaml (not only the swept keys) and its training time. Single runs (``make
 are rows too.
 
     python scripts/tuning_table.py runs/tune [--top 10]
+
+With ``--seeds``, the rows of one or more folders that differ only in the seed (and in where and
+how long they ran) become one row: FID mean ± std over the trainings (sample std; the seed sets
+the training and the sampling), sorted by the mean:
+
+    python scripts/tuning_table.py runs/qs3 runs/qs4 --seeds --top 10
 """
 
 import argparse
@@ -18,10 +24,13 @@ from diffexp.build import upgrade_config
 AXES = [("objective", ("objective", "name")), ("schedule", ("schedule", "name")),
         ("scale", ("data", "scale")), ("pad", ("data", "pad")),
         ("sigma_data", ("objective", "sigma_data")),
+        ("p_mean", ("schedule", "p_mean")), ("p_std", ("schedule", "p_std")),
         ("batch", ("train", "batch_size")), ("lr", ("optim", "lr")),
-        ("beta2", ("optim", "betas", 1)), ("pct_start", ("optim", "pct_start")),
+        ("beta2", ("optim", "betas", 1)), ("lr_schedule", ("optim", "lr_schedule")),
+        ("pct_start", ("optim", "pct_start")), ("stratified", ("train", "stratified_noise")),
         ("ema", ("train", "ema_decay")), ("model", ("model", "name")),
         ("widths", ("model", "widths")), ("blocks", ("model", "blocks")),
+        ("attn", ("model", "attn_levels")), ("head_dim", ("model", "head_dim")),
         ("patch", ("model", "patch")), ("seed", ("seed",))]
 
 
@@ -77,17 +86,52 @@ def markdown(table: list[dict]) -> str:
     return "\n".join(lines)
 
 
+#: what makes two rows the same configuration (everything trained or sampled, not the seed)
+SAME = [a for a, _ in AXES if a != "seed"] + ["sampler", "nfe", "n", "steps", "images"]
+
+
+def by_seed(table: list[dict]) -> list[dict]:
+    """One row per configuration: the FID's mean and sample std over its seeds, the seeds and
+    the cells they came from, sorted by the mean."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in table:
+        groups.setdefault(tuple(str(r[c]) for c in SAME), []).append(r)
+    out = []
+    for members in groups.values():
+        fids = [r["fid"] for r in members]
+        mean = sum(fids) / len(fids)
+        std = (sum((f - mean) ** 2 for f in fids) / (len(fids) - 1)) ** 0.5 if len(fids) > 1 else None
+        out.append({**{c: members[0][c] for c in SAME}, "fid_mean": mean, "fid_std": std,
+                    "seeds": "/".join(str(r["seed"]) for r in members),
+                    "cells": ", ".join(r["cell"] for r in members)})
+    return sorted(out, key=lambda r: r["fid_mean"])
+
+
+def markdown_by_seed(table: list[dict]) -> str:
+    cols = ["cells", *SAME, "seeds", "fid"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in table:
+        fid = f"{r['fid_mean']:.2f}" + (f" ± {r['fid_std']:.2f}" if r["fid_std"] is not None else "")
+        lines.append("| " + " | ".join([*(str(r[c]) for c in cols[:-1]), fid]) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("folder", type=Path)
+    p.add_argument("folders", type=Path, nargs="+")
     p.add_argument("--top", type=int, default=0, help="only the best N rows (0: all)")
+    p.add_argument("--seeds", action="store_true",
+                   help="one row per configuration: FID mean ± std over its seeds")
     a = p.parse_args(argv)
-    table = rows(a.folder)
+    table = [r for folder in a.folders for r in rows(folder)]
     if not table:
-        print(f"error: no */*/eval/*/metrics.json or */eval/metrics.json under {a.folder}",
-              file=sys.stderr)
+        print(f"error: no */*/eval/*/metrics.json or */eval/metrics.json under "
+              f"{' '.join(map(str, a.folders))}", file=sys.stderr)
         return 2
-    print(markdown(table[: a.top or None]))
+    if a.seeds:
+        print(markdown_by_seed(by_seed(table)[: a.top or None]))
+    else:
+        print(markdown(sorted(table, key=lambda r: r["fid"])[: a.top or None]))
     return 0
 
 

@@ -76,3 +76,18 @@ def test_a_run_from_before_model_patch_reads_as_patch_one(tmp_path):
     del cfg["model"]["patch"]
     saved.write_text(yaml.safe_dump(cfg))
     assert tuning_table.rows(tmp_path)[0]["patch"] == 1
+
+
+def test_seeds_of_one_configuration_become_one_row_with_mean_and_std(tmp_path, capsys):
+    for seed, fid in [(0, 10.0), (1, 12.0), (2, 14.0)]:
+        _cell(tmp_path / "r1", f"s{seed}", [f"seed={seed}"], {"x10": fid}, 100)
+    _cell(tmp_path / "r2", "lr", ["optim.lr=0.002"], {"x10": 11.0}, 100)  # another configuration
+    _cell(tmp_path / "r2", "long", ["seed=1"], {"x10": 9.0}, 200)         # another length
+    table = tuning_table.by_seed(tuning_table.rows(tmp_path / "r1") + tuning_table.rows(tmp_path / "r2"))
+    assert [(r["cells"], r["seeds"]) for r in table] == [
+        ("long/x10", "1"), ("lr/x10", "0"), ("s0/x10, s1/x10, s2/x10", "0/1/2")]
+    assert table[2]["fid_mean"] == 12.0 and table[2]["fid_std"] == 2.0  # sample std (ddof 1)
+    assert table[0]["fid_std"] is None
+    assert tuning_table.main([str(tmp_path / "r1"), str(tmp_path / "r2"), "--seeds", "--top", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 + 2 and out[3].endswith("| 11.00 |")
