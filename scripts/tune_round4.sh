@@ -19,6 +19,11 @@ cell() {  # cell NAME OVERRIDES...: one training of BASE with the overrides, sco
     "$PY" train.py "${BASE[@]}" logger=csv eval.n_samples=512 eval.diagnostics=false \
         "hydra.run.dir=$OUT/$name" "$@" > "$OUT/$name.log" 2>&1
 }
+qs() {  # qs NAME OVERRIDES...: one training of experiment=quickstart as committed, scored as make run
+    local name=$1; shift
+    "$PY" train.py experiment=quickstart logger=csv "hydra.run.dir=$OUT/qs_$name" "$@" \
+        > "$OUT/qs_$name.log" 2>&1
+}
 case $STAGE in
   # the log-normal's spread narrowed further (1.2 -> 1.0 was the third round's largest step)
   18) cell pstd0.8 schedule.p_std=0.8 &
@@ -45,6 +50,13 @@ case $STAGE in
   # in every batch), and the base itself with training seed 1, for the proxy's training noise
   23) cell stratified train.stratified_noise=true &
       cell base_seed1 seed=1 & ;;
+  # scored as make run scores (n = 2,048, DPM++(2M) 14 steps), one thread each, side by side: the
+  # quickstart's training noise with more seeds, and the proxy's best cell (p_mean -1.0) at full
+  # size, both against the quickstart's three trainings (11.06, 12.38, 11.83)
+  full1) qs seed3 seed=3 &
+      qs pmean-1.0_seed0 schedule.p_mean=-1.0 & ;;
+  full2) qs seed4 seed=4 &
+      qs pmean-1.0_seed1 schedule.p_mean=-1.0 seed=1 & ;;
   # no training: the quickstart's make run model (seed 0, p_std 1.0) under other sampling grids and
   # with D clamped, scored as make run scores it (n = 2,048, DPM++(2M) 14 steps, sampling seed 0,
   # so every cell draws the same starting noise; make run's own grid scored 11.055)
