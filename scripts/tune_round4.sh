@@ -57,6 +57,10 @@ case $STAGE in
       qs pmean-1.0_seed0 schedule.p_mean=-1.0 & ;;
   full2) qs seed4 seed=4 &
       qs pmean-1.0_seed1 schedule.p_mean=-1.0 seed=1 & ;;
+  # the quickstart as make run on the idle cores (after the floor and radii caches; full1 has
+  # filled them for seed 0 at n = 2,048 in this cache directory)
+  final4) unset OMP_NUM_THREADS; { time make run; } > "$OUT/makerun_r4.log" 2>&1
+      cp -r "$(ls -td runs/train/*_quickstart/ | head -1)" "$OUT/makerun_r4" ;;
   # no training: the quickstart's make run model (seed 0, p_std 1.0) under other sampling grids and
   # with D clamped, scored as make run scores it (n = 2,048, DPM++(2M) 14 steps, sampling seed 0,
   # so every cell draws the same starting noise; make run's own grid scored 11.055)
