@@ -7,7 +7,7 @@ are rows too.
 
 With ``--seeds``, the rows of one or more folders that differ only in the seed (and in where and
 how long they ran) become one row: FID mean ± std over the trainings (sample std; the seed sets
-the training and the sampling), sorted by the mean:
+the training and the sampling; reruns of one seed count once), sorted by the mean:
 
     python scripts/tuning_table.py runs/qs3 runs/qs4 --seeds --top 10
 """
@@ -98,11 +98,16 @@ def by_seed(table: list[dict]) -> list[dict]:
         groups.setdefault(tuple(str(r[c]) for c in SAME), []).append(r)
     out = []
     for members in groups.values():
-        fids = [r["fid"] for r in members]
+        # a rerun of the same seed is the same training (bitwise on the CPU), not another one:
+        # each seed counts once, with the mean of its runs
+        per_seed: dict[str, list[float]] = {}
+        for r in members:
+            per_seed.setdefault(str(r["seed"]), []).append(r["fid"])
+        fids = [sum(v) / len(v) for v in per_seed.values()]
         mean = sum(fids) / len(fids)
         std = (sum((f - mean) ** 2 for f in fids) / (len(fids) - 1)) ** 0.5 if len(fids) > 1 else None
         out.append({**{c: members[0][c] for c in SAME}, "fid_mean": mean, "fid_std": std,
-                    "seeds": "/".join(str(r["seed"]) for r in members),
+                    "seeds": "/".join(per_seed),
                     "cells": ", ".join(r["cell"] for r in members)})
     return sorted(out, key=lambda r: r["fid_mean"])
 

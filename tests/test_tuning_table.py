@@ -91,3 +91,12 @@ def test_seeds_of_one_configuration_become_one_row_with_mean_and_std(tmp_path, c
     assert tuning_table.main([str(tmp_path / "r1"), str(tmp_path / "r2"), "--seeds", "--top", "2"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2 + 2 and out[3].endswith("| 11.00 |")
+
+
+def test_a_rerun_of_one_seed_counts_once(tmp_path):
+    for name, seed, fid in [("a", 0, 10.0), ("a_again", 0, 10.0), ("b", 1, 14.0)]:
+        _cell(tmp_path, name, [f"seed={seed}"], {"x10": fid}, 100)
+    (row,) = tuning_table.by_seed(tuning_table.rows(tmp_path))
+    assert row["seeds"] == "0/1" and row["fid_mean"] == 12.0
+    assert abs(row["fid_std"] - 2 ** 0.5 * 2) < 1e-12  # std of (10, 14), not of (10, 10, 14)
+    assert row["cells"].count("/x10") == 3
