@@ -178,3 +178,17 @@ def test_every_numeric_edge_of_the_run_groups_fails_at_validation_or_trains(tmp_
                               f"{(str(e).splitlines() or [''])[0]}")
     assert not broken, f"{len(broken)} of {tried}:\n" + "\n".join(broken)
     assert ran > 0
+
+
+def test_only_the_widths_with_attention_must_split_into_heads():
+    """Heads of model.head_dim channels exist at the attn_levels and in the middle block (the
+    last width); the other widths are free, and a width that cannot split is named with the
+    remedy."""
+    ok = validate_train_config(compose_train(
+        ["model.widths=[12,24,48]", "model.attn_levels=[2]", "model.head_dim=16"]))
+    assert ok["model"]["widths"] == [12, 24, 48]
+    for widths, attn in (("[16,24,48]", "[1]"), ("[16,32,40]", "[]")):
+        with pytest.raises(ConfigError, match=r"model.widths at the levels with attention .*"
+                                              r"multiples of model.head_dim=16; change"):
+            validate_train_config(compose_train(
+                [f"model.widths={widths}", f"model.attn_levels={attn}", "model.head_dim=16"]))

@@ -303,9 +303,14 @@ def validate_model(m) -> dict:
     _require(m["patch"] >= 1, "model.patch", "must be >= 1", m["patch"])
     _require(all(0 <= a < len(m["widths"]) for a in m["attn_levels"]), "model.attn_levels",
              f"must be level indices in [0, {len(m['widths'])})", m["attn_levels"])
-    for w in m["widths"]:
-        _require(w % m["head_dim"] == 0 or not m["attn_levels"], "model.widths",
-                 f"must be multiples of model.head_dim={m['head_dim']}", m["widths"])
+    # attention runs at the attn_levels and always in the middle block (the last width): those
+    # widths, and only those, split into heads of head_dim channels
+    with_attn = sorted({*m["attn_levels"], len(m["widths"]) - 1})
+    bad = [m["widths"][lvl] for lvl in with_attn if m["widths"][lvl] % m["head_dim"]]
+    _require(not bad, "model.widths",
+             f"at the levels with attention ({', '.join(map(str, with_attn))}: attn_levels and "
+             f"the middle) must be multiples of model.head_dim={m['head_dim']}; change "
+             f"model.head_dim or those widths", m["widths"])
     return m
 
 
