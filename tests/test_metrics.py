@@ -314,3 +314,15 @@ def test_inception_without_weights_is_one_clear_error(fmnist_test_split, tmp_pat
 def test_info_json_is_valid():
     info = json.loads(feat_mod.INFO_PATH.read_text())
     assert info["arch"] == feat_mod.ARCH and info["feature_dim"] == feat_mod.FEATURE_DIM
+
+
+def test_an_unwritable_cache_warns_and_still_scores(fmnist_test_split, tmp_path):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("a file where the cache directory would be")
+    x = fmnist_test_split[0]
+    with pytest.warns(UserWarning, match="could not write FID reference cache"):
+        ev = Evaluator(x[:300], cache_dir=blocker / "cache", **FAST)
+    with pytest.warns(UserWarning, match="could not write cache"):
+        floor = ev.floor(x[300:400])
+    assert floor["n"] == 100 and np.isfinite(floor["fid"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not_a_dir"]  # nothing half-written

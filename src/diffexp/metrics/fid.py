@@ -94,6 +94,24 @@ def _hash_images(x: Tensor) -> str:
     return h.hexdigest()
 
 
+def _write_atomically(path: Path, dump, what: str) -> None:
+    """``dump(binary file)`` into a temporary file beside ``path``, renamed into place, so a
+    reader never sees half a file. A cache directory that cannot be written is a warning: the
+    value is still used, only recomputed next time."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                dump(f)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as e:
+        warnings.warn(f"could not write {what} {path}: {e}", stacklevel=4)
+
+
 class Evaluator:
     """FID / KID of uint8 image sets against a fixed reference set (e.g. the 10,000 test images).
 
@@ -186,22 +204,10 @@ class Evaluator:
         return feats.double()
 
     def _save_cache(self, feats: Tensor) -> None:
-        try:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=self.cache_path.name,
-                                       suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    # network outputs are float32, so storing float32 loses nothing
-                    torch.save({"key": json.dumps(self.cache_key, sort_keys=True),
-                                "features": feats.float()}, f)
-                os.replace(tmp, self.cache_path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-        except OSError as e:  # read-only cache: still usable, just not cached
-            warnings.warn(f"could not write FID reference cache {self.cache_path}: {e}",
-                          stacklevel=3)
+        # network outputs are float32, so storing float32 loses nothing
+        blob = {"key": json.dumps(self.cache_key, sort_keys=True), "features": feats.float()}
+        _write_atomically(self.cache_path, lambda f: torch.save(blob, f),
+                          "FID reference cache")
 
     # -- scoring ---------------------------------------------------------------------------------
     def _extract(self, images_u8) -> Tensor:
@@ -322,22 +328,9 @@ class Evaluator:
             return None
 
     def _write_derived(self, path: Path, key: dict, value) -> None:
-        """Write atomically (a temporary file renamed into place); a read-only cache directory
-        only costs the recomputation next time."""
         blob = {"key": json.dumps(key, sort_keys=True), "value": value}
-        try:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=path.name, suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    if path.suffix == ".json":
-                        f.write(json.dumps(blob).encode())
-                    else:
-                        torch.save(blob, f)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-        except OSError as e:
-            warnings.warn(f"could not write cache {path}: {e}", stacklevel=3)
+        if path.suffix == ".json":
+            _write_atomically(path, lambda f: f.write(json.dumps(blob).encode()), "cache")
+        else:
+            _write_atomically(path, lambda f: torch.save(blob, f), "cache")
 
