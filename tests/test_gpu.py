@@ -198,6 +198,7 @@ def test_bf16_generation_on_gpu_close_to_fp32_on_cpu():
     """module.generate as evaluation runs it: bf16 autocast on the GPU, fp32 on the CPU."""
     m_cpu = _random_output_module(*KARRAS, "sampler=ddim", "sampler.steps=10")
     m_gpu = copy.deepcopy(m_cpu).to(DEVICE)
+    m_cpu.precision = "32-true"  # a bf16 run samples in bf16 on the CPU too; here the fp32 truth
     a, _, _ = m_cpu.generate(16, seed=5, batch_size=8)
     b, _, _ = m_gpu.generate(16, seed=5, batch_size=8)
     diff = (b.cpu() - a).abs()
@@ -215,6 +216,8 @@ def test_gpu_checkpoint_loads_and_samples_on_cpu(tmp_path):
     m_cpu = load_module(ckpt, map_location="cpu")
     assert {t.device.type for t in m_cpu.state_dict().values()} == {"cpu"}
     assert m_cpu.cfg["trainer"]["precision"] == "bf16-mixed"  # written by the GPU run
+    assert m_cpu.precision == "bf16-mixed"  # and sampled as trained, unless told otherwise:
+    m_cpu.precision = "32-true"  # fp32 here, to compare with fp32 on the GPU below
     x_cpu, u8, nfe = m_cpu.generate(8, seed=1)
     assert x_cpu.dtype == torch.float32 and torch.isfinite(x_cpu).all()
     assert u8.dtype == torch.uint8 and u8.shape == (8, 1, 28, 28)

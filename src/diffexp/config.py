@@ -865,6 +865,7 @@ class EvalCfg:  # eval.py's eval section (conf/eval.yaml)
     # sampling seeds to evaluate the model with (mean ± std over them); null: the top-level seed
     seeds: Any
     prdc_k: int  # k of the k-NN balls of precision/recall (Kynkaanniemi) and density/coverage
+    precision: str  # the network samples in: ckpt (trainer.precision) | 32-true | bf16-mixed
 
 
 SEEDS_RULE = ("must be null (the top-level seed) or a non-empty list of distinct ints >= 0, "
@@ -915,6 +916,8 @@ def validate_eval_config(cfg: DictConfig) -> dict:
     _require(e["kid_subsets"] >= 1, "eval.kid_subsets", "must be >= 1", e["kid_subsets"])
     _choice(e["features"], "eval.features", ["fashion", "inception"])
     _choice(e["device"], "eval.device", ["auto", "cpu", "cuda"])
+    e["precision"] = PRECISION_ALIASES.get(str(e["precision"]), str(e["precision"]))
+    _choice(e["precision"], "eval.precision", ["ckpt", "32-true", "bf16-mixed"])
     e["seeds"] = validate_seeds(e["seeds"])
     _require(1 <= e["prdc_k"] < e["n_samples"], "eval.prdc_k",
              f"must be an int >= 1 and below eval.n_samples={e['n_samples']}", e["prdc_k"])

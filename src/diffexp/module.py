@@ -33,6 +33,7 @@ from .models.alpha_bar_net import AlphaBarNet
 from .models.unet import count_parameters
 from .no_t import ABAR_EPS, no_t_denoiser
 from .objectives import make_denoiser
+from .precision import autocast as precision_autocast
 from .preemption import step_seed
 from .viz import save_grid
 
@@ -387,9 +388,7 @@ class DiffusionModule(_DataModuleMixin):
         return self.spec.data.image_shape
 
     def _autocast(self):
-        if self.device.type == "cuda" and str(self.precision).startswith("bf16"):
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return torch.autocast(self.device.type, enabled=False)
+        return precision_autocast(self.device, self.precision)
 
     def on_train_epoch_end(self) -> None:
         every = self.spec.train.sample_every_n_epochs

@@ -13,13 +13,12 @@ from __future__ import annotations
 import torch
 
 from diffexp.benchmarking.timing import Clock
+from diffexp.precision import autocast as precision_autocast
 
 
 def autocast_for(c: dict, device: torch.device):
-    """The module's autocast rule (bf16 on a GPU with a bf16 precision, else off)."""
-    if device.type == "cuda" and str(c["trainer"]["precision"]).startswith("bf16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast(device.type, enabled=False)
+    """The module's autocast rule (bf16 with a bf16 precision, on a GPU or the CPU; else off)."""
+    return precision_autocast(device, c["trainer"]["precision"])
 
 
 def optimizer_kwargs(c: dict) -> tuple[type, dict]:

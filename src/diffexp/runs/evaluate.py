@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..config import ConfigError
+from ..precision import cpu_bf16_warning
 from .env import make_logger
 from .record import host_info, write_json
 
@@ -76,6 +77,11 @@ def run_eval(c: dict, run_dir: str | Path) -> dict:
         # the no_t model's sampling options, laid over its config before it is built again
         module = load_module(c["ckpt"], map_location="cpu", changes={"objective": c["objective"]})
     module = module.to(device)
+    if e["precision"] != "ckpt":  # sampling precision is a runtime choice, like the device
+        module.precision = e["precision"]
+    slow = cpu_bf16_warning(module.precision, device.type, "eval.precision")
+    if slow:
+        print(f"[diffexp] warning: {slow}", flush=True)
     mcfg = module.cfg
     if mcfg["objective"]["name"] == "no_t":
         try:
@@ -151,6 +157,7 @@ def run_eval(c: dict, run_dir: str | Path) -> dict:
         "images_per_s": mean["images_per_s"],
         "nfe_per_s": mean["nfe_per_s"],
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "network_precision": module.precision,  # what the network sampled in (eval.precision)
         "host": host_info(),
         "checkpoint": str(Path(c["ckpt"]).resolve()),
         "use_ema": e["use_ema"],

@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 
 from ..config import ConfigError, fill_from_defaults, validate_train_config
 from ..errors import first_line
+from ..precision import cpu_bf16_warning
 from .env import make_logger, publish_summary, record_wandb_run, wants_eval_at_end
 from .record import host_info, model_record, write_summary
 
@@ -436,6 +437,10 @@ def _train(c: dict, run_dir: str | Path, callbacks: list | None, guard) -> dict:
     accelerator = _accelerator(c["trainer"])
     precision = _precision(c["trainer"], accelerator)
     c["trainer"]["precision"] = precision
+    slow = cpu_bf16_warning(precision, "cuda" if accelerator == "gpu" else accelerator,
+                            "trainer.precision")
+    if slow:
+        print(f"[diffexp] warning: {slow}", flush=True)
     pl.seed_everything(c["seed"], workers=True, verbose=False)
     try:
         data = build_data(c["data"], train=True)
