@@ -94,17 +94,20 @@ def test_fid_steps_hits_the_nfe_target():
     assert bench.fid_steps("euler", 1) == 1
 
 
-def test_cpu_layout_bench_prints_every_variant_with_its_ratio(capsys):
-    """scripts/bench_cpu_layout.py: one row per (part, layout, batch), positive images/s, and the
+@pytest.mark.parametrize("extra,variants", [([], ("contiguous", "channels_last")),
+                                            (["--bf16"], ("fp32", "bf16 autocast"))])
+def test_cpu_layout_bench_prints_every_variant_with_its_ratio(capsys, extra, variants):
+    """scripts/bench_cpu_layout.py: one row per (part, variant, batch), positive images/s, and the
     ratio column is each row over the first row of its part."""
     spec = importlib.util.spec_from_file_location(
         "bench_cpu_layout", BENCH.with_name("bench_cpu_layout.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     mod.main(["--widths", "8", "16", "--attn", "--patch", "2", "--train-batch", "2",
-              "--infer-batches", "4", "8", "--threads", "1", "--rounds", "1"])
+              "--infer-batches", "4", "8", "--threads", "1", "--rounds", "1", *extra])
     lines = [ln for ln in capsys.readouterr().out.splitlines() if "images/s" in ln]
     assert len(lines) == 2 + 2 * 2
+    assert [ln.split(",")[-1].split()[0] for ln in lines[:2]] == [v.split()[0] for v in variants]
     ips = [float(ln.split("images/s")[0].split()[-1]) for ln in lines]
     ratios = [float(ln.rsplit("x", 1)[1]) for ln in lines]
     assert all(v > 0 for v in ips)
