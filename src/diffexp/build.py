@@ -101,6 +101,7 @@ def upgrade_config(cfg: dict) -> dict:
     train = cfg.get("train")
     if isinstance(train, dict) and "batch_size" in train:
         train.setdefault("stratified_noise", False)  # before the switch: independent draws
+        train.setdefault("time_budget_s", None)  # before the budget: epochs and max_steps only
     if isinstance(train, dict) and "checkpoint_every_n_epochs" in train:
         # epoch checkpoints every N epochs, all kept: now the callbacks group's setting
         every = train.pop("checkpoint_every_n_epochs")

@@ -223,6 +223,7 @@ class TrainCfg:
     ema_decay: float
     grad_clip: float
     stratified_noise: bool  # one training noise level per n-th of the schedule's distribution
+    time_budget_s: float | None  # train the steps that fit in this many seconds (runs/budget.py)
     skip_nonfinite: bool  # drop a batch with non-finite gradients instead of stopping
     sample_every_n_epochs: int
     n_sample_images: int
@@ -459,8 +460,8 @@ def validate_trainer(t) -> dict:
     t["precision"] = PRECISION_ALIASES.get(str(t["precision"]), t["precision"])
     _choice(t["accelerator"], "trainer.accelerator", ["auto", "cpu", "gpu", "cuda", "mps"])
     _choice(t["precision"], "trainer.precision",
-            ["auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true",
-             *PRECISION_ALIASES])
+            ["auto", "bf16-if-native", "32-true", "bf16-mixed", "16-mixed", "bf16-true",
+             "16-true", "64-true", *PRECISION_ALIASES])
     for k in ("limit_train_batches", "limit_val_batches"):
         if t[k] is not None:
             _require(t[k] >= 0, f"trainer.{k}", "must be >= 0", t[k])
@@ -520,6 +521,10 @@ def validate_train(t) -> dict:
     for k in ("checkpoint_every_minutes", "checkpoint_every_n_steps"):
         _require(t[k] is None or (t[k] >= 0 and math.isfinite(t[k])), f"train.{k}",
                  "must be a positive number, or null or 0 to disable", t[k])
+    _require(t["time_budget_s"] is None or (t["time_budget_s"] > 0
+                                            and math.isfinite(t["time_budget_s"])),
+             "train.time_budget_s", "must be a number of seconds > 0, or null for no budget",
+             t["time_budget_s"])
     _require(0 <= t["ema_decay"] < 1, "train.ema_decay", "must be in [0, 1)", t["ema_decay"])
     _require(t["grad_clip"] >= 0, "train.grad_clip", "must be >= 0 (0 disables)", t["grad_clip"])
     for k in ("eval_at_end", "reuse"):
@@ -715,7 +720,13 @@ def check_step_count(c: dict) -> None:
     if limit is not None and limit == 0:
         raise ConfigError("trainer.limit_train_batches=0 trains nothing; leave it null or give a "
                           "count >= 1 (or a fraction)")
-    if c["task"] == "no_t_study" or tr["devices"] not in (1, "auto") or tr["num_nodes"] != 1:
+    budget = t.get("time_budget_s")
+    one_process = tr["devices"] in (1, "auto") and tr["num_nodes"] == 1
+    if budget and (c["task"] != "diffusion" or not one_process):
+        raise ConfigError(f"train.time_budget_s={budget:g} applies to one-process diffusion "
+                          f"training (task=diffusion, trainer.devices=1, trainer.num_nodes=1); "
+                          f"set trainer.max_steps instead")
+    if c["task"] == "no_t_study" or not one_process:
         return
     n = d["subset"] or (256 if d["name"] == "synthetic" else 60_000)
     per_epoch = (n - d["val_size"]) // t["batch_size"]

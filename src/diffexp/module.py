@@ -392,7 +392,9 @@ class DiffusionModule(_DataModuleMixin):
 
     def on_train_epoch_end(self) -> None:
         every = self.spec.train.sample_every_n_epochs
-        last = self.current_epoch + 1 >= self.trainer.max_epochs
+        # the last epoch, or the one trainer.max_steps ends (a time budget's step count) early
+        last = (self.current_epoch + 1 >= self.trainer.max_epochs
+                or 0 <= self.trainer.max_steps <= self.global_step)
         if (every and (self.current_epoch + 1) % every == 0) or last:
             self.log_sample_grid(tag="final" if last else f"epoch_{self.current_epoch + 1:03d}")
 
@@ -495,7 +497,9 @@ class AlphaBarModule(_DataModuleMixin):
     def on_train_epoch_end(self) -> None:
         if self.run_dir is None or not self.trainer.is_global_zero:
             return
-        last = self.current_epoch + 1 >= self.trainer.max_epochs
+        # the last epoch, or the one trainer.max_steps ends (a time budget's step count) early
+        last = (self.current_epoch + 1 >= self.trainer.max_epochs
+                or 0 <= self.trainer.max_steps <= self.global_step)
         every = self.spec.train.sample_every_n_epochs
         if last or (every and (self.current_epoch + 1) % every == 0):
             from .viz import alpha_bar_scatter, save_figure

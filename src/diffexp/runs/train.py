@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 
 from ..config import ConfigError, fill_from_defaults, validate_train_config
 from ..errors import first_line
-from ..precision import cpu_bf16_warning
+from ..precision import cpu_bf16_warning, cpu_has_native_bf16
 from .env import make_logger, publish_summary, record_wandb_run, wants_eval_at_end
 from .record import host_info, model_record, write_summary
 
@@ -43,9 +43,15 @@ def _accelerator(tcfg: dict) -> str:
 
 
 def _precision(tcfg: dict, accelerator: str) -> str:
+    """The precision the run trains in: ``auto`` is bf16-mixed on a GPU and 32-true on the CPU;
+    ``bf16-if-native`` is bf16-mixed on a GPU and on a CPU with bf16 instructions (AVX512-BF16 or
+    AMX), 32-true on other CPUs (where bf16 is emulated, several times slower)."""
     p = tcfg["precision"]
     if p == "auto":
         return "bf16-mixed" if accelerator == "gpu" else "32-true"
+    if p == "bf16-if-native":
+        native = accelerator == "gpu" or (accelerator == "cpu" and cpu_has_native_bf16())
+        return "bf16-mixed" if native else "32-true"
     return p
 
 
@@ -347,6 +353,50 @@ def checkpoint_callbacks(c: dict, ckpt_dir: Path) -> list:
     return cbs
 
 
+def time_budget(c: dict, spec, data, accelerator: str, precision: str) -> dict | None:
+    """``train.time_budget_s``: the optimizer steps the budget fits on this machine
+    (:mod:`diffexp.runs.budget`), as ``{"budget_s", "steps", "pace_s_per_step", "source"}``;
+    None without a budget. A given ``trainer.max_steps`` wins (a run's own config.yaml has it),
+    and a resumed run keeps the count its checkpoint was trained for."""
+    from .budget import measure_pace, steps_for_budget
+
+    budget = c["train"].get("time_budget_s")
+    if not budget:
+        return None
+    given = c["trainer"].get("max_steps")
+    if isinstance(given, int) and not isinstance(given, bool) and given >= 0:
+        print(f"[diffexp] train.time_budget_s={budget:g}: trainer.max_steps={given} is given, so "
+              f"no pace probe")
+        return {"budget_s": budget, "steps": given, "pace_s_per_step": None, "source": "given"}
+    if c["ckpt_path"]:
+        from ..checkpoint_io import read_checkpoint
+
+        old = read_checkpoint(c["ckpt_path"], setting="ckpt_path", task=c["task"])
+        steps = old["hyper_parameters"]["cfg"].get("trainer", {}).get("max_steps")
+        if isinstance(steps, int) and steps >= 0:
+            print(f"[diffexp] train.time_budget_s={budget:g}: the resumed run trains the "
+                  f"{steps} steps its budget fixed")
+            return {"budget_s": budget, "steps": steps, "pace_s_per_step": None,
+                    "source": "resumed"}
+        raise ConfigError(f"train.time_budget_s={budget:g}: the resumed checkpoint "
+                          f"{c['ckpt_path']} was not trained to a time budget; set "
+                          f"trainer.max_steps, or drop train.time_budget_s")
+    t0 = time.perf_counter()
+    pace = measure_pace(spec, data, accelerator=accelerator, precision=precision,
+                        deterministic=c["trainer"]["deterministic"])
+    t = c["train"]
+    per_epoch = len(data.train_index) // t["batch_size"]
+    steps = steps_for_budget(budget, pace, per_epoch, t["epochs"],
+                             c["optim"]["lr_schedule"] == "onecycle")
+    capped = " (train.epochs caps it)" if steps == per_epoch * t["epochs"] else ""
+    print(f"[diffexp] train.time_budget_s={budget:g}: {pace:.4f} s per step measured "
+          f"({time.perf_counter() - t0:.1f} s probe, {precision}); {steps} steps, "
+          f"{steps * t['batch_size']:,} images, {steps / per_epoch:.2f} epochs{capped}. "
+          f"The same steps again: trainer.max_steps={steps}", flush=True)
+    return {"budget_s": budget, "steps": steps, "pace_s_per_step": round(pace, 5),
+            "source": "probe"}
+
+
 def trainer_arguments(tr: dict) -> dict:
     """The ``trainer.*`` keys that are not diffexp's own, checked against Lightning's
     ``Trainer`` signature (a typo is a one-line error with the closest names)."""
@@ -446,6 +496,7 @@ def _train(c: dict, run_dir: str | Path, callbacks: list | None, guard) -> dict:
         data = build_data(c["data"], train=True)
     except DataError as e:
         raise ConfigError(str(e)) from None
+    budget = None
     if c["task"] == "noise_level":
         module = AlphaBarModule(noise_level_spec(c, precision=precision))
         print(f"[diffexp] noise-level predictor (target={c['noise_level']['target']}): "
@@ -459,6 +510,11 @@ def _train(c: dict, run_dir: str | Path, callbacks: list | None, guard) -> dict:
                   f"training data, scale={c['data']['scale']}, pad={c['data']['pad']})"
                   + (f"; the objective uses {measured:.4f} x {factor:g}" if factor != 1 else ""))
         c = thawed(spec.config)
+        budget = time_budget(c, spec, data, accelerator, precision)
+        if budget:  # the step count it fits, fixed before the run's module and schedule exist
+            c["trainer"]["max_steps"] = passthrough["max_steps"] = budget["steps"]
+            spec = diffusion_spec(c, data, precision=precision)
+            c = thawed(spec.config)
         module = DiffusionModule(spec)
         print(f"[diffexp] {describe(module)}; run folder {run_dir}")
     write_config(c, run_dir)
@@ -510,6 +566,11 @@ def _train(c: dict, run_dir: str | Path, callbacks: list | None, guard) -> dict:
                "checkpoint": str(run_dir / "checkpoints" / "last.ckpt")}
     if proxy is not None:
         summary["fid_proxy"] = proxy.history
+    if budget:
+        summary["time_budget"] = {**budget, "train_s": round(wall, 2)}
+        print(f"[diffexp] train.time_budget_s={budget['budget_s']:g}: {trainer.global_step} steps; "
+              f"the fit took {wall:.1f} s with its validation and sample grids "
+              f"({wall / budget['budget_s']:.0%} of the budget)")
     if wants_eval_at_end(c) and c["task"] == "diffusion" and trainer.world_size > 1:
         # the metrics would synchronise across processes the other ranks have left
         if trainer.is_global_zero:
