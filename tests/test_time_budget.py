@@ -55,34 +55,41 @@ def test_a_budget_too_small_for_onecycle_names_the_setting():
 
 
 # ------------------------------------------------------------------------------------- end to end
+BUDGET = 20.0  # seconds: the probe (several, mostly Lightning's setup) and some tens of steps
+
+
 @pytest.fixture(scope="module")
 def budgeted_run(tmp_path_factory):
-    """A run with a budget of about 30 steps (pace from a probe of the same run)."""
+    """A run with a budget of some tens of steps (pace from a probe of the same run)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         run = tmp_path_factory.mktemp("budget") / "run"
-        s = train(_cfg("train.time_budget_s=4"), run)
+        s = train(_cfg(f"train.time_budget_s={BUDGET}"), run)
     finally:
         torch.set_num_threads(threads)
     return run, s
 
 
+@pytest.mark.slow  # about 30 s on 2 cores: with make test-slow
 def test_a_budgeted_run_trains_the_steps_its_probe_chose(budgeted_run):
     run, s = budgeted_run
     tb = s["time_budget"]
-    assert tb["source"] == "probe" and tb["budget_s"] == 4.0 and tb["pace_s_per_step"] > 0
-    steps = tb["steps"]
-    # the count the pace gives (as steps_for_budget rounds and caps it), and trained in full
-    assert steps == steps_for_budget(4.0, tb["pace_s_per_step"], 62, 2, onecycle=True)
+    assert tb["source"] == "probe" and tb["budget_s"] == BUDGET and tb["pace_s_per_step"] > 0
+    steps, pace, left = tb["steps"], tb["pace_s_per_step"], BUDGET - tb["probe_s"]
+    # the steps that fit in what the probe left of the budget (under 100: not rounded), or the
+    # two epochs' cap (62 steps each), and trained in full
+    assert 3 <= steps <= 124 and steps * pace <= left + 0.01
+    assert steps == 124 or (steps + 1) * pace > left - 0.01
     assert s["global_step"] == steps
     summary = json.loads((run / "summary.json").read_text())
     assert summary["time_budget"]["steps"] == steps
     cfg = (run / "config.yaml").read_text()
-    assert f"max_steps: {steps}" in cfg and "time_budget_s: 4.0" in cfg
+    assert f"max_steps: {steps}" in cfg and f"time_budget_s: {BUDGET}" in cfg
     assert (run / "samples" / "final.png").is_file()  # the step count's end is the run's end
 
 
+@pytest.mark.slow  # about 15 s more: with make test-slow
 def test_max_steps_n_trains_the_same_weights_as_the_budget_that_chose_n(budgeted_run, tmp_path):
     """The probe saves and restores the random streams: a run told trainer.max_steps=N from the
     start draws the same initial weights, batches and noise, so its weights are bitwise equal."""
@@ -97,10 +104,11 @@ def test_max_steps_n_trains_the_same_weights_as_the_budget_that_chose_n(budgeted
         assert torch.equal(v, b["state_dict"][k]), k
 
 
+@pytest.mark.slow  # needs the budgeted run
 def test_a_resumed_budgeted_run_keeps_its_step_count(budgeted_run, monkeypatch):
     run, s = budgeted_run
     monkeypatch.setattr(budget_mod, "measure_pace", lambda *a, **k: pytest.fail("probed again"))
-    c = _cfg("train.time_budget_s=4", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}")
+    c = _cfg(f"train.time_budget_s={BUDGET}", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}")
     got = time_budget(c, None, None, "cpu", "32-true")
     assert got["source"] == "resumed" and got["steps"] == s["time_budget"]["steps"]
 

@@ -384,17 +384,19 @@ def time_budget(c: dict, spec, data, accelerator: str, precision: str) -> dict |
     t0 = time.perf_counter()
     pace = measure_pace(spec, data, accelerator=accelerator, precision=precision,
                         deterministic=c["trainer"]["deterministic"])
+    probe_s = time.perf_counter() - t0
     t = c["train"]
     per_epoch = len(data.train_index) // t["batch_size"]
-    steps = steps_for_budget(budget, pace, per_epoch, t["epochs"],
-                             c["optim"]["lr_schedule"] == "onecycle")
+    # the probe's time comes out of the budget: the budget is the training's wall time
+    steps = steps_for_budget(budget - probe_s, pace, per_epoch, t["epochs"],
+                             c["optim"]["lr_schedule"] == "onecycle", setting_budget=budget)
     capped = " (train.epochs caps it)" if steps == per_epoch * t["epochs"] else ""
     print(f"[diffexp] train.time_budget_s={budget:g}: {pace:.4f} s per step measured "
-          f"({time.perf_counter() - t0:.1f} s probe, {precision}); {steps} steps, "
+          f"({probe_s:.1f} s probe, {precision}); {steps} steps, "
           f"{steps * t['batch_size']:,} images, {steps / per_epoch:.2f} epochs{capped}. "
           f"The same steps again: trainer.max_steps={steps}", flush=True)
     return {"budget_s": budget, "steps": steps, "pace_s_per_step": round(pace, 5),
-            "source": "probe"}
+            "probe_s": round(probe_s, 2), "source": "probe"}
 
 
 def trainer_arguments(tr: dict) -> dict:
