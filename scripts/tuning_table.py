@@ -31,7 +31,8 @@ AXES = [("objective", ("objective", "name")), ("schedule", ("schedule", "name"))
         ("ema", ("train", "ema_decay")), ("model", ("model", "name")),
         ("widths", ("model", "widths")), ("blocks", ("model", "blocks")),
         ("attn", ("model", "attn_levels")), ("head_dim", ("model", "head_dim")),
-        ("patch", ("model", "patch")), ("seed", ("seed",))]
+        ("patch", ("model", "patch")), ("precision", ("trainer", "precision")),
+        ("budget_s", ("train", "time_budget_s")), ("seed", ("seed",))]
 
 
 def _get(cfg: dict, path):
