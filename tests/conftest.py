@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DIFFEXP_DATA_ROOT", REPO.parent / "shared" / "data"))
@@ -27,3 +28,13 @@ def data_root() -> Path:
     if not (SHARED_DATA / "FashionMNIST" / "raw").is_dir():
         pytest.skip(f"Fashion-MNIST not found under {SHARED_DATA} (set DIFFEXP_DATA_ROOT)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: on a 2-core machine shared with other jobs, threads that
+    wait for each other at every parallel region make small models many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -13,13 +13,7 @@ from diffexp.runs.train import train
 
 from .helpers import TINY_MODEL, compose_train
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _module(prec: str) -> DiffusionModule:

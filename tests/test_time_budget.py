@@ -15,13 +15,7 @@ from diffexp.runs.train import time_budget, train
 
 from .helpers import TINY_MODEL, compose_train
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _cfg(*extra):
