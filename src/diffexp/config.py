@@ -712,6 +712,13 @@ def validate_resume(r) -> dict:
     return {"run": run, "allow_changes": list(allow)}
 
 
+def max_steps_of(trainer: dict) -> int | None:
+    """``trainer.max_steps`` (a Lightning argument passed through) where it limits the run: an
+    int >= 0; None where it is absent or Lightning's "no limit" (-1)."""
+    n = trainer.get("max_steps")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None
+
+
 def check_step_count(c: dict) -> None:
     """The number of optimizer steps, where it is known before the data is loaded (one process):
     a run that trains nothing, or too few steps for a one-cycle LR schedule, fails now."""
@@ -739,9 +746,8 @@ def check_step_count(c: dict) -> None:
         if capped < per_epoch:
             per_epoch, key = max(capped, 1), "trainer.limit_train_batches"
     total = per_epoch * t["epochs"]
-    max_steps = tr.get("max_steps")  # a Trainer argument passed through
-    if isinstance(max_steps, int) and not isinstance(max_steps, bool) and max_steps >= 0 \
-            and max_steps < total:
+    max_steps = max_steps_of(tr)
+    if max_steps is not None and max_steps < total:
         total, key = max_steps, "trainer.max_steps"
     if c["optim"]["lr_schedule"] == "onecycle" and total < 3:
         raise ConfigError(f"{key}: the run makes {total} optimizer step(s) and "

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from ..config import ConfigError, fill_from_defaults, validate_train_config
+from ..config import ConfigError, fill_from_defaults, max_steps_of, validate_train_config
 from ..errors import first_line
 from ..precision import cpu_bf16_warning, cpu_has_native_bf16
 from .env import make_logger, publish_summary, record_wandb_run, wants_eval_at_end
@@ -363,8 +363,8 @@ def time_budget(c: dict, spec, data, accelerator: str, precision: str) -> dict |
     budget = c["train"].get("time_budget_s")
     if not budget:
         return None
-    given = c["trainer"].get("max_steps")
-    if isinstance(given, int) and not isinstance(given, bool) and given >= 0:
+    given = max_steps_of(c["trainer"])
+    if given is not None:
         print(f"[diffexp] train.time_budget_s={budget:g}: trainer.max_steps={given} is given, so "
               f"no pace probe")
         return {"budget_s": budget, "steps": given, "pace_s_per_step": None, "source": "given"}
@@ -372,8 +372,8 @@ def time_budget(c: dict, spec, data, accelerator: str, precision: str) -> dict |
         from ..checkpoint_io import read_checkpoint
 
         old = read_checkpoint(c["ckpt_path"], setting="ckpt_path", task=c["task"])
-        steps = old["hyper_parameters"]["cfg"].get("trainer", {}).get("max_steps")
-        if isinstance(steps, int) and steps >= 0:
+        steps = max_steps_of(old["hyper_parameters"]["cfg"].get("trainer", {}))
+        if steps is not None:
             print(f"[diffexp] train.time_budget_s={budget:g}: the resumed run trains the "
                   f"{steps} steps its budget fixed")
             return {"budget_s": budget, "steps": steps, "pace_s_per_step": None,
