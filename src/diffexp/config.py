@@ -7,6 +7,7 @@ an OmegaConf structured schema (a dataclass per option); values by the rules bel
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import re
@@ -21,7 +22,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from .errors import DiffexpError, first_line
 
 __all__ = ["ConfigError", "validate_train_config", "validate_eval_config", "validate_eval_samplers",
-           "check_group_choices",
+           "derived_config", "option_yaml", "check_group_choices",
            "check_moved_settings", "CONF_DIR"]
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -535,20 +536,22 @@ def validate_train(t) -> dict:
     return t
 
 
+def option_yaml(group: str, name) -> dict:
+    """The settings of option ``name`` of ``group`` as its yaml gives them (the file named so, or
+    the one whose ``name:`` is ``name``; the group's ``default.yaml`` when none is)."""
+    for f in sorted((CONF_DIR / group).glob("*.yaml")):
+        d = OmegaConf.to_container(OmegaConf.load(f))
+        if isinstance(d, dict) and (f.stem == name or d.get("name") == name) and name:
+            d.pop("defaults", None)
+            return d
+    default = CONF_DIR / group / "default.yaml"
+    return OmegaConf.to_container(OmegaConf.load(default)) if default.is_file() else {}
+
+
 def fill_from_defaults(old: dict) -> list[str]:
     """A run config written before some settings existed, completed in place with today's
     defaults for them (from the yaml of the option it names, or of ``train.yaml``); returns the
     keys filled in. Used where an old run is continued (``resume=RUN_DIR``)."""
-    def option_yaml(group: str, name) -> dict:
-        files = sorted((CONF_DIR / group).glob("*.yaml"))
-        for f in files:
-            d = OmegaConf.to_container(OmegaConf.load(f))
-            if isinstance(d, dict) and (f.stem == name or d.get("name") == name) and name:
-                d.pop("defaults", None)
-                return d
-        default = CONF_DIR / group / "default.yaml"
-        return OmegaConf.to_container(OmegaConf.load(default)) if default.is_file() else {}
-
     top = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "train.yaml"))
     filled = []
     if not isinstance(old.get("callbacks"), dict) or set(old["callbacks"]) == {"checkpoints"}:
@@ -863,6 +866,32 @@ def validate_train_config(cfg: DictConfig) -> dict:
     if out["ckpt_path"] is not None and not Path(out["ckpt_path"]).is_file():
         raise ConfigError(f"ckpt_path={out['ckpt_path']!r}: no such checkpoint file")
     return out
+
+
+def derived_config(c: dict, changes: dict) -> dict:
+    """A config derived in code from the validated config ``c``, validated exactly as a user's
+    config is (so code cannot build a config the validator has not seen). ``changes`` maps dotted
+    keys to values (``"task"``, ``"train.epochs"``); a bare group name with an option's name
+    (``"objective": "eps"``) switches that group to the option: its yaml gives every key, and the
+    keys it shares with the current option (``normalize_input``, say) keep their current values
+    unless ``changes`` sets them too."""
+    out = copy.deepcopy(c)
+    for key, value in changes.items():
+        group, _, leaf = key.partition(".")
+        if not leaf and isinstance(out.get(group), dict) and isinstance(value, str):
+            option = option_yaml(group, value)
+            if option.get("name") != value:
+                raise ConfigError(f"{group}={value!r} is not an option of config group "
+                                  f"{group!r}")
+            out[group] = {**option, **{k: v for k, v in out[group].items()
+                                       if k in option and k != "name"}}
+    for key, value in changes.items():
+        group, _, leaf = key.partition(".")
+        if leaf:
+            out[group][leaf] = copy.deepcopy(value)
+        elif not (isinstance(out.get(group), dict) and isinstance(value, str)):
+            out[group] = copy.deepcopy(value)
+    return validate_train_config(OmegaConf.create(out))
 
 
 # ----------------------------------------------------------------------------- eval.py

@@ -10,29 +10,25 @@
 
 from __future__ import annotations
 
-import copy
 import csv
 import time
 from pathlib import Path
 
 import torch
 
+from ..config import derived_config
 from .record import write_json
 from .train import train
 
 __all__ = ["run_study"]
 
 
-def _sub(c: dict, **changes) -> dict:
-    out = copy.deepcopy(c)
-    out["ckpt_path"] = None
-    for key, value in changes.items():
-        group, _, leaf = key.partition("__")
-        if leaf:
-            out[group][leaf] = value
-        else:
-            out[group] = value
-    return out
+def _sub(c: dict, changes: dict) -> dict:
+    """One of the study's runs: the study's config with ``changes``, validated as a user's config
+    is (:func:`~diffexp.config.derived_config`), each run training from scratch."""
+    # the study evaluates its models itself, all with one evaluator, sampler and n
+    return derived_config(c, {"ckpt_path": None, "resume.run": None, "train.eval_at_end": False,
+                              **changes})
 
 
 def run_study(c: dict, run_dir: str | Path) -> dict:
@@ -43,22 +39,21 @@ def run_study(c: dict, run_dir: str | Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     st = c["study"]
     t0 = time.perf_counter()
-    clamp = c["objective"].get("clamp_factor", 2.0) if c["objective"]["name"] == "no_t" else 2.0
-
     targets = ["logit", "raw"] if st["compare_raw"] else ["logit"]
     predictors = {}
     for target in targets:
-        pc = _sub(c, task="noise_level", train__epochs=st["predictor_epochs"],
-                  noise_level__target=target)
+        pc = _sub(c, {"task": "noise_level", "train.epochs": st["predictor_epochs"],
+                      "noise_level.target": target})
         s = train(pc, run_dir / f"predictor_{target}")
         predictors[target] = {"ckpt": s["checkpoint"], **s["held_out"],
                               "wall_time_s": s["wall_time_s"]}
 
-    no_t_obj = {"name": "no_t", "noise_level_ckpt": predictors["logit"]["ckpt"],
-                "use_predicted_noise_level": True, "clamp_factor": clamp}
-    s_no_t = train(_sub(c, task="diffusion", objective=no_t_obj), run_dir / "no_t_model")
-    s_t = train(_sub(c, task="diffusion", objective={"name": "eps", "sigma_data": None}),
-                run_dir / "t_model")
+    # the pair differs only in the conditioning: objective keys both have (normalize_input) carry
+    s_no_t = train(_sub(c, {"task": "diffusion", "objective": "no_t",
+                            "objective.noise_level_ckpt": predictors["logit"]["ckpt"],
+                            "objective.use_predicted_noise_level": True}),
+                   run_dir / "no_t_model")
+    s_t = train(_sub(c, {"task": "diffusion", "objective": "eps"}), run_dir / "t_model")
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data_root = c["data"].get("root")
