@@ -60,20 +60,147 @@ def test_fingerprint_covers_device_precision_and_versions():
     assert len(key) == 64
 
 
-def test_code_hash_follows_the_training_code_only(tmp_path, monkeypatch):
-    pkg = tmp_path / "diffexp"
+#: what scores or reports a trained model, and what trains it (issue 27: the store's own rule is
+#: not copied here; these are checked against the package's real files)
+SCORING = ["runs/report.py", "runs/evaluate.py", "evaluation.py", "metrics/*.py", "cli/*.py",
+           "api.py", "benchmarking/*.py"]
+TRAINING = ["runs/train.py", "module.py", "objectives.py", "schedules.py", "models/unet.py",
+            "build.py", "runs/budget.py", "data.py", "ema.py", "config.py", "__init__.py"]
+
+
+def _files(patterns, root=store.PACKAGE_DIR):
+    out = []
+    for pattern in patterns:
+        found = sorted(p.relative_to(root).as_posix() for p in root.glob(pattern))
+        assert found, f"{pattern}: no such file in the package"  # no test of a stale path
+        out += found
+    return out
+
+
+@pytest.fixture
+def package_copy(tmp_path, monkeypatch):
+    """A copy of the package that the store hashes instead of the real one."""
+    pkg = tmp_path / "pkg" / "diffexp"
     shutil.copytree(store.PACKAGE_DIR, pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pt"))
     monkeypatch.setattr(store, "PACKAGE_DIR", pkg)
+    store._code_hash_of_this_process.cache_clear()
+    yield pkg
+    store._code_hash_of_this_process.cache_clear()
+
+
+def _edit(path: Path, line="# an edit"):
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(f"\n{line}\n")
+
+
+def test_training_code_is_what_the_training_path_imports():
+    hashed = set(store.training_modules())
+    assert set(_files(TRAINING)) <= hashed
+    assert not set(_files(SCORING)) & hashed
+    assert "runs/store.py" in hashed  # the entry: the store trains with runs.train.train
+    every = {p.relative_to(store.PACKAGE_DIR).as_posix() for p in store.PACKAGE_DIR.rglob("*.py")}
+    assert hashed < every
+
+
+def test_the_scopes_left_out_of_the_walk_exist():
+    """A renamed scope would cut nothing (and scoring code would retrain models): each one named
+    is a top-level function or class of its module."""
+    import ast
+
+    modules = store._package_modules(store.PACKAGE_DIR)
+    for name, scopes in store.NOT_TRAINING.items():
+        tree = ast.parse(modules[name].read_text(encoding="utf-8"))
+        defined = {n.name for n in tree.body
+                   if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+        assert set(scopes) <= defined, (name, set(scopes) - defined)
+
+
+@pytest.mark.parametrize("rel", _files(SCORING))
+def test_editing_scoring_code_keeps_the_code_hash(rel, package_copy):
     base = store.code_hash()
-    (pkg / "cli" / "report.py").write_text("# a report change\n", encoding="utf-8")
-    (pkg / "sampling.py").write_text("# a sampler change\n", encoding="utf-8")
-    assert store.code_hash() == base  # evaluation-only modules do not retrain
-    with open(pkg / "objectives.py", "a") as f:
-        f.write("\n# a training change\n")
+    _edit(package_copy / rel)
+    assert store.code_hash() == base
+
+
+@pytest.mark.parametrize("rel", _files(TRAINING))
+def test_editing_training_code_changes_the_code_hash(rel, package_copy):
+    base = store.code_hash()
+    _edit(package_copy / rel)
     assert store.code_hash() != base
+
+
+def test_a_module_the_training_path_starts_to_import_is_training_code(package_copy):
+    (package_copy / "new_module.py").write_text("X = 1\n", encoding="utf-8")
+    base = store.code_hash()
+    _edit(package_copy / "new_module.py")
+    assert store.code_hash() == base  # imported by nothing on the training path
+    _edit(package_copy / "objectives.py", "def _lazy():\n    from .new_module import X")
+    with_import = store.code_hash()
+    _edit(package_copy / "new_module.py", "Y = 2")
+    assert store.code_hash() != with_import  # a lazy import inside a function counts
+    # scoring code that training imports becomes training code
+    _edit(package_copy / "evaluation.py")
+    unchanged = store.code_hash()
+    _edit(package_copy / "runs" / "train.py", "def _proxy():\n    from ..evaluation import X")
+    assert "evaluation.py" in store.training_modules(package_copy)
     after = store.code_hash()
-    (pkg / "new_module.py").write_text("X = 1\n")  # a new module is training code by default
+    assert after != unchanged
+    _edit(package_copy / "evaluation.py")
     assert store.code_hash() != after
+
+
+def test_a_stored_model_is_reused_after_a_scoring_edit_and_retrained_after_a_training_edit(
+        tmp_path, monkeypatch, package_copy):
+    import diffexp.runs.train as train_mod
+
+    calls = []
+    monkeypatch.setattr(train_mod, "train", _fake_train(calls))
+    monkeypatch.setattr(store, "_sweep_id", lambda run_dir: "A")
+    c = _store_cfg(tmp_path)
+
+    def obtain(cell):
+        store._code_hash_of_this_process.cache_clear()  # as a new job's process would
+        return store.obtain_model(c, tmp_path / cell)
+
+    d0, s0, _ = obtain("cell0")
+    assert s0 == "trained" and len(calls) == 1
+    for i, rel in enumerate(_files(["runs/report.py", "runs/evaluate.py", "evaluation.py",
+                                    "metrics/fid.py"])):
+        _edit(package_copy / rel)
+        d, s, _ = obtain(f"cell{i + 1}")
+        assert (d, s) == (d0, "reused"), rel
+    assert len(calls) == 1
+    _edit(package_copy / "module.py")
+    d, s, _ = obtain("cell9")
+    assert s == "trained" and d != d0 and len(calls) == 2
+
+
+_LOADED_BY_TRAINING = """
+import json, sys
+from diffexp.config import validate_train_config
+from diffexp.runs import store
+from tests.helpers import compose_train
+
+c = validate_train_config(compose_train(sys.argv[2:]))
+store.obtain_model(c, store.Path(sys.argv[1]))
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] == "diffexp")))
+"""
+
+
+def test_every_module_a_training_job_loads_is_hashed(tmp_path):
+    """Against the static walk: the package modules that a process that trained a tiny model
+    through the store has loaded are all training code."""
+    r = subprocess.run([sys.executable, "-c", _LOADED_BY_TRAINING, str(tmp_path / "cell"), *TINY,
+                        "debug=fast", "logger=none", "train.eval_at_end=false",
+                        f"train.model_store={tmp_path / 'models'}"],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    loaded = json.loads(r.stdout.strip().splitlines()[-1])
+    files = store._package_modules(store.PACKAGE_DIR)
+    hashed = set(store.training_modules())
+    assert "diffexp.module" in loaded
+    assert {m for m in loaded
+            if files[m].relative_to(store.PACKAGE_DIR).as_posix() not in hashed} == set()
 
 
 def test_reuse_active():

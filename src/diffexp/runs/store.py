@@ -9,9 +9,19 @@ trained, trains it there only if it is not there yet, and then evaluates it into
 * **The fingerprint covers everything but what is known not to affect training.** It is the
   SHA-256 of the whole validated config with only :data:`SAMPLING_ONLY` removed (so a key added
   tomorrow is part of it by default), the resolved accelerator and precision, the seed, the
-  package and torch versions, and a hash of the package's training code (every module except the
-  evaluation-only ones in :data:`EVALUATION_ONLY_MODULES`). The model folder keeps the
-  fingerprint's input as ``fingerprint.json``, and a reuse compares it in full.
+  package and torch versions, and a hash of the package's training code. The model folder keeps
+  the fingerprint's input as ``fingerprint.json``, and a reuse compares it in full.
+* **The training code is what the training path imports** (:func:`training_modules`): the
+  package modules reached from :data:`TRAINING_ENTRY` (this store and ``runs/train.py``) through
+  every import in their source, a lazy one inside a function included, and the packages above
+  each. A module added to that path is hashed the day it is imported, without a list to update;
+  a module that only scores or reports (``runs/evaluate.py``, ``runs/report.py``,
+  ``evaluation.py``, ``metrics/``, the command line) is not on it (``sampling.py`` and ``viz.py``
+  are: the module draws its sample grids during training). The walk does not enter the
+  few scopes of :data:`NOT_TRAINING`: the parts of the entry that score a model trained (the
+  end-of-run evaluation and the FID proxy callback, whose samples draw from their own seeded
+  generators, never the training noise's) and the root package's lazy Python API. Their own lines
+  are still hashed with their module.
 * **A model is finished only when ``DONE.json`` says so.** It is written (atomically) after
   training returned; a folder without it is a partial model: the next job that needs it continues
   it from its ``checkpoints/last.ckpt`` (``train.auto_resume``), never reuses it as finished.
@@ -32,6 +42,7 @@ own model in its folder: the way to time a sweep without sharing).
 
 from __future__ import annotations
 
+import ast
 import copy
 import functools
 import hashlib
@@ -49,8 +60,8 @@ from ..config import ConfigError
 from .env import in_multirun, make_logger, publish_summary, sweep_dir, wants_eval_at_end
 from .record import read_json, read_summary, write_json, write_summary
 
-__all__ = ["SAMPLING_ONLY", "EVALUATION_ONLY_MODULES", "fingerprint", "code_hash", "model_lock",
-           "reuse_active", "run_cell", "model_dir_for"]
+__all__ = ["SAMPLING_ONLY", "TRAINING_ENTRY", "NOT_TRAINING", "training_modules", "fingerprint",
+           "code_hash", "model_lock", "reuse_active", "run_cell", "model_dir_for"]
 
 #: config keys (top-level groups, or ``group.key``) that change how a trained model is sampled,
 #: scored, logged or named, never the weights; everything else is part of the fingerprint
@@ -60,12 +71,72 @@ SAMPLING_ONLY = ("sampler", "grid", "eval", "logger", "name", "ckpt_path", "resu
                  # how often a run saves last.ckpt mid-epoch: resuming is exact, weights unchanged
                  "train.checkpoint_every_minutes", "train.checkpoint_every_n_steps")
 
-#: package modules that only sample, score or report (relative to the package); every other
-#: module's source is hashed into the fingerprint
-EVALUATION_ONLY_MODULES = ("cli/report.py", "cli/eval.py", "evaluation.py", "metrics/", "viz.py",
-                           "sampling.py")
-
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
+_PACKAGE = __name__.split(".")[0]
+
+#: where a model's training starts: this store, which trains a model with ``runs.train.train``
+TRAINING_ENTRY = (__name__, f"{_PACKAGE}.runs.train")
+
+#: top-level functions and classes on the training path that do not train, per module: the
+#: imports inside them are not followed (their own lines are hashed with their module). A name
+#: that is no longer there cuts nothing, so the walk then follows more, never less.
+NOT_TRAINING = {
+    # the end-of-run evaluation (the store trains with train.eval_at_end=false) and the FID proxy
+    # callback, whose samples use their own seeded generators, not the training noise's
+    f"{_PACKAGE}.runs.train": ("evaluate_at_end", "FidProxy"),
+    # the Python API (diffexp.train and co.), imported on first attribute access only
+    _PACKAGE: ("__getattr__",),
+}
+
+
+def _package_modules(package_dir: Path) -> dict[str, Path]:
+    """Dotted module name -> source file, for every module of the package."""
+    out = {}
+    for path in package_dir.rglob("*.py"):
+        parts = [_PACKAGE, *path.relative_to(package_dir).with_suffix("").parts]
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = path
+    return out
+
+
+def _imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
+    """The package modules that module ``name`` imports anywhere in its source (at module level
+    and inside functions and classes), except inside its :data:`NOT_TRAINING` scopes."""
+    here = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    skip = set(NOT_TRAINING.get(name, ()))
+    tree = ast.parse(path.read_bytes(), filename=str(path))
+    nodes = [n for n in tree.body
+             if not (isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                     and n.name in skip)]
+    out: set[str] = set()
+    for node in (sub for top in nodes for sub in ast.walk(top)):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = here[:len(here) - node.level + 1] if node.level else []
+            mod = ".".join(base + ([node.module] if node.module else []))
+            out.add(mod)
+            out.update(f"{mod}.{a.name}" for a in node.names)  # submodules, where they are
+    return {m for m in out if m in known}
+
+
+def training_modules(package_dir: Path | None = None) -> list[str]:
+    """The package's training code: its source files (relative paths, sorted) reached from
+    :data:`TRAINING_ENTRY` through their imports, with every package above a module reached
+    (importing ``a.b.c`` runs ``a`` and ``a.b``)."""
+    known = _package_modules(package_dir or PACKAGE_DIR)
+    todo, seen = list(TRAINING_ENTRY), set()
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in known:
+            continue
+        seen.add(name)
+        parts = name.split(".")
+        todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))
+        todo.extend(_imports(name, known[name], known))
+    root = package_dir or PACKAGE_DIR
+    return sorted(known[m].relative_to(root).as_posix() for m in seen)
 
 
 @functools.lru_cache(maxsize=1)
@@ -76,14 +147,11 @@ def _code_hash_of_this_process() -> str:
 
 
 def code_hash() -> str:
-    """SHA-256 over the source of the package's training code (paths and bytes, sorted)."""
+    """SHA-256 over the source of the package's training code (:func:`training_modules`: paths
+    and bytes, sorted)."""
     h = hashlib.sha256()
-    for path in sorted(PACKAGE_DIR.rglob("*.py")):
-        rel = path.relative_to(PACKAGE_DIR).as_posix()
-        if any(rel == m or (m.endswith("/") and rel.startswith(m))
-               for m in EVALUATION_ONLY_MODULES):
-            continue
-        h.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
+    for rel in training_modules():
+        h.update(rel.encode() + b"\0" + (PACKAGE_DIR / rel).read_bytes() + b"\0")
     return h.hexdigest()
 
 
