@@ -14,7 +14,7 @@ ARGS ?=
 .PHONY: install run test test-slow test-all lint bench results clean help
 
 help:
-	@echo "make install | run | test | test-slow | test-all | lint | bench | results | gpu-check | gpu-prep | clean"
+	@echo "make install | run | test | test-slow | test-all | lint | bench | results | gpu-check | gpu-prep | gpu-rehearsal | clean"
 
 $(STAMP): pyproject.toml
 	@if [ "$(PY)" = "$(VENV)/bin/python" ] && [ ! -x $(PY) ]; then python3 -m venv $(VENV); fi
@@ -48,16 +48,32 @@ lint: install
 bench: install
 	$(PY) scripts/bench.py $(ARGS)
 
-# the GPU readiness check, one command for a short GPU window (docs/PERFORMANCE.md, "GPU
-# readiness check"); `make gpu-check ARGS=--dry-run` runs its CPU-sized version anywhere
-.PHONY: gpu-check gpu-prep
-gpu-check: install
-	$(PY) scripts/gpu_check.py $(ARGS)
+# the GPU readiness check (docs/PERFORMANCE.md, "GPU readiness check"); `make gpu-check
+# ARGS=--dry-run` runs its CPU-sized version anywhere. No `install` first: on a GPU machine without
+# a package index it runs with whatever python has the packages (.venv's if there is one)
+GPU_PY := $(if $(VIRTUAL_ENV)$(CONDA_PREFIX),python,$(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3))
+GPU_ENV ?= .cache/gpu_rehearsal/py312
+.PHONY: gpu-check gpu-prep gpu-session gpu-rehearsal gpu-rehearsal-env
+gpu-check:
+	$(GPU_PY) scripts/gpu_check.py $(ARGS)
 
-# before a GPU window on a machine without network: wheels and data into .gpu-carry/ (carry it,
-# then run scripts/gpu_session.sh there)
+# before a GPU window: wheels and data into .gpu-carry/ (carry it; the device runs
+# scripts/gpu_session.sh)
 gpu-prep: install
-	PYTHON=$(PY) scripts/gpu_prep.sh
+	PYTHON=$(GPU_PY) scripts/gpu_prep.sh
+
+# what the device runs (`make gpu-session ARGS="full"` for the second call)
+gpu-session:
+	PYTHON=$(GPU_PY) bash scripts/gpu_session.sh $(ARGS)
+
+# an environment like the GPU machine's image (Python 3.12, torch 2.11.0, torchvision 0.26.0,
+# Lightning 2.6.6, torchmetrics 1.9.0; no Hydra, OmegaConf, antlr4, wandb): 3.5 GB downloaded
+gpu-rehearsal-env:
+	GPU_REHEARSAL_ENV=$(GPU_ENV) bash scripts/gpu_rehearsal_env.sh
+
+# the GPU run rehearsed on this CPU in that environment: both calls with --dry-run, limits checked
+gpu-rehearsal: install gpu-rehearsal-env
+	$(GPU_PY) scripts/gpu_rehearsal.py --python $(GPU_ENV)/bin/python $(ARGS)
 
 clean:
 	rm -rf build dist src/*.egg-info .pytest_cache .ruff_cache $(STAMP)

@@ -3,37 +3,51 @@ measures what the project needs to plan GPU work.
 
     python scripts/gpu_check.py [--out runs/gpu_check/gpu_check.json]     (= make gpu-check)
     python scripts/gpu_check.py --dry-run          (= make gpu-check ARGS=--dry-run; CPU-sized)
+    bash scripts/gpu_session.sh [checks|full]      (on a lent GPU machine: docs/PERFORMANCE.md)
 
 Steps, in order, each in its own process with its own time budget (``--budget STEP=SECONDS``), so
-that a crash, a hang or a poisoned CUDA context in one step does not stop the others:
+that a crash, a hang or a poisoned CUDA context in one step does not stop the others; with
+``--deadline SECONDS`` the budgets shrink to what is left of the call:
 
+``env``          what the machine has: versions and locations of torch, Lightning, torchmetrics,
+                 torchvision, Hydra, OmegaConf, antlr4 and diffexp; CUDA; the course recipe
+                 composed through Hydra; Fashion-MNIST found.
+``train_step``   in one process, a training step of ``experiment=course_karras`` (unet_course,
+                 batch 512, bf16 autocast, fused Adam, clipping, EMA) in eager mode, with
+                 ``torch.compile`` and with CUDA graphs (``mode="reduce-overhead"``), channels_last
+                 on and off: median step time after warm-up, host (CPU) time per step, kernels per
+                 step and the costliest kernels (torch.profiler), peak memory, MFU; and one
+                 checkpoint write. Results are kept after every variant (a cut-off step keeps them).
+``fid``          a 2,048-sample FID evaluation at 20 NFE (scripts/bench.py's ``run_fid``),
+                 sampling and scoring timed separately.
+``gpu_tests``    ``pytest -m gpu tests/test_gpu.py`` (no end-of-run evaluations) with a time limit
+                 per test and a JUnit report rewritten after every test (scripts/gpu_pytest_report.py).
+``train_course`` ``experiment=course_karras`` through a real ``Trainer.fit`` for a fixed number of
+                 steps after a warm-up (scripts/bench.py's ``train_diffexp``): images/s, seconds
+                 per epoch, the projected time of the whole recipe, peak memory, MFU.
 ``flops``        analytic FLOPs per image of the course UNet (conv, linear and attention
                  multiply-adds counted by forward hooks, cross-checked against
                  ``torch.utils.flop_counter``); the training cost is 3x the forward.
-``gpu_tests``    ``pytest -m gpu tests/test_gpu.py``: bf16-mixed training steps with fused Adam per
-                 objective, channels_last on and off, model.compile against eager, per-sample noise
-                 and samplers on the GPU against the CPU, a GPU checkpoint sampled on the CPU, no
-                 host syncs in steady-state training steps.
-``train_course`` ``experiment=course_cosine`` trained for a fixed number of steps after a warm-up
-                 (scripts/bench.py's timed ``Trainer.fit``): images/s, seconds per epoch, the
-                 projected time of the whole recipe, peak memory, model FLOPs utilisation (MFU).
-``fid``          a 2,048-sample FID evaluation at 20 NFE (scripts/bench.py's ``run_fid``),
-                 sampling and scoring timed separately.
 ``bench``        ``scripts/bench.py --device cuda`` with unet_course at batch 512: the diffexp /
                  bare-PyTorch ratios.
+``full_run``     (not in the default selection: ``--only full_run``) the whole
+                 ``python train.py experiment=course_karras logger=csv``, its end-of-run FID
+                 included, timed from the command's start.
 
 Each step prints ``[gpu-check] STEP: ok (Xs)``, ``[gpu-check] STEP: FAILED: <one line>`` or
 ``[gpu-check] STEP: skipped: <why>``; the exit status is 1 when any step failed (they are named on
-the last line). Results go to one JSON (``--out``, rewritten after every step, so a run cut short
-keeps what it measured) and a markdown block ``docs/gpu_check/<device-slug>.md`` (one file per
-card; the list in docs/PERFORMANCE.md is kept in step with that folder).
+the last line). Results go to one JSON (``--out``, rewritten before and after every step, so a run
+cut short keeps what it measured) and a markdown block ``<device-slug>.md`` in ``--md-dir``
+(default docs/gpu_check, one file per card; the list in docs/PERFORMANCE.md is kept in step with
+that folder). The steps' logs go to ``--logs-dir`` (default beside the JSON).
 
-``--dry-run`` runs, on the CPU and at tiny sizes, every step that does not need CUDA (the FLOP
-count, the course recipe composed and validated, two training steps of a tiny model, a tiny FID;
-the GPU tests are only collected) and skips the others; its markdown goes beside the JSON, not
-into docs/. Nothing is downloaded: Fashion-MNIST comes from ``--data-root`` / DIFFEXP_DATA_ROOT
-(when it is missing, training throughput is measured on synthetic images of the same shape and
-the FID step fails with one line saying where to put the files).
+``--dry-run`` runs, on the CPU and at tiny sizes, every step that does not need CUDA (the
+environment, eager training steps of a tiny model and a checkpoint write, the FLOP count, the
+course recipe composed and validated, a tiny FID, a tiny ``train.py`` run; compiled variants and
+the bench are skipped, the GPU tests only collected); its markdown goes beside the JSON, not into
+docs/. Nothing is downloaded: Fashion-MNIST comes from ``--data-root`` / DIFFEXP_DATA_ROOT (when
+it is missing, training throughput is measured on synthetic images of the same shape and the FID
+step fails with one line saying where to put the files).
 """
 
 from __future__ import annotations
@@ -62,15 +76,24 @@ PERFORMANCE_MD = REPO / "docs" / "PERFORMANCE.md"
 LINKS_BEGIN = "<!-- gpu-check-files: maintained by scripts/gpu_check.py -->"
 LINKS_END = "<!-- /gpu-check-files -->"
 
-# (name, seconds, needs CUDA). The budgets add up to 8 minutes: a step that runs over is killed
-# and reported, and the next one starts, so the whole check fits a 10-minute command limit.
+# (name, seconds, needs CUDA, in the default selection), in the order they run: the measurements
+# the GPU window is for first. A step that runs over its budget is killed and reported, and the
+# next one starts; with --deadline the budgets shrink to what is left of the call, and a step with
+# under MIN_STEP_S left is skipped, so the whole check ends inside the call's limit.
+# scripts/gpu_session.sh runs the default selection in one call (deadline 330 s) and full_run in a
+# second one.
 STEPS = (
-    ("flops", 60, False),
-    ("gpu_tests", 180, True),
-    ("train_course", 75, False),
-    ("fid", 75, False),
-    ("bench", 90, True),
+    ("env", 30, False, True),
+    ("train_step", 130, False, True),
+    ("fid", 45, False, True),
+    ("gpu_tests", 100, True, True),
+    ("train_course", 45, False, True),
+    ("flops", 30, False, True),
+    ("bench", 60, True, True),
+    ("full_run", 300, False, False),
 )
+MIN_STEP_S = 10.0
+DEFAULT_STEPS = tuple(s[0] for s in STEPS if s[3])
 STEP_NAMES = tuple(s[0] for s in STEPS)
 
 #: bf16 dense (no sparsity) tensor-core peak in TFLOP/s from the vendors' data sheets, matched
@@ -233,7 +256,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--md-dir", default=None,
                    help="folder of the markdown block (default docs/gpu_check; with --dry-run the "
                         "--out folder)")
-    p.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(STEP_NAMES)}")
+    p.add_argument("--only", default=None,
+                   help=f"comma-separated subset of {','.join(STEP_NAMES)} (default: all but "
+                        f"full_run)")
+    p.add_argument("--deadline", type=float, default=None, metavar="SECONDS",
+                   help="the whole check ends within this many seconds of its start: budgets shrink "
+                        "to what is left, and a step with too little left is skipped")
+    p.add_argument("--logs-dir", default=None,
+                   help="the steps' logs and scratch files (default: gpu_check_logs/ beside --out)")
+    p.add_argument("--test-timeout", type=float, default=75.0,
+                   help="gpu_tests: seconds per test before it is failed (default 75)")
     p.add_argument("--budget", action="append", default=[], metavar="STEP=SECONDS",
                    help="change one step's time budget (repeatable)")
     p.add_argument("--data-root", default=None, help="Fashion-MNIST root (else DIFFEXP_DATA_ROOT)")
@@ -258,11 +290,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             p.error(f"--{key.replace('_', '-')} must be >= 1 (got {getattr(args, key)})")
     if args.fid_n < 2:
         p.error("--fid-n must be >= 2")
-    args.only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
+    args.only = ([s.strip() for s in args.only.split(",") if s.strip()] if args.only
+                 else list(DEFAULT_STEPS))
     bad = sorted(set(args.only or []) - set(STEP_NAMES))
     if bad:
         p.error(f"--only: unknown step(s) {bad}; steps are {', '.join(STEP_NAMES)}")
-    args.budgets = {name: float(b) for name, b, _ in STEPS}
+    args.budgets = {name: float(b) for name, b, _, _ in STEPS}
     for item in args.budget:
         name, _, sec = item.partition("=")
         if name not in args.budgets:
@@ -275,6 +308,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             p.error(f"--budget {item}: seconds must be > 0")
     if args.md_dir is None:
         args.md_dir = str(Path(args.out).parent if dry else DOCS_MD_DIR)
+    if args.logs_dir is None:
+        args.logs_dir = str(Path(args.out).parent / "gpu_check_logs")
+    if args.deadline is not None and args.deadline <= 0:
+        p.error("--deadline must be > 0")
     return args
 
 
@@ -354,8 +391,11 @@ def _missing_data_line(root) -> str:
             f"holding FashionMNIST/raw with its four IDX files")
 
 
+COURSE = "experiment=course_karras"
+
+
 def step_flops(args, outdir: Path) -> dict:
-    course = compose_config(["experiment=course_cosine", "logger=none"])
+    course = compose_config([COURSE, "logger=none"])
     res = unet_flops(course["model"], image_shape=_image_shape(course))
     print(f"unet_course: {res['parameters']:,} parameters, forward {res['forward_flops_per_image']:,} "
           f"FLOPs per image, training {res['train_flops_per_image']:,}")
@@ -368,6 +408,9 @@ def _image_shape(c: dict) -> tuple[int, int, int]:
 
 
 def step_gpu_tests(args, outdir: Path) -> dict:
+    """pytest -m gpu tests/test_gpu.py through scripts/gpu_pytest_report.py: a limit per test
+    (``--test-timeout``) and a JUnit report rewritten after every test, so a step stopped at its
+    budget still says which tests ran and how they ended."""
     import xml.etree.ElementTree as ET
 
     base = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/test_gpu.py",
@@ -384,7 +427,9 @@ def step_gpu_tests(args, outdir: Path) -> dict:
         why = "--dry-run" if torch.cuda.is_available() else "no CUDA"
         raise Skipped(f"{why} ({len(ids)} gpu tests collected)")
     xml_path = outdir / "gpu_tests.xml"
-    proc = subprocess.run([*base, "-rfE", f"--junitxml={xml_path}"], cwd=REPO)
+    xml_path.unlink(missing_ok=True)
+    proc = subprocess.run([*base, "-rfE", "-p", "gpu_pytest_report", f"--gpu-report={xml_path}",
+                           f"--gpu-test-timeout={args.test_timeout:g}"], cwd=REPO)
     if not xml_path.is_file():
         raise RuntimeError(f"pytest exited {proc.returncode} without a report")
     suites = ET.parse(xml_path).getroot()
@@ -394,6 +439,7 @@ def step_gpu_tests(args, outdir: Path) -> dict:
     skipped = [c.get("name") for c in cases if c.find("skipped") is not None]
     res = {"tests": len(cases), "passed": len(cases) - len(failed) - len(skipped),
            "failed": failed, "skipped": skipped, "pytest_exit": proc.returncode,
+           "seconds_per_test": {c.get("name"): float(c.get("time") or 0) for c in cases},
            "report": str(xml_path)}
     if failed:
         raise StepFailed(f"{len(failed)} of {len(cases)} gpu tests failed: {', '.join(failed)}", res)
@@ -408,7 +454,7 @@ def step_gpu_tests(args, outdir: Path) -> dict:
 def _train_overrides(args, device) -> tuple[list[str], str | None]:
     """The overrides of the measured run, and a note when the data had to be replaced."""
     acc = "gpu" if device.type == "cuda" else "cpu"
-    base = ["experiment=course_cosine", "logger=none", "data.download=false",
+    base = [COURSE, "logger=none", "data.download=false",
             f"trainer.accelerator={acc}", f"seed={args.seed}"]
     if args.data_root:
         base.append(f"data.root={args.data_root}")
@@ -432,14 +478,14 @@ def step_train_course(args, outdir: Path) -> dict:
 
     _quiet_lightning()
     device = _device(args)
-    recipe = compose_config(["experiment=course_cosine", "logger=none", *args.train_set])
+    recipe = compose_config([COURSE, "logger=none", *args.train_set])
     r = {"recipe": {"name": recipe["name"], "model": recipe["model"],
                     "batch_size": recipe["train"]["batch_size"], "epochs": recipe["train"]["epochs"],
                     "optim": recipe["optim"], "precision": recipe["trainer"]["precision"],
                     "sampler": recipe["sampler"], "sample_every_n_epochs":
                         recipe["train"]["sample_every_n_epochs"],
                     "n_sample_images": recipe["train"]["n_sample_images"]}}
-    print(f"experiment=course_cosine composes and validates: model {recipe['model']['name']}, "
+    print(f"{COURSE} composes and validates: model {recipe['model']['name']}, "
           f"batch {recipe['train']['batch_size']}, {recipe['train']['epochs']} epochs")
     overrides, note = _train_overrides(args, device)
     if note:
@@ -502,7 +548,7 @@ def step_fid(args, outdir: Path) -> dict:
                  *[x for o in TINY_MODEL for x in ("--set", o)]]
     else:
         bargs = ["--model", "unet_course", "--device", "cuda", "--batch-size", "512",
-                 "--fid-nfe", "20", "--set", "experiment=course_cosine"]
+                 "--fid-nfe", "20", "--fid-reps", "2", "--set", COURSE]
     bargs += ["--fid-n", str(args.fid_n), "--seed", str(args.seed), "--threads", "0"]
     if args.data_root:
         bargs += ["--data-root", args.data_root]
@@ -527,8 +573,9 @@ def step_bench(args, outdir: Path) -> dict:
 
     if args.dry_run:
         raise Skipped("no CUDA")
-    out = outdir / "bench.json"
-    bargs = ["--device", "cuda", "--model", "unet_course", "--batch-size", "512", "--threads", "4",
+    out = Path(args.logs_dir) / "bench.json"
+    bargs = ["--device", "cuda", "--set", COURSE, "--model", "unet_course", "--batch-size", "512",
+             "--threads", "4",
              "--sections", "train,sampling", "--warmup", "3", "--n-batches", "10",
              "--seed", str(args.seed), "--out", str(out)]
     if args.data_root:
@@ -546,8 +593,340 @@ def step_bench(args, outdir: Path) -> dict:
             "memory_peaks_mib": res["memory"]["peaks"]}
 
 
-STEP_FUNCS = {"flops": step_flops, "gpu_tests": step_gpu_tests, "train_course": step_train_course,
-              "fid": step_fid, "bench": step_bench}
+# ------------------------------------------------------------------------------------ env
+#: what the session needs importable: the image's packages, the carried wheels' and this package
+REQUIRED_MODULES = ("torch", "torchvision", "pytorch_lightning", "torchmetrics", "numpy", "scipy",
+                    "matplotlib", "yaml", "pytest", "hydra", "omegaconf", "antlr4", "diffexp")
+
+
+def _partial(args, result: dict) -> None:
+    """A step's results so far, where the parent reads them if the step is stopped."""
+    if args.step_out:
+        tmp = Path(args.step_out + ".tmp")
+        tmp.write_text(json.dumps({"status": "running", "result": result}, indent=2,
+                                  default=_json_default))
+        os.replace(tmp, args.step_out)
+
+
+def step_env(args, outdir: Path) -> dict:
+    import importlib
+
+    mods: dict = {}
+    for name in (*REQUIRED_MODULES, "wandb"):
+        try:
+            mod = importlib.import_module(name)
+            mods[name] = {"version": getattr(mod, "__version__", None),
+                          "path": str(Path(mod.__file__).parent)}
+        except Exception as e:  # noqa: BLE001 - a missing package is what this step reports
+            mods[name] = {"error": one_line(e)}
+    for name, m in mods.items():
+        print(f"{name:18s} {m.get('version') or '-':14s} {m.get('path') or m.get('error')}")
+    import torch
+
+    res: dict = {"modules": mods, "python": sys.executable, "cuda_available":
+                 torch.cuda.is_available(), "pythonpath": os.environ.get("PYTHONPATH", "")}
+    missing = [n for n in REQUIRED_MODULES if "error" in mods[n]]
+    problems = [f"cannot import {', '.join(missing)}"] if missing else []
+    if "error" not in mods["hydra"] and "error" not in mods["diffexp"]:
+        c = compose_config([COURSE, "logger=csv"])
+        res["course"] = {"name": c["name"], "model": c["model"]["name"],
+                         "batch_size": c["train"]["batch_size"], "epochs": c["train"]["epochs"]}
+        print(f"{COURSE} composes: {res['course']}")
+        res["fashion_mnist"] = _have_fashion_mnist(args.data_root)
+        if not res["fashion_mnist"]:
+            problems.append(_missing_data_line(args.data_root))
+    if torch.cuda.is_available():
+        x = torch.randn(256, 256, device="cuda", dtype=torch.bfloat16)
+        res["cuda_matmul_ok"] = bool(torch.isfinite((x @ x).float()).all())
+        res["device_name"] = torch.cuda.get_device_name(0)
+    elif not args.dry_run:
+        problems.append("no CUDA GPU is visible")
+    if problems:
+        raise StepFailed("; ".join(problems), res)
+    return res
+
+
+# ------------------------------------------------------------------------------------ train_step
+#: (mode, channels_last) in the order measured: the layouts' eager steps, then the compiled ones
+#: of the course's layout (channels_last), then those of NCHW, which need their own compilation
+TRAIN_STEP_VARIANTS = (("eager", True), ("eager", False), ("compile", True),
+                       ("cudagraphs", True), ("compile", False), ("cudagraphs", False))
+
+
+def _median(xs: list[float]) -> float:
+    ys = sorted(xs)
+    n = len(ys)
+    return ys[n // 2] if n % 2 else 0.5 * (ys[n // 2 - 1] + ys[n // 2])
+
+
+class _StepRig:
+    """One training step of the course recipe as DiffusionModule and Lightning run it (a batch
+    gathered from the device-resident data, bf16 autocast, the module's loss, backward, gradient
+    clipping by norm, the optimizer the module configures on this device, the EMA update), outside
+    Lightning so that eager, compiled and CUDA-graph versions are timed in one process."""
+
+    def __init__(self, c: dict, data, device, mode: str, seed: int):
+        import torch
+
+        from diffexp.module import DiffusionModule
+
+        self.device, self.mode, self.data = device, mode, data
+        torch.manual_seed(seed)
+        m = DiffusionModule.from_config(c, data=data).to(device)
+        if mode != "eager":
+            fwd = torch.compile(m.net, mode="reduce-overhead" if mode == "cudagraphs" else None)
+            object.__setattr__(m, "_train_forward", fwd)
+        self.m = m
+        o = m.spec.optim
+        kw = dict(lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        kw["fused" if device.type == "cuda" else "foreach"] = True
+        self.opt = (torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam)(
+            m.net.parameters(), **kw)
+        self.params = list(m.net.parameters())
+        self.clip = c["train"]["grad_clip"]
+        self.bf16 = c["trainer"]["precision"] == "bf16-mixed"
+        self.batch_size = c["train"]["batch_size"]
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        idx = data.train_index
+        order = torch.randperm(len(idx), generator=g)[: 16 * self.batch_size].to(idx.device)
+        self.batches = list(idx[order].split(self.batch_size))
+        self.gen = torch.Generator(device=device)
+        self.i = 0
+
+    def step(self):
+        import torch
+
+        if self.mode == "cudagraphs":
+            torch.compiler.cudagraph_mark_step_begin()
+        x0 = self.data.batch(self.batches[self.i % len(self.batches)])
+        self.gen.manual_seed(self.i)
+        self.i += 1
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            loss = self.m.diffusion_loss(x0, generator=self.gen)
+        loss.backward()
+        if self.clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.m.ema.update(self.m.net)
+        return loss
+
+    def timed(self, n: int) -> dict:
+        """n steps: the device time of each (CUDA events; on the CPU the wall time), and the host's
+        time to issue each (wall and CPU time without waiting for the device)."""
+        import torch
+
+        cuda = self.device.type == "cuda"
+        dev, host, cpu = [], [], []
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(n + 1)] if cuda else None
+        if cuda:
+            torch.cuda.synchronize()
+            events[0].record()
+        for k in range(n):
+            t0, c0 = time.perf_counter(), time.process_time()
+            self.step()
+            host.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+            if cuda:
+                events[k + 1].record()
+        if cuda:
+            torch.cuda.synchronize()
+            dev = [events[k].elapsed_time(events[k + 1]) / 1e3 for k in range(n)]
+        else:
+            dev = host
+        return {"step_s": _median(dev), "host_s": _median(host), "cpu_s": _median(cpu),
+                "step_s_all": [round(x, 6) for x in dev]}
+
+    def profile(self, n: int = 3) -> dict:
+        """Kernels and launches per step, and the costliest kernels, over n steps."""
+        import torch
+        from torch.autograd import DeviceType
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda"
+                                         else [])
+        with profile(activities=acts) as prof:
+            for _ in range(n):
+                self.step()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+        kernels: dict = {}
+        n_dev = n_copy = n_ops = 0
+        for e in prof.events():
+            if e.device_type == DeviceType.CUDA:
+                name = e.name
+                if name.startswith(("Memcpy", "Memset")) or "memcpy" in name.lower():
+                    n_copy += 1
+                    continue
+                n_dev += 1
+                k = kernels.setdefault(name[:120], [0, 0.0])
+                k[0] += 1
+                k[1] += e.time_range.elapsed_us()
+            elif e.device_type == DeviceType.CPU and e.name.startswith("aten::"):
+                n_ops += 1
+        top = sorted(kernels.items(), key=lambda kv: -kv[1][1])[:12]
+        total_us = sum(v[1] for v in kernels.values())
+        return {"kernels_per_step": n_dev / n, "copies_per_step": n_copy / n,
+                "aten_ops_per_step": n_ops / n, "kernel_time_per_step_ms": total_us / n / 1e3,
+                "top_kernels": [{"name": k, "per_step": v[0] / n, "ms_per_step": v[1] / n / 1e3}
+                                for k, v in top]}
+
+
+def step_train_step(args, outdir: Path) -> dict:
+    import copy
+
+    import torch
+
+    from diffexp.benchmarking.timing import sync
+    from diffexp.checkpoint_io import atomic_torch_save
+    from diffexp.data import build_data
+
+    _quiet_lightning()
+    device = _device(args)
+    overrides, note = _train_overrides(args, device)
+    base = compose_config(overrides)
+    if base["trainer"]["precision"] == "auto":
+        base["trainer"]["precision"] = "bf16-mixed" if device.type == "cuda" else "32-true"
+    data = build_data(base["data"], train=True)
+    data.to(device)
+    flops = unet_flops(base["model"], image_shape=_image_shape(base), crosscheck=False)
+    name = _device_name(device)
+    warm, n = (2, 3) if args.dry_run else (5, 20)
+    res: dict = {"device": name, "note": note, "recipe": COURSE, "model": base["model"]["name"],
+                 "batch_size": base["train"]["batch_size"],
+                 "precision": base["trainer"]["precision"], "warmup_steps": warm,
+                 "timed_steps": n, "train_flops_per_image": flops["train_flops_per_image"],
+                 "variants": {}, "checkpoint": None}
+    scratch = Path(args.logs_dir) / "train_step"
+    scratch.mkdir(parents=True, exist_ok=True)
+    for mode, cl in TRAIN_STEP_VARIANTS:
+        key = f"{mode}/{'channels_last' if cl else 'nchw'}"
+        if args.dry_run and mode != "eager":
+            res["variants"][key] = {"status": "skipped", "reason": "--dry-run (inductor on the "
+                                    "CPU compiles C++ for minutes; tests/test_gpu_cpu_side.py "
+                                    "checks model.compile there)"}
+            continue
+        if mode == "cudagraphs" and device.type != "cuda":
+            res["variants"][key] = {"status": "skipped", "reason": "no CUDA"}
+            continue
+        print(f"train_step {key}: building", flush=True)
+        rec: dict = {"status": "running"}
+        res["variants"][key] = rec
+        rig = None
+        try:
+            c = copy.deepcopy(base)
+            c["model"]["channels_last"] = cl
+            c["model"]["compile"] = False
+            rig = _StepRig(c, data, device, mode, args.seed)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            t0 = time.perf_counter()
+            rig.step()
+            sync(device)
+            rec["first_step_s"] = time.perf_counter() - t0  # compilation included
+            for _ in range(warm - 1):
+                rig.step()
+            sync(device)
+            rec.update(rig.timed(n))
+            rec["images_per_s"] = rig.batch_size / rec["step_s"]
+            rec.update({k: v for k, v in mfu(flops["train_flops_per_image"], rec["images_per_s"],
+                                             name).items() if k in ("mfu", "achieved_tflops")})
+            if device.type == "cuda":
+                rec["peak_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+            _partial(args, res)
+            rec.update(rig.profile())
+            rec["status"] = "ok"
+            print(f"train_step {key}: {rec['step_s'] * 1e3:.2f} ms/step (host "
+                  f"{rec['host_s'] * 1e3:.2f} ms), {rec['images_per_s']:,.0f} images/s, "
+                  f"{rec['kernels_per_step']:.0f} kernels/step; first step "
+                  f"{rec['first_step_s']:.1f}s", flush=True)
+            if res["checkpoint"] is None:  # one checkpoint write: weights, EMA, optimizer state
+                ckpt = {"state_dict": rig.m.state_dict(),
+                        "optimizer_states": [rig.opt.state_dict()], "global_step": rig.i}
+                path = scratch / "last.ckpt"
+                sync(device)
+                t0 = time.perf_counter()
+                atomic_torch_save(ckpt, path)
+                res["checkpoint"] = {"seconds": time.perf_counter() - t0,
+                                     "mib": path.stat().st_size / 2**20, "variant": key}
+                path.unlink()
+                print(f"checkpoint write: {res['checkpoint']['seconds']:.3f}s, "
+                      f"{res['checkpoint']['mib']:.1f} MiB", flush=True)
+        except Exception as e:  # noqa: BLE001 - one variant's failure is its own
+            traceback.print_exc()
+            rec.update({"status": "failed", "error": one_line(e)})
+        finally:
+            del rig
+            with contextlib.suppress(Exception):
+                torch._dynamo.reset()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        _partial(args, res)
+    ok = {k: v for k, v in res["variants"].items() if v["status"] == "ok"}
+    if "eager/channels_last" in ok:
+        ref = ok["eager/channels_last"]["step_s"]
+        res["speedup_vs_eager_channels_last"] = {k: ref / v["step_s"] for k, v in ok.items()}
+    bad = [k for k, v in res["variants"].items() if v["status"] == "failed"]
+    if bad:
+        raise StepFailed(f"train_step variants failed: {', '.join(bad)}", res)
+    return res
+
+
+# ------------------------------------------------------------------------------------ full_run
+def _full_run_overrides(args, run_dir: Path) -> list[str]:
+    o = [COURSE, "logger=csv", "data.download=false", f"hydra.run.dir={run_dir}",
+         f"seed={args.seed}"]
+    if args.data_root:
+        o.append(f"data.root={args.data_root}")
+    if args.dry_run:  # the same command through Hydra's CLI, CPU-sized
+        o += [*TINY_MODEL, "trainer.accelerator=cpu", "trainer.precision=32-true",
+              "train.batch_size=16", "train.epochs=1", "trainer.limit_train_batches=2",
+              "trainer.limit_val_batches=1", "train.n_sample_images=4", "sampler.steps=2",
+              "eval.n_samples=32", "eval.floor=false", "eval.diagnostics=false"]
+    return o + list(args.train_set)
+
+
+def step_full_run(args, outdir: Path) -> dict:
+    """``python train.py experiment=course_karras logger=csv`` (no wandb on the lent machines),
+    timed from the command's start to its end: imports, data, training, sample grids,
+    checkpoints and the end-of-run evaluation (FID at n = 2,048 on a GPU)."""
+    import shutil
+
+    run_dir = Path(args.logs_dir) / "full_run"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cmd = [sys.executable, str(REPO / "train.py"), *_full_run_overrides(args, run_dir)]
+    print("$ " + " ".join(cmd), flush=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if args.dry_run:
+        env["OMP_NUM_THREADS"] = "1"
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=env)
+    wall = time.perf_counter() - t0
+    res: dict = {"command": " ".join(["python train.py", *cmd[2:]]), "wall_s": wall,
+                 "exit": proc.returncode, "run_dir": str(run_dir)}
+    summary_path = run_dir / "summary.json"
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        res["summary"] = summary
+        res["train_wall_s"] = summary.get("wall_time_s")
+        ev = summary.get("eval") or {}
+        res["fid"] = ev.get("fid") if isinstance(ev, dict) else None
+        shutil.copy(summary_path, outdir / "full_run_summary.json")
+    final = run_dir / "samples" / "final.png"
+    if final.is_file():
+        shutil.copy(final, outdir / "full_run_final.png")
+    print(f"full run: exit {proc.returncode}, {wall:.1f}s wall, training "
+          f"{res.get('train_wall_s')}s, FID {res.get('fid')}", flush=True)
+    if proc.returncode != 0 or "summary" not in res:
+        raise StepFailed(f"train.py exited {proc.returncode}"
+                         + ("" if "summary" in res else " without a summary.json"), res)
+    return res
+
+
+STEP_FUNCS = {"env": step_env, "train_step": step_train_step, "flops": step_flops,
+              "gpu_tests": step_gpu_tests, "train_course": step_train_course, "fid": step_fid,
+              "bench": step_bench, "full_run": step_full_run}
+
 
 
 def run_step_child(args) -> int:
@@ -592,7 +971,8 @@ def run_isolated(name: str, argv: list[str], budget: float, log_path: Path, echo
     res_path = log_path.with_suffix(".result.json")
     res_path.unlink(missing_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "src"), env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "src"), str(SCRIPTS),
+                                                    env.get("PYTHONPATH")) if p)
     cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--step", name,
            "--step-out", str(res_path)]
     t0 = time.perf_counter()
@@ -618,13 +998,22 @@ def run_isolated(name: str, argv: list[str], budget: float, log_path: Path, echo
         reader.join(timeout=10)
     seconds = time.perf_counter() - t0
     if timed_out:
-        return {"status": "failed", "seconds": seconds,
-                "error": f"exceeded its {budget:g}s budget and was stopped (log: {log_path})"}
-    if not res_path.is_file():
-        return {"status": "failed", "seconds": seconds,
-                "error": f"the step's process exited with status {proc.returncode} before "
-                         f"reporting: {_last_line(log_path)} (log: {log_path})"}
-    rec = json.loads(res_path.read_text())
+        rec = {"status": "failed", "seconds": seconds,
+               "error": f"exceeded its {budget:.0f}s budget and was stopped (log: {log_path})"}
+        with contextlib.suppress(Exception):  # what the step had measured when it was stopped
+            rec["result"] = json.loads(res_path.read_text()).get("result")
+        return rec
+    partial = None
+    with contextlib.suppress(Exception):
+        partial = json.loads(res_path.read_text())
+    if not partial or partial.get("status") == "running":
+        rec = {"status": "failed", "seconds": seconds,
+               "error": f"the step's process exited with status {proc.returncode} before "
+                        f"reporting: {_last_line(log_path)} (log: {log_path})"}
+        if partial:
+            rec["result"] = partial.get("result")
+        return rec
+    rec = partial
     res_path.unlink()
     rec["seconds"] = seconds
     return rec
@@ -649,9 +1038,13 @@ def _last_line(path: Path) -> str:
 def machine_info() -> dict:
     import torch
 
-    from diffexp.runs.record import cpu_model
+    try:
+        from diffexp.runs.record import cpu_model
 
-    info = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
+        cpu = cpu_model()
+    except Exception as e:  # noqa: BLE001 - the env step reports what is missing
+        cpu = f"? ({one_line(e)})"
+    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "cuda_available": torch.cuda.is_available(),
             "platform": platform.platform()}
     with contextlib.suppress(Exception):
@@ -686,23 +1079,42 @@ def run_all(args, argv: list[str]) -> int:
         return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    logs = out.parent / "gpu_check_logs"
-    logs.mkdir(exist_ok=True)
+    logs = Path(args.logs_dir)
+    logs.mkdir(parents=True, exist_ok=True)
+    md_dir = Path(args.md_dir)
+    md_dir.mkdir(parents=True, exist_ok=True)
+    md_path = md_dir / f"{device_slug(info['device_name'])}.md"
     res = {"started": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
            "dry_run": args.dry_run, "command": " ".join(["scripts/gpu_check.py", *argv]),
-           "machine": info, "steps": {}}
+           "deadline_s": args.deadline, "machine": info, "steps": {}, "markdown": str(md_path)}
     print(f"[gpu-check] {'dry run on ' if args.dry_run else ''}{info['device_name']}; torch "
           f"{info['torch']}, CUDA {info.get('cuda') or '-'}, python {info['python']}, "
-          f"{info['cpu_count']} CPUs")
-    for name, _, needs_cuda in STEPS:
-        if args.only and name not in args.only:
+          f"{info['cpu_count']} CPUs", flush=True)
+
+    def save() -> None:  # before and after every step: a run cut short keeps what it measured
+        res["wall_time_s"] = time.perf_counter() - t_start
+        res["failed"] = [n for n, r in res["steps"].items() if r["status"] == "failed"]
+        write_json(out, res)
+        md_path.write_text(markdown_report(res))
+
+    for name, _, needs_cuda, _ in STEPS:
+        if name not in args.only:
             continue
         budget = args.budgets[name]
-        if needs_cuda and args.dry_run and name != "gpu_tests":  # gpu_tests still collects
+        left = None if args.deadline is None else args.deadline - (time.perf_counter() - t_start)
+        if left is not None and left < MIN_STEP_S:
+            rec = {"status": "skipped", "seconds": 0.0,
+                   "reason": f"no time left in the call ({max(left, 0):.0f}s of --deadline "
+                             f"{args.deadline:g}s)"}
+        elif needs_cuda and args.dry_run and name != "gpu_tests":  # gpu_tests still collects
             rec = {"status": "skipped", "reason": "no CUDA" if not info["cuda_available"]
                    else "--dry-run", "seconds": 0.0}
         else:
-            print(f"[gpu-check] {name}: running (budget {budget:g}s)", flush=True)
+            if left is not None and left - 2 < budget:
+                budget = max(left - 2, 1.0)  # leave the parent time to write the results
+            print(f"[gpu-check] {name}: running (budget {budget:.0f}s)", flush=True)
+            res["steps"][name] = {"status": "running", "budget_s": budget, "seconds": 0.0}
+            save()
             rec = run_isolated(name, argv, budget, logs / f"{name}.log", echo=not args.quiet)
         rec["budget_s"] = budget
         res["steps"][name] = rec
@@ -710,17 +1122,9 @@ def run_all(args, argv: list[str]) -> int:
         summary = step_summary(name, rec)
         if summary:
             print(f"[gpu-check]     {summary}", flush=True)
-        res["wall_time_s"] = time.perf_counter() - t_start
-        write_json(out, res)  # after every step: a run cut short keeps what it measured
-    failed = [n for n, r in res["steps"].items() if r["status"] == "failed"]
-    res["failed"] = failed
-    res["wall_time_s"] = time.perf_counter() - t_start
-    md_dir = Path(args.md_dir)
-    md_dir.mkdir(parents=True, exist_ok=True)
-    md_path = md_dir / f"{device_slug(info['device_name'])}.md"
-    res["markdown"] = str(md_path)
-    write_json(out, res)
-    md_path.write_text(markdown_report(res))
+        save()
+    save()
+    failed = res["failed"]
     if md_dir.resolve() == DOCS_MD_DIR.resolve() and PERFORMANCE_MD.is_file():
         update_link_list(PERFORMANCE_MD, DOCS_MD_DIR)
     n = {s: sum(r["status"] == s for r in res["steps"].values()) for s in ("ok", "skipped",
@@ -746,6 +1150,16 @@ def step_summary(name: str, rec: dict) -> str | None:
     r = rec.get("result")
     if rec["status"] != "ok" or not r:
         return None
+    if name == "env":
+        mods = r["modules"]
+        return ", ".join(f"{k} {mods[k].get('version') or '?'}" for k in
+                         ("torch", "pytorch_lightning", "torchmetrics", "torchvision", "hydra",
+                          "omegaconf") if k in mods)
+    if name == "train_step":
+        return "; ".join(f"{k} {v['step_s'] * 1e3:.1f} ms" if v["status"] == "ok" else
+                         f"{k} {v['status']}" for k, v in r["variants"].items())
+    if name == "full_run":
+        return f"{r['wall_s']:.1f}s wall, training {r.get('train_wall_s')}s, FID {r.get('fid')}"
     if name == "flops":
         return (f"{r['model']}: forward {r['forward_flops_per_image'] / 1e9:.3f} GFLOP/image, "
                 f"training {r['train_flops_per_image'] / 1e9:.3f} GFLOP/image")
@@ -786,9 +1200,16 @@ def markdown_report(res: dict) -> str:
              "| step | status | seconds | budget |", "|---|---|---|---|"]
     for name, rec in res["steps"].items():
         st = {"ok": "ok", "skipped": f"skipped: {rec.get('reason')}",
-              "failed": f"FAILED: {rec.get('error', '').replace('|', '/')}"}[rec["status"]]
-        lines.append(f"| {name} | {st} | {rec.get('seconds', 0):.1f} | {rec['budget_s']:g} |")
+              "failed": f"FAILED: {rec.get('error', '').replace('|', '/')}"}.get(
+                  rec["status"], rec["status"])
+        lines.append(f"| {name} | {st} | {rec.get('seconds', 0):.1f} | {rec['budget_s']:.0f} |")
     steps = res["steps"]
+    lines += _md_train_step((steps.get("train_step") or {}).get("result"))
+    r = (steps.get("full_run") or {}).get("result")
+    if r:
+        lines += ["", f"**Whole run** `{r['command']}`: exit {r['exit']}, {r['wall_s']:.1f} s from "
+                      f"the command's start (training {r.get('train_wall_s')} s), FID "
+                      f"{r.get('fid')}."]
     r = (steps.get("flops") or {}).get("result")
     if r:
         k = r["forward_macs_by_kind"]
@@ -803,7 +1224,7 @@ def markdown_report(res: dict) -> str:
                    if r["mfu"] is not None else f"null ({r['mfu_note']})")
         od = r["optimizer_defaults"]
         kind = "fused" if od.get("fused") else "foreach" if od.get("foreach") else "for-loop"
-        lines += ["", f"**Training, experiment=course_cosine** ({r['model']['name']} widths "
+        lines += ["", f"**Training, {COURSE}, Trainer.fit** ({r['model']['name']} widths "
                       f"{r['model']['widths']}, batch {r['batch_size']}, {r['precision']}, "
                       f"{r['optimizer']} ({kind}), channels_last="
                       f"{r['model'].get('channels_last')}, compile={r['model'].get('compile')}; "
@@ -840,6 +1261,31 @@ def markdown_report(res: dict) -> str:
         lines += [f"| {k} | {v:.3f}{'' if v >= r['threshold'] else ' FAIL'} |"
                   for k, v in r["ratios"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _md_train_step(r: dict | None) -> list[str]:
+    if not r:
+        return []
+    lines = ["", f"**Training step, {r['recipe']}** ({r['model']}, batch {r['batch_size']}, "
+                 f"{r['precision']}; median of {r['timed_steps']} steps after "
+                 f"{r['warmup_steps']} warm-up; host = the CPU's time to issue a step):", "",
+             "| variant | ms/step | host ms/step | images/s | MFU | kernels/step | first step s "
+             "| peak MiB |", "|---|---|---|---|---|---|---|---|"]
+    for k, v in r["variants"].items():
+        if v.get("step_s") is None:
+            lines.append(f"| {k} | {v['status']}: {v.get('reason') or v.get('error') or ''} "
+                         f"| | | | | | |".replace("|  |", "| |"))
+            continue
+        m = f"{v['mfu']:.1%}" if v.get("mfu") is not None else "-"
+        kern = f"{v['kernels_per_step']:.0f}" if "kernels_per_step" in v else "-"
+        peak = f"{v['peak_memory_mib']:,.0f}" if "peak_memory_mib" in v else "-"
+        lines.append(f"| {k} | {v['step_s'] * 1e3:.2f} | {v['host_s'] * 1e3:.2f} | "
+                     f"{v['images_per_s']:,.0f} | {m} | {kern} | {v['first_step_s']:.1f} | {peak} |")
+    ck = r.get("checkpoint")
+    if ck:
+        lines += ["", f"Checkpoint write ({ck['variant']}: weights, EMA, optimizer state): "
+                      f"{ck['seconds']:.3f} s, {ck['mib']:.1f} MiB."]
+    return lines
 
 
 def update_link_list(perf_md: Path, md_dir: Path) -> bool:

@@ -41,10 +41,13 @@ OBJECTIVES = {
 
 
 def _cfg(*extra: str) -> dict:
-    """A tiny bf16-mixed GPU run: three optimizer steps (OneCycle needs three), no logger."""
+    """A tiny bf16-mixed GPU run: three optimizer steps (OneCycle needs three), no logger, and no
+    end-of-run evaluation (on a GPU it would sample and score 2,048 images; none of these tests
+    is about it: scripts/gpu_check.py's full_run evaluates on the GPU)."""
     return validate_train_config(compose_train(
         ["data=synthetic", "logger=none", *TINY_MODEL, f"trainer.accelerator={ACCELERATOR}",
-         "trainer.precision=bf16-mixed", "train.batch_size=16", "train.epochs=1",
+         "trainer.precision=bf16-mixed", "train.eval_at_end=false", "train.batch_size=16",
+         "train.epochs=1",
          "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
          "train.n_sample_images=8", "sampler.steps=2", *extra]))
 

@@ -372,7 +372,7 @@ def test_a_failed_step_is_reported_and_the_next_still_runs(tmp_path):
     assert res["failed"] == ["train_course"]
     assert res["steps"]["flops"]["status"] == "ok"
     assert res["steps"]["train_course"]["budget_s"] == 0.5
-    assert list(res["steps"]) == ["flops", "train_course"]  # the script's order, not --only's
+    assert list(res["steps"]) == ["train_course", "flops"]  # the script's order, not --only's
 
 
 @pytest.mark.slow  # 54 to 59 s on the shared 2-core machine, five processes started
@@ -383,8 +383,8 @@ def test_dry_run_end_to_end(tmp_path, data_root):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     status = {m.group(1): m.group(2) for m in
               re.finditer(r"^\[gpu-check\] (\w+): (ok|FAILED|skipped)", proc.stdout, re.M)}
-    assert status == {"flops": "ok", "gpu_tests": "skipped", "train_course": "ok", "fid": "ok",
-                      "bench": "skipped"}, status
+    assert status == {"env": "ok", "train_step": "ok", "flops": "ok", "gpu_tests": "skipped",
+                      "train_course": "ok", "fid": "ok", "bench": "skipped"}, status
     assert "[gpu-check] bench: skipped: no CUDA" in proc.stdout or torch.cuda.is_available()
     res = json.loads(out.read_text())
     assert res["dry_run"] is True and res["failed"] == []
