@@ -880,7 +880,7 @@ def _full_run_overrides(args, run_dir: Path) -> list[str]:
         o.append(f"data.root={args.data_root}")
     if args.dry_run:  # the same command through Hydra's CLI, CPU-sized
         o += [*TINY_MODEL, "trainer.accelerator=cpu", "trainer.precision=32-true",
-              "train.batch_size=16", "train.epochs=1", "trainer.limit_train_batches=2",
+              "train.batch_size=16", "train.epochs=1", "trainer.limit_train_batches=3",
               "trainer.limit_val_batches=1", "train.n_sample_images=4", "sampler.steps=2",
               "eval.n_samples=32", "eval.floor=false", "eval.diagnostics=false"]
     return o + list(args.train_set)
