@@ -102,6 +102,9 @@ def upgrade_config(cfg: dict) -> dict:
     if isinstance(train, dict) and "batch_size" in train:
         train.setdefault("stratified_noise", False)  # before the switch: independent draws
         train.setdefault("time_budget_s", None)  # before the budget: epochs and max_steps only
+    optim = cfg.get("optim")
+    if isinstance(optim, dict) and "lr_schedule" in optim:
+        optim.setdefault("hold_steps", 0)  # before held schedules: the schedule from step 0
     if isinstance(train, dict) and "checkpoint_every_n_epochs" in train:
         # epoch checkpoints every N epochs, all kept: now the callbacks group's setting
         every = train.pop("checkpoint_every_n_epochs")
@@ -247,11 +250,13 @@ class OptimSpec:
     weight_decay: float
     lr_schedule: str
     pct_start: float
+    hold_steps: int
 
     @classmethod
     def from_config(cls, o: dict) -> OptimSpec:
         return cls(o["name"], float(o["lr"]), tuple(float(b) for b in o["betas"]), float(o["eps"]),
-                   float(o["weight_decay"]), o["lr_schedule"], float(o["pct_start"]))
+                   float(o["weight_decay"]), o["lr_schedule"], float(o["pct_start"]),
+                   int(o["hold_steps"]))
 
 
 @dataclass(frozen=True)

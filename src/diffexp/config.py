@@ -148,6 +148,7 @@ class OptimCfg:
     weight_decay: float
     lr_schedule: str
     pct_start: float
+    hold_steps: int
 
 
 @dataclass
@@ -427,6 +428,7 @@ def validate_optim(o) -> dict:
     _require(len(o["betas"]) == 2 and all(0 <= b < 1 for b in o["betas"]), "optim.betas",
              "must be two numbers in [0, 1)", o["betas"])
     _require(0 < o["pct_start"] < 1, "optim.pct_start", "must be in (0, 1)", o["pct_start"])
+    _require(o["hold_steps"] >= 0, "optim.hold_steps", "must be an int >= 0", o["hold_steps"])
     return o
 
 
@@ -439,6 +441,22 @@ TRAINER_OWNED = {"max_epochs": "train.epochs", "gradient_clip_val": "train.grad_
                  "check_val_every_n_epoch": "train.val_every_n_epochs",
                  "default_root_dir": "the run folder (hydra.run.dir)", "plugins": None,
                  "num_sanity_val_steps": None, "enable_model_summary": None}
+def _count(v, least: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+
+#: the values Lightning's own flags take, checked before any work (Lightning itself would stop
+#: only once the run has begun): (key, rule, check)
+LIGHTNING_FLAG_RULES = (
+    ("fast_dev_run", "must be true, false or a number of batches >= 0",
+     lambda v: isinstance(v, bool) or _count(v, 0)),
+    ("overfit_batches", "must be a number of batches >= 0 or a fraction in [0, 1]",
+     lambda v: _count(v, 0) or (isinstance(v, float) and 0 <= v <= 1)),
+    ("accumulate_grad_batches", "must be an int >= 1", lambda v: _count(v, 1)),
+    ("max_steps", "must be an int >= -1 (-1: no limit)", lambda v: _count(v, -1)),
+    ("min_steps", "must be null or an int >= 0", lambda v: v is None or _count(v, 0)),
+    ("min_epochs", "must be null or an int >= 0", lambda v: v is None or _count(v, 0)),
+)
 #: precision spellings Lightning also accepts, and the one each stands for
 PRECISION_ALIASES = {"16": "16-mixed", "bf16": "bf16-mixed", "32": "32-true", "64": "64-true"}
 
@@ -468,6 +486,9 @@ def validate_trainer(t) -> dict:
             _require(t[k] >= 0, f"trainer.{k}", "must be >= 0", t[k])
     _require(t["log_every_n_steps"] >= 1, "trainer.log_every_n_steps", "must be >= 1",
              t["log_every_n_steps"])
+    for key, rule, ok in LIGHTNING_FLAG_RULES:
+        if key in passthrough and not ok(passthrough[key]):
+            raise ConfigError(f"trainer.{key} {rule} (got {passthrough[key]!r})")
     dev = t["devices"]
     ok = (dev == "auto" or (isinstance(dev, int) and not isinstance(dev, bool)
                             and (dev >= 1 or dev == -1))
@@ -736,18 +757,23 @@ def check_step_count(c: dict) -> None:
         raise ConfigError(f"train.time_budget_s={budget:g} applies to one-process diffusion "
                           f"training (task=diffusion, trainer.devices=1, trainer.num_nodes=1); "
                           f"set trainer.max_steps instead")
-    if c["task"] == "no_t_study" or not one_process:
-        return
+    if c["task"] == "no_t_study" or not one_process or tr.get("fast_dev_run"):
+        return  # fast_dev_run: a smoke run of a few batches, whatever the LR schedule
     n = d["subset"] or (256 if d["name"] == "synthetic" else 60_000)
     per_epoch = (n - d["val_size"]) // t["batch_size"]
     if per_epoch < 1:
         raise ConfigError(f"train.batch_size={t['batch_size']} exceeds the {n - d['val_size']} "
                           f"training images (data.subset - data.val_size); lower it")
     key = "train.epochs"
-    if limit is not None:
-        capped = int(limit) if limit >= 1 else int(per_epoch * limit)
-        if capped < per_epoch:
-            per_epoch, key = max(capped, 1), "trainer.limit_train_batches"
+    for name in ("limit_train_batches", "overfit_batches"):
+        cap = tr.get(name)
+        if cap:  # a count of batches (>= 1) or a fraction of the epoch, as Lightning reads it
+            capped = int(cap) if cap >= 1 else int(per_epoch * cap)
+            if capped < per_epoch:
+                per_epoch, key = max(capped, 1), f"trainer.{name}"
+    accumulate = tr.get("accumulate_grad_batches") or 1
+    if accumulate > 1:  # an optimizer step per `accumulate` batches, the epoch's rest included
+        per_epoch, key = -(-per_epoch // accumulate), "trainer.accumulate_grad_batches"
     total = per_epoch * t["epochs"]
     max_steps = max_steps_of(tr)
     if max_steps is not None and max_steps < total:
@@ -756,6 +782,12 @@ def check_step_count(c: dict) -> None:
         raise ConfigError(f"{key}: the run makes {total} optimizer step(s) and "
                           f"optim.lr_schedule=onecycle needs at least 3; train longer or use "
                           f"optim.lr_schedule=constant")
+    hold, least = c["optim"]["hold_steps"], 3 if c["optim"]["lr_schedule"] == "onecycle" else 1
+    if hold and c["optim"]["lr_schedule"] != "constant" and total - hold < least \
+            and not (budget and max_steps is None):
+        raise ConfigError(f"optim.hold_steps={hold} leaves {max(total - hold, 0)} of the run's "
+                          f"{total} optimizer steps ({key}) to the {c['optim']['lr_schedule']} "
+                          f"LR schedule, which needs at least {least}; lower it")
 
 
 def check_sampling_grids(c: dict) -> None:
@@ -978,7 +1010,8 @@ def validate_eval_config(cfg: DictConfig) -> dict:
     c["optimized_metric"] = cfg.get("optimized_metric")
     if c["optimized_metric"] is not None:
         _choice(c["optimized_metric"], "optimized_metric", ["fid", "kid_mean"])
-    obj = OmegaConf.to_container(cfg.get("objective") or {}, resolve=True)
+    obj = cfg.get("objective")
+    obj = OmegaConf.to_container(obj, resolve=True) if isinstance(obj, DictConfig) else dict(obj or {})
     unknown = sorted(set(obj) - set(NO_T_KEYS))
     if unknown:
         raise ConfigError(f"objective.{unknown[0]}: unknown setting; eval accepts "

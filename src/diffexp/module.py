@@ -112,6 +112,9 @@ class _DataModuleMixin(pl.LightningModule):
         self._train_loader: IndexBatches | None = None
         self._noise_generator: torch.Generator | None = None
         self._loader_state: dict | None = None  # the train loader's position, from a checkpoint
+        #: a time budget's run: the LR schedule's length is fixed once the run has timed its
+        #: own steps (diffexp.runs.budget), so it starts as a held schedule of unknown length
+        self.length_set_by_budget = False
 
     @property
     def cfg(self) -> dict:
@@ -223,6 +226,22 @@ class _DataModuleMixin(pl.LightningModule):
         if sched == "constant":
             return opt
         total = self.trainer.estimated_stepping_batches
+        if self.trainer.fast_dev_run:  # a smoke run of a few batches: the schedule is not run out
+            total = max(total, 3)
+
+        def make(steps: int):
+            if sched == "onecycle":  # a warm-up of at least 2 steps (OneCycleLR divides by it)
+                return torch.optim.lr_scheduler.OneCycleLR(
+                    opt, max_lr=o.lr, total_steps=steps, pct_start=max(o.pct_start, 2.0 / steps))
+            return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+
+        if self.length_set_by_budget or o.hold_steps:
+            from .lr_schedule import HeldSchedule
+
+            # a time budget's run: the length is fixed once the run has timed its own steps
+            s = HeldSchedule(opt, make) if self.length_set_by_budget else \
+                HeldSchedule(opt, make, hold=o.hold_steps, total=total)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": s, "interval": "step"}}
         if sched == "onecycle":
             if total < 3:
                 raise ValueError(f"optim.lr_schedule=onecycle needs at least 3 optimizer steps "
@@ -391,6 +410,8 @@ class DiffusionModule(_DataModuleMixin):
         return precision_autocast(self.device, self.precision)
 
     def on_train_epoch_end(self) -> None:
+        if self.trainer.fast_dev_run:  # a smoke run: no sample grids
+            return
         every = self.spec.train.sample_every_n_epochs
         # the last epoch, or the one trainer.max_steps ends (a time budget's step count) early
         last = (self.current_epoch + 1 >= self.trainer.max_epochs
@@ -495,7 +516,7 @@ class AlphaBarModule(_DataModuleMixin):
                 "abar": abar.cpu(), "abar_hat": abar_hat.cpu()}
 
     def on_train_epoch_end(self) -> None:
-        if self.run_dir is None or not self.trainer.is_global_zero:
+        if self.run_dir is None or not self.trainer.is_global_zero or self.trainer.fast_dev_run:
             return
         # the last epoch, or the one trainer.max_steps ends (a time budget's step count) early
         last = (self.current_epoch + 1 >= self.trainer.max_epochs

@@ -1,86 +1,160 @@
 """``train.time_budget_s``: train as many optimizer steps as fit in a wall-clock budget.
 
-The step count is decided *before* training, from a measured pace, so the run itself is an
-ordinary fixed-length run: its LR schedule knows its length from the first step, a resumed run
-continues the same schedule, and ``trainer.max_steps=N`` trains exactly the same steps again.
+The pace is measured on the run itself, not on a separate probe: a probe of a few seconds is at
+the mercy of whatever else the machine does in those seconds, and its steps are lost to the run.
 
-The pace comes from a probe: a short ``Trainer.fit`` of a copy of the run's module (same network,
-data, batch size, precision, optimizer and EMA; no logger, checkpoints, validation or sample
-grids) on this machine. After :data:`PROBE_WARMUP` steps (allocator and oneDNN warm-up) it times
-:data:`PROBE_STEPS` steps; the run then trains ``(budget - probe time) / pace`` steps rounded down
-to a multiple of :data:`ROUND_TO` (so that small jitter in the pace gives the same count on the
-same machine), and never more than ``train.epochs`` epochs. The probe runs with the random streams
-saved and restored, so the run draws exactly what it would draw without it.
+* **Hold.** The run starts with no step count. Its LR schedule (one-cycle or cosine) holds the
+  optimizer at the schedule's starting values (one-cycle: ``lr / 25`` and beta1 0.95) while the
+  run times its own steps: nothing it does yet depends on the run's length.
+* **Plan.** Once :data:`PLAN_AT` of the budget has passed, the pace is the **median** step time
+  over the steps of the later half of that window. A slow moment (another process on the cores,
+  a page-cache miss) costs few steps and so moves a median little, and slowness that has ended
+  before the window's later half does not enter it at all. The step count is then the steps
+  taken plus those that fit in what is left of the budget at that pace, rounded down to a
+  multiple of :data:`ROUND_TO`, never more than ``train.epochs`` epochs. The schedule then runs
+  over the remaining steps exactly as it would over a run of that length.
+* **Record.** The count ``N`` and the held steps ``K`` go into the run's ``config.yaml``
+  (``trainer.max_steps: N``, ``optim.hold_steps: K``) and its checkpoints. ``trainer.max_steps=N
+  optim.hold_steps=K`` trains the same weights again (the planner draws no random numbers), and a
+  run killed and restarted in its folder continues the plan from its last checkpoint: to the
+  planned ``N`` when the plan was made, else still holding, with the budget's time already spent
+  counted.
 
-The budget holds only as well as the probe's pace predicts the run's: on a shared 2-core machine
-the pace drifts by 10-20% over minutes (docs/TUNING.md, "Fifth round"), so leave a margin. Not in
-the budget: validation and sample grids at epoch ends, and the end-of-run evaluation.
+Where the epochs' cap is in sight before :data:`PLAN_AT` of the budget (a budget larger than the
+epochs need), the plan is made once a tenth of the capped steps is done, at the cap.
+
+In the budget: everything from the start of the fit, the epoch-end validation and sample grids
+included. Not in it: start-up before the fit and the end-of-run evaluation. The budget holds as
+well as the pace of the planning window predicts the rest of the run's.
 """
 
 from __future__ import annotations
 
 import math
-import random
+import statistics
 import time
+from collections.abc import Callable
 
-import numpy as np
 import torch
 
-from ..config import ConfigError
+from ..lr_schedule import HeldSchedule
 
-PROBE_WARMUP = 10  # steps before the clock starts
-PROBE_STEPS = 60  # steps timed
+__all__ = ["PLAN_AT", "ROUND_TO", "MIN_PLAN_STEPS", "HeldSchedule", "BudgetPlanner",
+           "robust_pace", "steps_for_budget"]
+
+PLAN_AT = 0.1  # the plan is made when this share of the budget has passed
+MIN_PLAN_STEPS = 20  # ... and at least this many steps have been timed in this process
 ROUND_TO = 100  # the step count is rounded down to a multiple of this (when it is larger)
 
 
-def measure_pace(spec, data, *, accelerator: str, precision: str, deterministic: bool) -> float:
-    """Seconds per optimizer step of the real training loop for ``spec`` on ``data``."""
-    import pytorch_lightning as pl
-
-    from ..module import DiffusionModule
-
-    stamps: list[float] = []
-
-    class _Clock(pl.Callback):
-        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            if module.device.type == "cuda":
-                torch.cuda.synchronize(module.device)
-            stamps.append(time.perf_counter())
-
-    py_state, np_state = random.getstate(), np.random.get_state()
-    try:
-        with torch.random.fork_rng():
-            module = DiffusionModule(spec)
-            module.attach_data(data, None)  # no run folder: no sample grids
-            trainer = pl.Trainer(
-                max_steps=PROBE_WARMUP + PROBE_STEPS, max_epochs=-1, accelerator=accelerator,
-                devices=1, precision=precision, logger=False, enable_checkpointing=False,
-                enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                num_sanity_val_steps=0, callbacks=[_Clock()], deterministic=deterministic)
-            trainer.fit(module)
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
-    timed = stamps[PROBE_WARMUP - 1:]
-    if len(timed) < 2:
-        raise RuntimeError(f"the pace probe ran {len(stamps)} steps, fewer than "
-                           f"{PROBE_WARMUP + 1}: too few training images for a probe")
-    return (timed[-1] - timed[0]) / (len(timed) - 1)
+def robust_pace(stamps: list[float]) -> float:
+    """Seconds per step from the end times ``stamps`` of consecutive steps (seconds since some
+    start): the median step time over the steps that ended in the later half of the time
+    covered, at least the last :data:`MIN_PLAN_STEPS` // 2 of them."""
+    if len(stamps) < 2:
+        raise ValueError("a pace needs at least two timed steps")
+    durations = [b - a for a, b in zip(stamps, stamps[1:])]
+    half = stamps[0] + (stamps[-1] - stamps[0]) / 2
+    recent = [d for d, end in zip(durations, stamps[1:]) if end >= half]
+    least = min(len(durations), MIN_PLAN_STEPS // 2)
+    if len(recent) < least:
+        recent = durations[-least:]
+    return statistics.median(recent)
 
 
-def steps_for_budget(budget_s: float, pace_s: float, steps_per_epoch: int, epochs: int,
-                     onecycle: bool, setting_budget: float | None = None) -> int:
-    """The optimizer steps a run trains in ``budget_s`` at ``pace_s`` seconds per step: rounded
-    down to a multiple of :data:`ROUND_TO` where that leaves any, capped at ``epochs`` epochs.
-    ``setting_budget``: the ``train.time_budget_s`` the error message names (default
-    ``budget_s``)."""
-    fit = max(math.floor(budget_s / pace_s), 0)
-    shown = budget_s if setting_budget is None else setting_budget
-    steps = fit - fit % ROUND_TO if fit >= ROUND_TO else fit
-    steps = min(steps, steps_per_epoch * epochs)
-    if steps < (3 if onecycle else 1):
-        raise ConfigError(f"train.time_budget_s={shown:g} fits {fit} optimizer step(s) at the "
-                          f"measured {pace_s:.3g} s per step"
-                          + ("; optim.lr_schedule=onecycle needs at least 3" if onecycle else "")
-                          + ": raise it")
-    return steps
+def steps_for_budget(left_s: float, pace_s: float, done: int, cap: int, least: int) -> int:
+    """The run's step count: the ``done`` steps plus those that fit in ``left_s`` seconds at
+    ``pace_s`` per step, rounded down to a multiple of :data:`ROUND_TO` where that still leaves
+    ``least`` after ``done``, at most ``cap``, at least ``done + least`` (the schedule's minimum after the
+    held steps)."""
+    total = done + max(math.floor(left_s / pace_s), 0)
+    if total >= ROUND_TO and total - total % ROUND_TO >= done + least:
+        total -= total % ROUND_TO
+    return max(min(total, cap), min(done + least, max(cap, done + least)))
+
+
+class BudgetPlanner:
+    """The Lightning callback that times a budgeted run's steps and fixes its length once
+    (module docstring). ``on_plan(plan)`` is called with the plan when it is made (the run
+    writes it into its config.yaml). Its state (time spent, the plan) travels in checkpoints."""
+
+    def __init__(self, budget_s: float, cap: int, least: int, batch_size: int,
+                 per_epoch: int, on_plan: Callable[[dict], None] | None = None):
+        import pytorch_lightning as pl
+
+        planner = self
+
+        class _Callback(pl.Callback):
+            @property
+            def state_key(self) -> str:
+                return "BudgetPlanner"
+
+            def state_dict(self) -> dict:
+                return {"budget_s": planner.budget_s, "spent_s": planner.spent(),
+                        "plan": planner.plan}
+
+            def load_state_dict(self, state: dict) -> None:
+                planner.spent_before = float(state["spent_s"])
+                planner.plan = state["plan"]
+
+            def on_fit_start(self, trainer, module):
+                planner.t0 = time.perf_counter()
+
+            def on_train_start(self, trainer, module):
+                if planner.plan is not None:  # resumed after the plan: run it out
+                    planner.apply(trainer)
+                    print(f"[diffexp] train.time_budget_s={planner.budget_s:g}: the resumed "
+                          f"run trains to the planned step {planner.plan['steps']}", flush=True)
+
+            def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+                if planner.plan is None:
+                    planner.tick(trainer, module)
+
+        self.budget_s = float(budget_s)
+        self.cap, self.least = int(cap), int(least)
+        self.batch_size, self.per_epoch = batch_size, per_epoch
+        self.on_plan = on_plan
+        self.plan: dict | None = None
+        self.spent_before = 0.0  # budget seconds spent before this process (a resumed run)
+        self.t0 = time.perf_counter()
+        self.stamps: list[float] = []
+        self.callback = _Callback()
+
+    def spent(self) -> float:
+        return self.spent_before + (time.perf_counter() - self.t0)
+
+    def tick(self, trainer, module) -> None:
+        if module.device.type == "cuda":  # the step's kernels, not their launches
+            torch.cuda.synchronize(module.device)
+        now = self.spent()
+        self.stamps.append(now)
+        done = trainer.global_step
+        timed = len(self.stamps) - 1
+        due = now >= PLAN_AT * self.budget_s or done >= math.ceil(PLAN_AT * self.cap)
+        if (timed >= MIN_PLAN_STEPS and due) or done >= self.cap - self.least:
+            self.make_plan(trainer, now, done)
+
+    def make_plan(self, trainer, now: float, done: int) -> None:
+        pace = robust_pace(self.stamps) if len(self.stamps) >= 2 else now / max(done, 1)
+        steps = steps_for_budget(self.budget_s - now, pace, done, self.cap, self.least)
+        capped = " (train.epochs caps it)" if steps == self.cap else ""
+        self.plan = {"budget_s": self.budget_s, "steps": steps, "hold_steps": done,
+                     "pace_s_per_step": round(pace, 5), "planned_at_s": round(now, 2),
+                     "source": "run"}
+        self.apply(trainer)
+        print(f"[diffexp] train.time_budget_s={self.budget_s:g}: {pace:.4f} s per step (median "
+              f"over the run's last {len([s for s in self.stamps if s >= now / 2])} steps, "
+              f"at {now:.0f} s); {steps} steps, {steps * self.batch_size:,} images, "
+              f"{steps / self.per_epoch:.2f} epochs{capped}, the first {done} at the LR "
+              f"schedule's starting values. The same run again: trainer.max_steps={steps} "
+              f"optim.hold_steps={done}", flush=True)
+        if self.on_plan is not None:
+            self.on_plan(self.plan)
+
+    def apply(self, trainer) -> None:
+        """Make the trainer stop at the planned step and the LR schedule span it."""
+        trainer.fit_loop.epoch_loop.max_steps = self.plan["steps"]
+        for config in trainer.lr_scheduler_configs:
+            s = config.scheduler
+            if isinstance(s, HeldSchedule) and not s.committed:
+                s.commit(self.plan["steps"], self.plan["hold_steps"])

@@ -29,6 +29,7 @@ from .env import make_logger, publish_summary, record_wandb_run, wants_eval_at_e
 from .record import host_info, model_record, write_summary
 
 __all__ = ["train", "evaluate_at_end", "check_resume", "resume_changes", "resume_config",
+           "budget_planner",
            "write_config", "RESUME_FIXED", "RESUME_FREE"]
 
 
@@ -184,7 +185,7 @@ def evaluate_at_end(c: dict, run_dir: Path, logger, ckpt: Path | None = None) ->
     sampler and grid of ``c``: into ``run_dir/eval``, or, when ``eval.samplers`` lists samplers,
     once per entry into ``run_dir/eval/<label>`` (diagnostics with the first only). The headline
     numbers also go to ``logger`` (``eval/fid`` or ``eval/<label>/fid``)."""
-    from ..config import eval_defaults
+    from ..config import eval_defaults, validate_eval_config
     from .evaluate import run_eval
 
     settings = {**eval_defaults(), **{k: v for k, v in c["eval"].items() if k != "samplers"}}
@@ -199,6 +200,8 @@ def evaluate_at_end(c: dict, run_dir: Path, logger, ckpt: Path | None = None) ->
               "objective": {}, "eval": {**settings,
                                         "diagnostics": diagnostics and settings["diagnostics"]},
               "sampler": sampler, "grid": sampler.pop("grid", None) or c["grid"]}
+        # validated as eval.py validates its config: code builds no config the checks have not seen
+        ec = validate_eval_config(OmegaConf.create(ec))
         m = run_eval(ec, run_dir / "eval" / label if label else run_dir / "eval")
         prefix = f"eval/{label}/" if label else "eval/"
         if logger:
@@ -353,50 +356,49 @@ def checkpoint_callbacks(c: dict, ckpt_dir: Path) -> list:
     return cbs
 
 
-def time_budget(c: dict, spec, data, accelerator: str, precision: str) -> dict | None:
-    """``train.time_budget_s``: the optimizer steps the budget fits on this machine
-    (:mod:`diffexp.runs.budget`), as ``{"budget_s", "steps", "pace_s_per_step", "source"}``;
-    None without a budget. A given ``trainer.max_steps`` wins (a run's own config.yaml has it),
-    and a resumed run keeps the count its checkpoint was trained for."""
-    from .budget import measure_pace, steps_for_budget
+def budget_planner(c: dict, data, run_dir: Path):
+    """``train.time_budget_s``: the :class:`~diffexp.runs.budget.BudgetPlanner` that fixes the
+    run's step count from its own pace, or None (no budget; a given ``trainer.max_steps`` wins,
+    as in a run's own config.yaml once planned; a fast_dev_run smoke run). A run resumed from a
+    checkpoint continues the planner's state that the checkpoint carries."""
+    from .budget import BudgetPlanner
 
     budget = c["train"].get("time_budget_s")
     if not budget:
         return None
-    given = max_steps_of(c["trainer"])
+    tr, t = c["trainer"], c["train"]
+    if tr.get("fast_dev_run"):
+        print(f"[diffexp] train.time_budget_s={budget:g}: not planned in a fast_dev_run")
+        return None
+    given = max_steps_of(tr)
     if given is not None:
         print(f"[diffexp] train.time_budget_s={budget:g}: trainer.max_steps={given} is given, so "
-              f"no pace probe")
-        return {"budget_s": budget, "steps": given, "pace_s_per_step": None, "source": "given"}
+              f"the run does not plan its length")
+        return None
     if c["ckpt_path"]:
         from ..checkpoint_io import read_checkpoint
 
         old = read_checkpoint(c["ckpt_path"], setting="ckpt_path", task=c["task"])
         steps = max_steps_of(old["hyper_parameters"]["cfg"].get("trainer", {}))
-        if steps is not None:
+        if steps is not None:  # planned before training began (a run of an earlier version)
             print(f"[diffexp] train.time_budget_s={budget:g}: the resumed run trains the "
                   f"{steps} steps its budget fixed")
-            return {"budget_s": budget, "steps": steps, "pace_s_per_step": None,
-                    "source": "resumed"}
-        raise ConfigError(f"train.time_budget_s={budget:g}: the resumed checkpoint "
-                          f"{c['ckpt_path']} was not trained to a time budget; set "
-                          f"trainer.max_steps, or drop train.time_budget_s")
-    t0 = time.perf_counter()
-    pace = measure_pace(spec, data, accelerator=accelerator, precision=precision,
-                        deterministic=c["trainer"]["deterministic"])
-    probe_s = time.perf_counter() - t0
-    t = c["train"]
+            tr["max_steps"] = steps
+            return None
+        if "BudgetPlanner" not in (old.get("callbacks") or {}):
+            raise ConfigError(f"train.time_budget_s={budget:g}: the resumed checkpoint "
+                              f"{c['ckpt_path']} was not trained to a time budget; set "
+                              f"trainer.max_steps, or drop train.time_budget_s")
     per_epoch = len(data.train_index) // t["batch_size"]
-    # the probe's time comes out of the budget: the budget is the training's wall time
-    steps = steps_for_budget(budget - probe_s, pace, per_epoch, t["epochs"],
-                             c["optim"]["lr_schedule"] == "onecycle", setting_budget=budget)
-    capped = " (train.epochs caps it)" if steps == per_epoch * t["epochs"] else ""
-    print(f"[diffexp] train.time_budget_s={budget:g}: {pace:.4f} s per step measured "
-          f"({probe_s:.1f} s probe, {precision}); {steps} steps, "
-          f"{steps * t['batch_size']:,} images, {steps / per_epoch:.2f} epochs{capped}. "
-          f"The same steps again: trainer.max_steps={steps}", flush=True)
-    return {"budget_s": budget, "steps": steps, "pace_s_per_step": round(pace, 5),
-            "probe_s": round(probe_s, 2), "source": "probe"}
+    least = 3 if c["optim"]["lr_schedule"] == "onecycle" else 1
+
+    def record(plan: dict) -> None:  # the plan becomes part of the run's config
+        c["trainer"]["max_steps"] = plan["steps"]
+        c["optim"]["hold_steps"] = plan["hold_steps"]
+        write_config(c, run_dir)
+
+    return BudgetPlanner(budget, per_epoch * t["epochs"], least, t["batch_size"], per_epoch,
+                         on_plan=record)
 
 
 def trainer_arguments(tr: dict) -> dict:
@@ -498,7 +500,7 @@ def _train(c: dict, run_dir: str | Path, callbacks: list | None, guard) -> dict:
         data = build_data(c["data"], train=True)
     except DataError as e:
         raise ConfigError(str(e)) from None
-    budget = None
+    planner = None
     if c["task"] == "noise_level":
         module = AlphaBarModule(noise_level_spec(c, precision=precision))
         print(f"[diffexp] noise-level predictor (target={c['noise_level']['target']}): "
@@ -512,12 +514,10 @@ def _train(c: dict, run_dir: str | Path, callbacks: list | None, guard) -> dict:
                   f"training data, scale={c['data']['scale']}, pad={c['data']['pad']})"
                   + (f"; the objective uses {measured:.4f} x {factor:g}" if factor != 1 else ""))
         c = thawed(spec.config)
-        budget = time_budget(c, spec, data, accelerator, precision)
-        if budget:  # the step count it fits, fixed before the run's module and schedule exist
-            c["trainer"]["max_steps"] = passthrough["max_steps"] = budget["steps"]
-            spec = diffusion_spec(c, data, precision=precision)
-            c = thawed(spec.config)
+        planner = budget_planner(c, data, run_dir)
+        passthrough.update({k: c["trainer"][k] for k in ("max_steps",) if k in c["trainer"]})
         module = DiffusionModule(spec)
+        module.length_set_by_budget = planner is not None
         print(f"[diffexp] {describe(module)}; run folder {run_dir}")
     write_config(c, run_dir)
     module.attach_data(data, run_dir)
@@ -545,6 +545,7 @@ def _train(c: dict, run_dir: str | Path, callbacks: list | None, guard) -> dict:
         # the divergence guard after the others: it judges the gradients every other hook has
         # seen (and refuses any checkpoint, the preemption guard's included, of diverged weights)
         callbacks=[*ckpt_cbs, *extra, *monitors, *(callbacks or []),
+                   *([planner.callback] if planner else []),
                    DivergenceGuard(t["skip_nonfinite"], str(last)), guard.callback],
         default_root_dir=str(run_dir),
         log_every_n_steps=tr["log_every_n_steps"],
@@ -568,12 +569,17 @@ def _train(c: dict, run_dir: str | Path, callbacks: list | None, guard) -> dict:
                "checkpoint": str(run_dir / "checkpoints" / "last.ckpt")}
     if proxy is not None:
         summary["fid_proxy"] = proxy.history
-    if budget:
-        summary["time_budget"] = {**budget, "train_s": round(wall, 2)}
-        print(f"[diffexp] train.time_budget_s={budget['budget_s']:g}: {trainer.global_step} steps; "
-              f"the fit took {wall:.1f} s with its validation and sample grids "
-              f"({wall / budget['budget_s']:.0%} of the budget)")
-    if wants_eval_at_end(c) and c["task"] == "diffusion" and trainer.world_size > 1:
+    if planner is not None and planner.plan is not None:
+        spent = planner.spent()  # this process's fit and what a resumed run had spent before
+        summary["time_budget"] = {**planner.plan, "train_s": round(spent, 2)}
+        print(f"[diffexp] train.time_budget_s={planner.budget_s:g}: {trainer.global_step} steps; "
+              f"training took {spent:.1f} s with its validation and sample grids "
+              f"({spent / planner.budget_s:.0%} of the budget)")
+    fast_dev_run = bool(c["trainer"].get("fast_dev_run"))
+    if fast_dev_run and wants_eval_at_end(c) and c["task"] == "diffusion":
+        print("[diffexp] trainer.fast_dev_run: a smoke run (no checkpoints, sample grids or "
+              "end-of-run evaluation)")
+    elif wants_eval_at_end(c) and c["task"] == "diffusion" and trainer.world_size > 1:
         # the metrics would synchronise across processes the other ranks have left
         if trainer.is_global_zero:
             print(f"[diffexp] no end-of-run evaluation in a {trainer.world_size}-process run: "
