@@ -35,6 +35,7 @@ from .no_t import ABAR_EPS, no_t_denoiser
 from .objectives import make_denoiser
 from .precision import autocast as precision_autocast
 from .preemption import step_seed
+from .say import say
 from .viz import save_grid
 
 __all__ = ["DiffusionModule", "IndexBatches", "AlphaBarModule", "load_module",
@@ -248,9 +249,9 @@ class _DataModuleMixin(pl.LightningModule):
                                  f"(this run has {total}); use optim.lr_schedule=constant")
             # the warm-up phase needs at least two steps (OneCycleLR divides by its length)
             pct = max(o.pct_start, 2.0 / total)
-            if pct != o.pct_start:
-                self.print(f"[diffexp] optim.pct_start={o.pct_start} gives a warm-up under 2 "
-                           f"steps for {total} steps; using {pct:.3f}")
+            if pct != o.pct_start and self.trainer.is_global_zero:
+                say(f"[diffexp] optim.pct_start={o.pct_start} gives a warm-up under 2 "
+                    f"steps for {total} steps; using {pct:.3f}")
             s = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=o.lr, total_steps=total,
                                                     pct_start=pct)
         else:  # cosine
@@ -431,7 +432,7 @@ class DiffusionModule(_DataModuleMixin):
             if hasattr(lg, "log_image"):
                 lg.log_image(key="samples", images=[str(path)], caption=[f"{tag} (nfe={nfe})"],
                              step=self.global_step)
-        self.print(f"[diffexp] sample grid {path} ({n} images, {nfe} NFE, "
+        say(f"[diffexp] sample grid {path} ({n} images, {nfe} NFE, "
                    f"{time.perf_counter() - t0:.1f}s)")
         return path
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
+
+from .say import say
 
 __all__ = ["Preempted", "PreemptionGuard", "step_seed", "slurm_job_id", "requeue_slurm_job"]
 
@@ -68,13 +69,13 @@ def requeue_slurm_job(job_id: str) -> bool:
         r = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True,
                            timeout=60)
     except (OSError, subprocess.TimeoutExpired) as e:
-        print(f"[diffexp] could not requeue SLURM job {job_id}: {e}", file=sys.stderr, flush=True)
+        say(f"[diffexp] could not requeue SLURM job {job_id}: {e}", stderr=True)
         return False
     if r.returncode != 0:
-        print(f"[diffexp] scontrol requeue {job_id} failed ({r.returncode}): "
-              f"{(r.stderr or r.stdout).strip()}", file=sys.stderr, flush=True)
+        say(f"[diffexp] scontrol requeue {job_id} failed ({r.returncode}): "
+            f"{(r.stderr or r.stdout).strip()}", stderr=True)
         return False
-    print(f"[diffexp] requeued SLURM job {job_id}", file=sys.stderr, flush=True)
+    say(f"[diffexp] requeued SLURM job {job_id}", stderr=True)
     return True
 
 
@@ -160,9 +161,9 @@ class PreemptionGuard:
     def _stop(self, trainer, signum: int) -> None:
         self.acting = True
         if trainer.is_global_zero:
-            print(f"[diffexp] {signal.Signals(signum).name}: stopping at step "
-                  f"{trainer.global_step} (epoch {trainer.current_epoch}), saved in {self.last}",
-                  file=sys.stderr, flush=True)
+            say(f"[diffexp] {signal.Signals(signum).name}: stopping at step "
+                f"{trainer.global_step} (epoch {trainer.current_epoch}), saved in {self.last}",
+                stderr=True)
         raise Preempted(signum)
 
     # ------------------------------------------------------------------ handlers

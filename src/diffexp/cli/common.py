@@ -12,6 +12,7 @@ from hydra.experimental.callback import Callback
 
 from ..config import CONF_DIR, ConfigError, check_group_choices, check_moved_settings
 from ..errors import DiffexpError
+from ..say import attach_file_handlers, say
 
 #: jobs of this process's multirun that failed: (run_dir, one-line error)
 FAILED_JOBS: list[tuple[str, str]] = []
@@ -60,6 +61,7 @@ def run_job(fn):
 
     run_dir = _run_dir_from_hydra()
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    attach_file_handlers()  # diffexp's lines into this job's log file (train.log, eval.log)
     try:
         return fn(run_dir)
     except DiffexpError as e:
@@ -76,7 +78,7 @@ def run_job(fn):
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "error.txt").write_text(line + "\n")
     FAILED_JOBS.append((str(run_dir), line))
-    print(f"[diffexp] job failed ({run_dir}): {line}", file=sys.stderr)
+    say(f"[diffexp] job failed ({run_dir}): {line}", stderr=True)
     return {"status": "failed", "error": line}
 
 
@@ -230,21 +232,21 @@ class SweepEnd(Callback):
                 FAILED_JOBS.append((str(err.parent), err.read_text().strip()))
         models = [json.loads(p.read_text())["status"] for p in sweep_dir.glob("*/model.json")]
         if models:
-            print(f"[diffexp] models: {models.count('trained')} trained, "
-                  f"{models.count('reused')} reused, for {len(models)} job(s)")
+            say(f"[diffexp] models: {models.count('trained')} trained, "
+                f"{models.count('reused')} reused, for {len(models)} job(s)")
         try:
             from ..runs.report import _write_report, log_to_wandb
 
             files, rows, swept = _write_report(sweep_dir, None, self.x, self.y)
-            print(f"[diffexp] report: {files['md']}"
-                  + (f", {files['heatmap']}" if "heatmap" in files else ""))
+            say(f"[diffexp] report: {files['md']}"
+                + (f", {files['heatmap']}" if "heatmap" in files else ""))
             lg = config.get("logger") or {}
             if lg.get("name") == "wandb":
                 log_to_wandb(sweep_dir, files, rows, swept, project=lg.get("project", "diffexp"),
                              entity=lg.get("entity"), group=lg.get("group") or sweep_dir.name,
                              mode=lg.get("mode", "auto"))
         except (Exception, SystemExit) as e:  # noqa: BLE001 - the sweep's results stand without it
-            print(f"[diffexp] no sweep report: {e}", file=sys.stderr)
+            say(f"[diffexp] no sweep report: {e}", stderr=True)
 
 
 def cli_main(hydra_main) -> None:
@@ -261,7 +263,7 @@ def cli_main(hydra_main) -> None:
     _register_resolvers()
     hydra_main()
     if FAILED_JOBS:
-        print(f"[diffexp] {len(FAILED_JOBS)} job(s) failed:", file=sys.stderr)
+        say(f"[diffexp] {len(FAILED_JOBS)} job(s) failed:", stderr=True)
         for d, line in FAILED_JOBS:
             print(f"  {d}: {line}", file=sys.stderr)
         sys.exit(1)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -26,6 +25,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from ..errors import first_line
+from ..say import say
 from .classes import class_balance, class_histogram
 from .features import (
     as_uint8_images,
@@ -197,8 +197,8 @@ class Evaluator:
             # a cache is derived data: rebuilding it is the remedy, so this is a notice, not an
             # error (a checkpoint or config file, which cannot be rebuilt, is an error instead)
             first = first_line(e, 120)
-            print(f"[diffexp] FID reference cache {self.cache_path} is unreadable ({first}); "
-                  f"recomputing it", file=sys.stderr)
+            say(f"[diffexp] FID reference cache {self.cache_path} is unreadable ({first}); "
+                f"recomputing it", stderr=True)
             return None
         self.loaded_from_cache = True
         return feats.double()
@@ -275,8 +275,8 @@ class Evaluator:
         else:
             # a k-th neighbour within the set does not exist: the numbers are undefined, so they
             # are null (and said so), while FID/KID of such a tiny set still are reported
-            print(f"[diffexp] precision/recall/density/coverage need more than k={self.prdc_k} "
-                  f"images (got {n}); left out (null)", file=sys.stderr)
+            say(f"[diffexp] precision/recall/density/coverage need more than k={self.prdc_k} "
+                f"images (got {n}); left out (null)", stderr=True)
             out.update({k: None for k in MANIFOLD_KEYS}, k=self.prdc_k)
         if logits is not None:
             out.update(class_balance(logits, self.reference_class_hist))
@@ -323,8 +323,8 @@ class Evaluator:
                 return None
             return blob["value"]
         except Exception as e:  # noqa: BLE001 - a cache is derived data: recompute it
-            print(f"[diffexp] cache {path} is unreadable ({first_line(e, 120)}); recomputing it",
-                  file=sys.stderr)
+            say(f"[diffexp] cache {path} is unreadable ({first_line(e, 120)}); recomputing it",
+                stderr=True)
             return None
 
     def _write_derived(self, path: Path, key: dict, value) -> None:

@@ -38,6 +38,7 @@ from collections.abc import Callable
 import torch
 
 from ..lr_schedule import HeldSchedule
+from ..say import say
 
 __all__ = ["PLAN_AT", "ROUND_TO", "MIN_PLAN_STEPS", "HeldSchedule", "BudgetPlanner",
            "robust_pace", "steps_for_budget"]
@@ -65,8 +66,8 @@ def robust_pace(stamps: list[float]) -> float:
 def steps_for_budget(left_s: float, pace_s: float, done: int, cap: int, least: int) -> int:
     """The run's step count: the ``done`` steps plus those that fit in ``left_s`` seconds at
     ``pace_s`` per step, rounded down to a multiple of :data:`ROUND_TO` where that still leaves
-    ``least`` after ``done``, at most ``cap``, at least ``done + least`` (the schedule's minimum after the
-    held steps)."""
+    ``least`` after ``done``, at most ``cap``, at least ``done + least`` (the schedule's minimum
+    after the held steps)."""
     total = done + max(math.floor(left_s / pace_s), 0)
     if total >= ROUND_TO and total - total % ROUND_TO >= done + least:
         total -= total % ROUND_TO
@@ -103,8 +104,8 @@ class BudgetPlanner:
             def on_train_start(self, trainer, module):
                 if planner.plan is not None:  # resumed after the plan: run it out
                     planner.apply(trainer)
-                    print(f"[diffexp] train.time_budget_s={planner.budget_s:g}: the resumed "
-                          f"run trains to the planned step {planner.plan['steps']}", flush=True)
+                    say(f"[diffexp] train.time_budget_s={planner.budget_s:g}: the resumed "
+                        f"run trains to the planned step {planner.plan['steps']}")
 
             def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
                 if planner.plan is None:
@@ -142,12 +143,12 @@ class BudgetPlanner:
                      "pace_s_per_step": round(pace, 5), "planned_at_s": round(now, 2),
                      "source": "run"}
         self.apply(trainer)
-        print(f"[diffexp] train.time_budget_s={self.budget_s:g}: {pace:.4f} s per step (median "
-              f"over the run's last {len([s for s in self.stamps if s >= now / 2])} steps, "
-              f"at {now:.0f} s); {steps} steps, {steps * self.batch_size:,} images, "
-              f"{steps / self.per_epoch:.2f} epochs{capped}, the first {done} at the LR "
-              f"schedule's starting values. The same run again: trainer.max_steps={steps} "
-              f"optim.hold_steps={done}", flush=True)
+        say(f"[diffexp] train.time_budget_s={self.budget_s:g}: {pace:.4f} s per step (median "
+            f"over the run's last {len([s for s in self.stamps if s >= now / 2])} steps, "
+            f"at {now:.0f} s); {steps} steps, {steps * self.batch_size:,} images, "
+            f"{steps / self.per_epoch:.2f} epochs{capped}, the first {done} at the LR "
+            f"schedule's starting values. The same run again: trainer.max_steps={steps} "
+            f"optim.hold_steps={done}")
         if self.on_plan is not None:
             self.on_plan(self.plan)
 

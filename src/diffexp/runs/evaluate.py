@@ -21,6 +21,7 @@ import torch
 
 from ..config import ConfigError
 from ..precision import cpu_bf16_warning
+from ..say import say
 from .env import make_logger
 from .record import host_info, write_json
 
@@ -81,7 +82,7 @@ def run_eval(c: dict, run_dir: str | Path) -> dict:
         module.precision = e["precision"]
     slow = cpu_bf16_warning(module.precision, device.type, "eval.precision")
     if slow:
-        print(f"[diffexp] warning: {slow}", flush=True)
+        say(f"[diffexp] warning: {slow}")
     mcfg = module.cfg
     if mcfg["objective"]["name"] == "no_t":
         try:
@@ -107,13 +108,13 @@ def run_eval(c: dict, run_dir: str | Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     n = e["n_samples"]
     rho = f" rho={grid_kw['rho']:g}" if grid_kw["grid"] == "karras" else ""
-    print(f"[diffexp] eval {c['ckpt']}: {sampler_cfg['name']} steps={grid_kw['steps']} "
-          f"grid={grid_kw['grid']}{rho}, n={n}, device={device}")
+    say(f"[diffexp] eval {c['ckpt']}: {sampler_cfg['name']} steps={grid_kw['steps']} "
+        f"grid={grid_kw['grid']}{rho}, n={n}, device={device}")
     seeds = e["seeds"] or [c["seed"]]
     per_seed, step_rows, u8 = [], [], None
     for seed in seeds:
         if len(seeds) > 1:
-            print(f"[diffexp] seed {seed} ({len(per_seed) + 1} of {len(seeds)})")
+            say(f"[diffexp] seed {seed} ({len(per_seed) + 1} of {len(seeds)})")
         metrics, images, rows = evaluate_samples(module, evaluator, sampler_cfg,
                                                  grid_cfg=grid_cfg, n=n, seed=seed,
                                                  batch_size=e["batch_size"],
@@ -189,8 +190,8 @@ def run_eval(c: dict, run_dir: str | Path) -> dict:
     result["wall_time_s"] = round(time.perf_counter() - t_start, 2)
     write_json(run_dir / "metrics.json", result)
     _log(c, run_dir, result, mcfg)
-    print(f"[diffexp] {headline(result)}; nfe {result['nfe']}; {result['wall_time_s']}s; "
-          f"{run_dir / 'metrics.json'}")
+    say(f"[diffexp] {headline(result)}; nfe {result['nfe']}; {result['wall_time_s']}s; "
+        f"{run_dir / 'metrics.json'}")
     return result
 
 

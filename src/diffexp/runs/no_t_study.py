@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..config import derived_config
+from ..say import say
 from .record import write_json
 from .train import train
 
@@ -76,7 +77,7 @@ def run_study(c: dict, run_dir: str | Path) -> dict:
         rows.append({"model": label, "fid": m["fid"], "kid_mean": m["kid_mean"],
                      "kid_std": m["kid_std"], "nfe": m["nfe"], "n": m["n"],
                      "sample_time_s": m["sample_time_s"]})
-        print(f"[diffexp] {label}: FID {m['fid']:.3f}, KID {m['kid_mean']:.5f}")
+        say(f"[diffexp] {label}: FID {m['fid']:.3f}, KID {m['kid_mean']:.5f}")
     floor = evaluator.floor(floor_images(n, data_root, seed=c["seed"]))
     for r in rows:
         r["floor_fid"], r["floor_kid"] = floor["fid"], floor["kid_mean"]
@@ -103,5 +104,5 @@ def run_study(c: dict, run_dir: str | Path) -> dict:
     result = {"rows": rows, "floor": floor, "predictors": predictors,
               "wall_time_s": round(time.perf_counter() - t0, 1)}
     write_json(run_dir / "study.json", result)
-    print("\n".join(lines))
+    say("\n".join(lines))
     return result

@@ -57,6 +57,7 @@ from pathlib import Path
 import torch
 
 from ..config import ConfigError
+from ..say import say
 from .env import in_multirun, make_logger, publish_summary, sweep_dir, wants_eval_at_end
 from .record import read_json, read_summary, write_json, write_summary
 
@@ -208,8 +209,8 @@ def model_lock(lock_path: Path, poll_s: float = 1.0):
                 if not said:
                     f.seek(0)
                     holder = f.read().strip() or "another job"
-                    print(f"[diffexp] waiting for {lock_path.with_suffix('')}: {holder} is "
-                          f"training it", flush=True)
+                    say(f"[diffexp] waiting for {lock_path.with_suffix('')}: {holder} is "
+                        f"training it")
                     said = True
                 time.sleep(poll_s)
         f.seek(0)
@@ -262,7 +263,7 @@ def _finished(model_dir: Path, key: str, content: dict) -> dict | None:
 def _move_aside(model_dir: Path, why: str) -> None:
     dest = model_dir.with_name(f"{model_dir.name}.replaced-{datetime.now():%Y%m%d-%H%M%S-%f}")
     os.replace(model_dir, dest)
-    print(f"[diffexp] {why}: moved {model_dir} to {dest}", flush=True)
+    say(f"[diffexp] {why}: moved {model_dir} to {dest}")
 
 
 def obtain_model(c: dict, run_dir: Path) -> tuple[Path, str, dict]:
@@ -328,7 +329,7 @@ def run_cell(c: dict, run_dir: Path) -> dict:
              "fingerprint": read_json(model_dir / "DONE.json")["fingerprint"],
              "checkpoint": str((model_dir / "checkpoints" / "last.ckpt").resolve()),
              "wandb_id": _read_text(model_dir / "wandb_id.txt")}
-    print(f"[diffexp] {run_dir.name}: {status} {model_dir}", flush=True)
+    say(f"[diffexp] {run_dir.name}: {status} {model_dir}")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_config(c, run_dir)
     write_json(run_dir / "model.json", model)

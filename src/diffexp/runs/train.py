@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 from ..config import ConfigError, fill_from_defaults, max_steps_of, validate_train_config
 from ..errors import first_line
 from ..precision import cpu_bf16_warning, cpu_has_native_bf16
+from ..say import say
 from .env import make_logger, publish_summary, record_wandb_run, wants_eval_at_end
 from .record import host_info, model_record, write_summary
 
@@ -94,8 +95,7 @@ class LossHistory:
                         bar = trainer.progress_bar_callback
                         if bar is not None:  # written above the bar, which stays whole
                             bar.print(msg)
-                        else:
-                            print(msg, flush=True)
+                        say(msg, console=bar is None)
 
             def on_validation_epoch_end(cb, trainer, module):
                 v = trainer.callback_metrics.get("val/loss")
@@ -170,10 +170,10 @@ class FidProxy:
                 proxy.history.append({"epoch": epoch, "fid": m["fid"], "kid": m["kid_mean"],
                                       "precision": m.get("precision"),
                                       "recall": m.get("recall"), "n": n})
-                print(f"[diffexp] epoch {epoch}: proxy FID {m['fid']:.2f} (n={n})")
+                say(f"[diffexp] epoch {epoch}: proxy FID {m['fid']:.2f} (n={n})")
                 if best_path is not None and m["fid"] < best:
                     trainer.save_checkpoint(str(best_path))  # atomic (AtomicCheckpointIO)
-                    print(f"[diffexp] best so far by val/fid: {best_path}")
+                    say(f"[diffexp] best so far by val/fid: {best_path}")
 
         self.evaluator = None
         self.history: list[dict] = []
@@ -287,8 +287,8 @@ def check_resume(c: dict) -> None:
     allowed = c.get("resume", {}).get("allow_changes") or []
     for key, was, now in resume_changes(old, c):
         if any(key == a or key.startswith(a + ".") for a in allowed):
-            print(f"[diffexp] resume: {key} changed from {was!r} to {now!r} "
-                  f"(resume.allow_changes)")
+            say(f"[diffexp] resume: {key} changed from {was!r} to {now!r} "
+                f"(resume.allow_changes)")
             continue
         raise ConfigError(
             f"{key}={now!r} differs from the resumed run's {was!r} ({c['ckpt_path']}); a resume "
@@ -368,12 +368,12 @@ def budget_planner(c: dict, data, run_dir: Path):
         return None
     tr, t = c["trainer"], c["train"]
     if tr.get("fast_dev_run"):
-        print(f"[diffexp] train.time_budget_s={budget:g}: not planned in a fast_dev_run")
+        say(f"[diffexp] train.time_budget_s={budget:g}: not planned in a fast_dev_run")
         return None
     given = max_steps_of(tr)
     if given is not None:
-        print(f"[diffexp] train.time_budget_s={budget:g}: trainer.max_steps={given} is given, so "
-              f"the run does not plan its length")
+        say(f"[diffexp] train.time_budget_s={budget:g}: trainer.max_steps={given} is given, so "
+            f"the run does not plan its length")
         return None
     if c["ckpt_path"]:
         from ..checkpoint_io import read_checkpoint
@@ -381,8 +381,8 @@ def budget_planner(c: dict, data, run_dir: Path):
         old = read_checkpoint(c["ckpt_path"], setting="ckpt_path", task=c["task"])
         steps = max_steps_of(old["hyper_parameters"]["cfg"].get("trainer", {}))
         if steps is not None:  # planned before training began (a run of an earlier version)
-            print(f"[diffexp] train.time_budget_s={budget:g}: the resumed run trains the "
-                  f"{steps} steps its budget fixed")
+            say(f"[diffexp] train.time_budget_s={budget:g}: the resumed run trains the "
+                f"{steps} steps its budget fixed")
             tr["max_steps"] = steps
             return None
         if "BudgetPlanner" not in (old.get("callbacks") or {}):
@@ -483,7 +483,7 @@ def _train(c: dict, run_dir: str | Path, callbacks: list | None, guard) -> dict:
     last = run_dir / "checkpoints" / "last.ckpt"
     if c["ckpt_path"] is None and last.is_file() and c["train"]["auto_resume"]:
         # a requeued or restarted job in its own stable folder continues where it stopped
-        print(f"[diffexp] resuming from {last} (train.auto_resume=true)")
+        say(f"[diffexp] resuming from {last} (train.auto_resume=true)")
         c["ckpt_path"] = str(last)
     check_resume(c)
     passthrough = trainer_arguments(c["trainer"])  # before any work: a typo fails now
@@ -494,7 +494,7 @@ def _train(c: dict, run_dir: str | Path, callbacks: list | None, guard) -> dict:
     slow = cpu_bf16_warning(precision, "cuda" if accelerator == "gpu" else accelerator,
                             "trainer.precision")
     if slow:
-        print(f"[diffexp] warning: {slow}", flush=True)
+        say(f"[diffexp] warning: {slow}")
     pl.seed_everything(c["seed"], workers=True, verbose=False)
     try:
         data = build_data(c["data"], train=True)
@@ -503,22 +503,22 @@ def _train(c: dict, run_dir: str | Path, callbacks: list | None, guard) -> dict:
     planner = None
     if c["task"] == "noise_level":
         module = AlphaBarModule(noise_level_spec(c, precision=precision))
-        print(f"[diffexp] noise-level predictor (target={c['noise_level']['target']}): "
-              f"{sum(p.numel() for p in module.net.parameters()):,} parameters; {run_dir}")
+        say(f"[diffexp] noise-level predictor (target={c['noise_level']['target']}): "
+            f"{sum(p.numel() for p in module.net.parameters()):,} parameters; {run_dir}")
     else:
         spec = diffusion_spec(c, data, precision=precision)
         measured = spec.config["objective"].get("sigma_data")
         if c["objective"].get("sigma_data") == "auto":
             factor = c["objective"]["sigma_data_factor"]
-            print(f"[diffexp] objective.sigma_data=auto -> {measured:.4f} (measured std of the "
-                  f"training data, scale={c['data']['scale']}, pad={c['data']['pad']})"
-                  + (f"; the objective uses {measured:.4f} x {factor:g}" if factor != 1 else ""))
+            say(f"[diffexp] objective.sigma_data=auto -> {measured:.4f} (measured std of the "
+                f"training data, scale={c['data']['scale']}, pad={c['data']['pad']})"
+                + (f"; the objective uses {measured:.4f} x {factor:g}" if factor != 1 else ""))
         c = thawed(spec.config)
         planner = budget_planner(c, data, run_dir)
         passthrough.update({k: c["trainer"][k] for k in ("max_steps",) if k in c["trainer"]})
         module = DiffusionModule(spec)
         module.length_set_by_budget = planner is not None
-        print(f"[diffexp] {describe(module)}; run folder {run_dir}")
+        say(f"[diffexp] {describe(module)}; run folder {run_dir}")
     write_config(c, run_dir)
     module.attach_data(data, run_dir)
     logger = make_logger(c, run_dir)
@@ -572,18 +572,18 @@ def _train(c: dict, run_dir: str | Path, callbacks: list | None, guard) -> dict:
     if planner is not None and planner.plan is not None:
         spent = planner.spent()  # this process's fit and what a resumed run had spent before
         summary["time_budget"] = {**planner.plan, "train_s": round(spent, 2)}
-        print(f"[diffexp] train.time_budget_s={planner.budget_s:g}: {trainer.global_step} steps; "
-              f"training took {spent:.1f} s with its validation and sample grids "
-              f"({spent / planner.budget_s:.0%} of the budget)")
+        say(f"[diffexp] train.time_budget_s={planner.budget_s:g}: {trainer.global_step} steps; "
+            f"training took {spent:.1f} s with its validation and sample grids "
+            f"({spent / planner.budget_s:.0%} of the budget)")
     fast_dev_run = bool(c["trainer"].get("fast_dev_run"))
     if fast_dev_run and wants_eval_at_end(c) and c["task"] == "diffusion":
-        print("[diffexp] trainer.fast_dev_run: a smoke run (no checkpoints, sample grids or "
-              "end-of-run evaluation)")
+        say("[diffexp] trainer.fast_dev_run: a smoke run (no checkpoints, sample grids or "
+            "end-of-run evaluation)")
     elif wants_eval_at_end(c) and c["task"] == "diffusion" and trainer.world_size > 1:
         # the metrics would synchronise across processes the other ranks have left
         if trainer.is_global_zero:
-            print(f"[diffexp] no end-of-run evaluation in a {trainer.world_size}-process run: "
-                  f"python eval.py ckpt={run_dir / 'checkpoints' / 'last.ckpt'}")
+            say(f"[diffexp] no end-of-run evaluation in a {trainer.world_size}-process run: "
+                f"python eval.py ckpt={run_dir / 'checkpoints' / 'last.ckpt'}")
     elif wants_eval_at_end(c) and c["task"] == "diffusion" and trainer.is_global_zero:
         summary["eval"] = evaluate_at_end(c, run_dir, logger)
     if c["task"] == "noise_level":
@@ -592,8 +592,8 @@ def _train(c: dict, run_dir: str | Path, callbacks: list | None, guard) -> dict:
     if trainer.is_global_zero:
         summary.update(history.write(run_dir))
         write_summary(run_dir, summary)
-        print(f"[diffexp] done in {wall:.1f}s: final train loss {summary['final_train_loss']}, "
-              f"val loss {summary['final_val_loss']}; {run_dir}")
+        say(f"[diffexp] done in {wall:.1f}s: final train loss {summary['final_train_loss']}, "
+            f"val loss {summary['final_val_loss']}; {run_dir}")
     if logger and c["logger"]["name"] == "wandb":
         publish_summary(logger, summary)
         # close this job's wandb run: the next job of a multirun in this process starts its own
@@ -622,6 +622,6 @@ def resume_config(run: str | Path) -> dict:
     old["resume"] = {"run": str(run), "allow_changes": []}
     filled = fill_from_defaults(old)
     if filled:
-        print(f"[diffexp] resume: {', '.join(filled)} did not exist when {run} was written; "
-              f"today's defaults apply")
+        say(f"[diffexp] resume: {', '.join(filled)} did not exist when {run} was written; "
+            f"today's defaults apply")
     return validate_train_config(OmegaConf.create(old))
