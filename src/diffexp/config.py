@@ -456,6 +456,9 @@ LIGHTNING_FLAG_RULES = (
     ("max_steps", "must be an int >= -1 (-1: no limit)", lambda v: _count(v, -1)),
     ("min_steps", "must be null or an int >= 0", lambda v: v is None or _count(v, 0)),
     ("min_epochs", "must be null or an int >= 0", lambda v: v is None or _count(v, 0)),
+    ("barebones", "is not supported: it turns off the callbacks and logging that write the run "
+     "folder (checkpoints, sample grids, losses); time a training step with scripts/bench.py "
+     "instead", lambda v: v is False),
 )
 #: precision spellings Lightning also accepts, and the one each stands for
 PRECISION_ALIASES = {"16": "16-mixed", "bf16": "bf16-mixed", "32": "32-true", "64": "64-true"}

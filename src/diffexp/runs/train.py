@@ -327,6 +327,12 @@ def checkpoint_callbacks(c: dict, ckpt_dir: Path) -> list:
                 self._save_topk_checkpoint(trainer, candidates)
             self._save_last_checkpoint(trainer, candidates)
 
+        def on_train_end(self, trainer, module):
+            # Lightning's writes last.ckpt after a fast_dev_run too, where a later run in the
+            # same folder would resume the smoke run's weights
+            if not trainer.fast_dev_run:
+                super().on_train_end(trainer, module)
+
     class MidEpochCheckpoint(ModelCheckpoint):
         """last.ckpt every N steps / minutes, never after an epoch's last step (see
         ``preemption.after_epochs_last_step``): EpochCheckpoints writes it right after."""
