@@ -133,3 +133,27 @@ def test_no_t_denoiser_normalizes_like_the_objective():
     expect, _ = NoTObjective(CosineSchedule(), normalize_input=True).net_input(x, sigma)
     torch.testing.assert_close(seen[0], expect)
     assert not torch.allclose(seen[0], x / (1 + 0.3 ** 2) ** 0.5)
+
+
+def test_a_predictor_of_another_input_scale_is_one_line_before_training(predictor_run, tmp_path):
+    """objective.noise_level_ckpt trained at another data.scale: refused before any training
+    step, one line naming the setting, exit 2, no run folder left (the command line's path)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run, _ = predictor_run
+    ckpt = run / "checkpoints" / "last.ckpt"
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, str(repo / "train.py"), "objective=no_t",
+         f"objective.noise_level_ckpt={ckpt}", "data=synthetic", "data.scale=0.5",
+         "train.batch_size=16", "logger=none", *TINY_MODEL, f"hydra.run.dir={tmp_path / 'r'}"],
+        capture_output=True, text=True, cwd=repo, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 2, out.stderr[-1500:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"error: objective.noise_level_ckpt={str(ckpt)!r} was trained with data.scale=1.0"), lines
+    assert not (tmp_path / "r").exists()

@@ -26,6 +26,7 @@ from .build import (
     with_changes,
 )
 from .checkpoint_io import CHECKPOINT_FORMAT, read_checkpoint
+from .config import ConfigError
 from .data import DeviceData, decode
 from .ema import EMA
 from .errors import CheckpointError
@@ -355,15 +356,16 @@ class DiffusionModule(_DataModuleMixin):
         if self._noise_level_net is None:
             path = self.spec.no_t.noise_level_ckpt
             if not path:
-                raise ValueError("objective.noise_level_ckpt is required to sample a no_t model "
-                                 "with objective.use_predicted_noise_level=true")
+                raise ConfigError("objective.noise_level_ckpt is required to sample a no_t model "
+                                  "with objective.use_predicted_noise_level=true")
             net, pcfg = load_noise_level_net(path)
             mine = self.spec.data
             for k in ("scale", "pad"):
                 if getattr(mine, k) != pcfg["data"][k]:
-                    raise ValueError(f"objective.noise_level_ckpt={path!r} was trained with "
-                                     f"data.{k}={pcfg['data'][k]}, this model with "
-                                     f"{getattr(mine, k)}")
+                    raise ConfigError(f"objective.noise_level_ckpt={path!r} was trained with "
+                                      f"data.{k}={pcfg['data'][k]}, this model with "
+                                      f"{getattr(mine, k)}: train a predictor at data.{k}="
+                                      f"{getattr(mine, k)} (task=noise_level)")
             # kept out of the module registry: the predictor lives in its own checkpoint
             object.__setattr__(self, "_noise_level_net", net.to(self.device).eval())
         return self._noise_level_net

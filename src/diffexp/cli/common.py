@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -260,6 +261,9 @@ def cli_main(hydra_main) -> None:
     if "-m" in argv or "--multirun" in argv:
         sys.argv = [sys.argv[0], *sampling_sweeps_first(argv)]
     os.environ["DIFFEXP_SWEPT_KEYS"] = ";".join(swept_keys(argv))
+    # Lightning's own use of a deprecated torch name, printed at every checkpoint load: nothing
+    # a user can act on, and it would be the first line above a one-line error
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     _register_resolvers()
     hydra_main()
     if FAILED_JOBS:

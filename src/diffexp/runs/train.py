@@ -524,6 +524,8 @@ def _train(c: dict, run_dir: str | Path, callbacks: list | None, guard) -> dict:
         passthrough.update({k: c["trainer"][k] for k in ("max_steps",) if k in c["trainer"]})
         module = DiffusionModule(spec)
         module.length_set_by_budget = planner is not None
+        if spec.no_t is not None and spec.no_t.use_predicted_noise_level:
+            module.noise_level_net()  # its checkpoint fits this model: checked before work
         say(f"[diffexp] {describe(module)}; run folder {run_dir}")
     write_config(c, run_dir)
     module.attach_data(data, run_dir)
