@@ -16,7 +16,9 @@ the command:
 Placeholders (``PATH``, ``RUN``, ``PRED.ckpt``, ``NO_T.ckpt``, ``DATE``, ``DATE_NAME``, ``...``)
 are filled with tiny models and sweep folders made first by the same entry points; ``<date>_NAME``
 folders and ``$VARIABLE`` paths are the outputs of the commands before them in the same block,
-which are run first (in one folder per block, as a user would type them).
+which are run first (in one folder per block, as a user would type them). A command written in
+several places runs once, in the folder of its first place. All sweeps share one model store, so
+a sweep whose tiny models an earlier sweep trained reuses them, as the store promises.
 
 The runs take several minutes in all, so RUN tests are marked slow (``make test-slow``); the
 COMPOSE tests and the parser's own tests are in the default suite.
@@ -94,9 +96,11 @@ def _override(arg: str):
         return None
 
 
-def shrink(program: str, argv: list[str]) -> list[str]:
+def shrink(program: str, argv: list[str], store: Path | None = None) -> list[str]:
     """The overrides appended after the document's ``argv`` to make the run tiny. Keys the
-    document sweeps are left alone; keys it sets are overridden only where they set the size."""
+    document sweeps are left alone; keys it sets are overridden only where they set the size.
+    ``store``: the model store every sweep shares (a model trained at the tiny size once is
+    reused by the other sweeps that need it, as the store promises)."""
     keys, swept = set(), set()
     for a in argv:
         o = _override(a)
@@ -113,6 +117,8 @@ def shrink(program: str, argv: list[str]) -> list[str]:
     out += [v for k, v in FORCED_IF_SET.items() if k in keys and k not in swept]
     if any(k == "hparams_search" for k in keys) and "hydra.sweeper.n_trials" not in keys:
         out.append(SEARCH)
+    if train and store is not None and "train.model_store" not in keys:
+        out.append(f"train.model_store={store}")
     return out
 
 
@@ -199,15 +205,21 @@ class Session:
 
     def __init__(self, root: Path):
         self.root = root
-        self.done: dict[tuple, Result] = {}
+        self.done: dict[str, Result] = {}
         self.fixtures: dict[str, Path] = {}
-        self.commands = unique_commands()
+        self.first = {c.text: c for c in unique_commands()}
+        self.store = root / "models"  # one model store for every sweep (reuse across commands)
         self.by_block: dict[str, list[DocCommand]] = {}
         for c in all_commands():
             self.by_block.setdefault(c.block, []).append(c)
 
+    def canonical(self, c: DocCommand) -> DocCommand:
+        """The first place a command with this text is written: where it runs (once)."""
+        return self.first[c.text]
+
     def workspace(self, c: DocCommand) -> Path:
-        ws = self.root / re.sub(r"[^A-Za-z0-9_.-]", "_", c.block)
+        block = self.canonical(c).block
+        ws = self.root / re.sub(r"[^A-Za-z0-9_.-]", "_", block)
         ws.mkdir(parents=True, exist_ok=True)
         return ws
 
@@ -217,7 +229,7 @@ class Session:
         if name not in self.fixtures:
             ws = self.root / "fixtures"
             ws.mkdir(exist_ok=True)
-            full = [*_entry(program), *args, *shrink(program, args)]
+            full = [*_entry(program), *args, *shrink(program, args, self.store)]
             r = _run(full, ws)
             assert r.returncode == 0, f"fixture {name} failed\n{r.tail()}"
             self.fixtures[name] = ws / out
@@ -242,7 +254,7 @@ class Session:
     def eval_sweep(self) -> Path:
         ckpt = self.model_run() / "checkpoints" / "last.ckpt"
         return self._fixture("eval_sweep", "python eval.py",
-                             ["-m", f"ckpt={ckpt}", "sampler=euler,heun", "sampler.steps=2,3",
+                             ["-m", f"ckpt={ckpt}", "sampler=euler,heun", "sampler.steps=3",
                               "hydra.sweep.dir=eval_sweep"], "eval_sweep")
 
     def train_sweep(self) -> Path:
@@ -255,17 +267,20 @@ class Session:
     def predecessors(self, c: DocCommand) -> list[DocCommand]:
         return [p for p in self.by_block[c.block][:c.index] if plan(p).mode == RUN]
 
-    def run_predecessors(self, c: DocCommand) -> None:
+    def search_dirs(self, c: DocCommand) -> list[Path]:
+        """Where the block's earlier commands wrote (each ran where it is first written)."""
         for p in self.predecessors(c):
             self.execute(p)
-
-    def _find(self, ws: Path, pattern: str) -> Path | None:
-        hits = sorted(glob.glob(str(ws / pattern)))
-        return Path(hits[-1]) if hits else None
+        dirs = [self.workspace(c)]
+        for p in reversed(self.predecessors(c)):
+            if self.workspace(p) not in dirs:
+                dirs.append(self.workspace(p))
+        return dirs
 
     def resolve_path(self, c: DocCommand, key: str, value: str, ws: Path) -> str:
-        """A path the document writes: as it is where it exists; a placeholder or a dated folder
-        from the block's earlier commands; else the tiny fixture it stands for."""
+        """A path the document writes: as it is where it exists (here or where the block's
+        earlier commands wrote); a dated or named placeholder matched there; else the tiny
+        fixture the placeholder stands for."""
         if (ws / value).exists():
             return value
         if value == "NO_T.ckpt":
@@ -278,17 +293,17 @@ class Session:
             return str(self.eval_sweep())
         if value.endswith("multirun/DATE_NAME"):
             return str(self.train_sweep())
-        if not _WILD.search(value) and value not in ("PATH", "..."):
-            self.run_predecessors(c)  # a folder an earlier command writes (hydra.run.dir=...)
-            return value
-        pattern = _WILD.sub("*", value)
-        if pattern.startswith("*/"):
-            pattern = "runs/train/" + pattern
-        if value not in ("PATH", "..."):
-            self.run_predecessors(c)
-            hit = self._find(ws, pattern)
-            if hit is not None:
-                return str(hit)
+        placeholder = value in ("PATH", "...")
+        if not placeholder:
+            pattern = _WILD.sub("*", value)
+            if pattern.startswith("*/"):
+                pattern = "runs/train/" + pattern
+            for d in self.search_dirs(c):
+                hits = sorted(glob.glob(str(d / pattern)))
+                if hits:
+                    return hits[-1] if d != ws else str(Path(hits[-1]).relative_to(ws))
+            if not _WILD.search(value):
+                return value  # nothing made it: the command says so itself
         if key == "objective.noise_level_ckpt":
             return str(self.predictor())
         if key in ("resume", "resume.run"):
@@ -296,9 +311,9 @@ class Session:
             shutil.rmtree(dst, ignore_errors=True)
             shutil.copytree(self.model_run(), dst)
             return str(dst.relative_to(ws))
-        if key in ("ckpt", "ckpt_path") and value in ("PATH", "...") or "RUN" in value:
+        if key in ("ckpt", "ckpt_path"):
             return str(self.model_run() / "checkpoints" / "last.ckpt")
-        return value  # nothing made it: the command says so itself
+        return value
 
     def resolve(self, c: DocCommand, argv: list[str], ws: Path) -> list[str]:
         out = []
@@ -330,7 +345,7 @@ class Session:
                 return [*base, "-n", *argv]
             doc_args = next((a.split("=", 1)[1] for a in argv if a.startswith("ARGS=")), "")
             words = shlex.split(doc_args)
-            tiny = shlex.join([*words, *shrink("make", words)]) if make_target(c) == "run" \
+            tiny = shlex.join([*words, *shrink("make", words, self.store)]) if make_target(c) == "run" \
                 else doc_args
             return [*base, *[a for a in argv if not a.startswith("ARGS=")], f"ARGS={tiny}"]
         argv = self.resolve(c, argv, ws)
@@ -346,10 +361,11 @@ class Session:
             return [*_entry(c.program), *job, "--cfg", "all"]
         if c.program == "diffexp-report" or "--help" in argv:
             return [*_entry(c.program), *argv]
-        return [*_entry(c.program), *argv, *shrink(c.program, argv)]
+        return [*_entry(c.program), *argv, *shrink(c.program, argv, self.store)]
 
     def execute(self, c: DocCommand) -> Result:
-        key = (c.block, c.index)
+        c = self.canonical(c)
+        key = c.text
         if key not in self.done:
             ws = self.workspace(c)
             argv = self.command_line(c, ws)
