@@ -45,7 +45,8 @@ __all__ = ["PLAN_AT", "ROUND_TO", "MIN_PLAN_STEPS", "HeldSchedule", "BudgetPlann
            "robust_pace", "steps_for_budget"]
 
 PLAN_AT = 0.1  # the plan is made when this share of the budget has passed
-MIN_PLAN_STEPS = 20  # ... and at least this many steps have been timed in this process
+MIN_PLAN_STEPS = 20  # ... and at least this many steps have been timed in this process (or at
+                     # half the budget, whatever has been timed)
 ROUND_TO = 100  # the step count is rounded down to a multiple of this (when it is larger)
 TRIM = 0.1  # the share of the slowest timed steps the pace's mean leaves out
 
@@ -125,6 +126,7 @@ class BudgetPlanner:
         self.spent_before = 0.0  # budget seconds spent before this process (a resumed run)
         self.t0 = time.perf_counter()
         self.stamps: list[float] = []
+        self._last_step = -1
         self.callback = _Callback()
 
     def spent(self) -> float:
@@ -133,12 +135,17 @@ class BudgetPlanner:
     def tick(self, trainer, module) -> None:
         if module.device.type == "cuda":  # the step's kernels, not their launches
             torch.cuda.synchronize(module.device)
+        done = trainer.global_step
+        if done == self._last_step:  # a batch that accumulated gradients, no optimizer step
+            return
+        self._last_step = done
         now = self.spent()
         self.stamps.append(now)
-        done = trainer.global_step
         timed = len(self.stamps) - 1
         due = now >= PLAN_AT * self.budget_s or done >= math.ceil(PLAN_AT * self.cap)
-        if (timed >= MIN_PLAN_STEPS and due) or done >= self.cap - self.least:
+        # so slow a machine that MIN_PLAN_STEPS take half the budget: plan with what there is
+        late = now >= 0.5 * self.budget_s and timed >= 2
+        if (timed >= MIN_PLAN_STEPS and due) or late or done >= self.cap - self.least:
             self.make_plan(trainer, now, done)
 
     def make_plan(self, trainer, now: float, done: int) -> None:

@@ -310,7 +310,9 @@ def checkpoint_callbacks(c: dict, ckpt_dir: Path) -> list:
 
     from pytorch_lightning.callbacks import ModelCheckpoint
 
-    from ..preemption import after_epochs_last_step
+    import time
+
+    from ..preemption import StepCadence, after_epochs_last_step, needs_agreement
 
     t = c["train"]
     k = c["callbacks"]["checkpoints"]["every_k_epochs"]
@@ -335,12 +337,33 @@ def checkpoint_callbacks(c: dict, ckpt_dir: Path) -> list:
 
     class MidEpochCheckpoint(ModelCheckpoint):
         """last.ckpt every N steps / minutes, never after an epoch's last step (see
-        ``preemption.after_epochs_last_step``): EpochCheckpoints writes it right after."""
+        ``preemption.after_epochs_last_step``): EpochCheckpoints writes it right after. Under
+        DDP the ranks agree whether the minutes are up on a StepCadence's steps only (about one
+        a second, at most every 100 steps), not with Lightning's broadcast on every step."""
+
+        cadence = None
+
+        def on_train_start(self, trainer, module):
+            super().on_train_start(trainer, module)
+            self.cadence = StepCadence()
+            self.cadence.start(trainer.global_step)
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             if after_epochs_last_step(trainer):
                 return
-            super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
+            if self._train_time_interval is None:  # steps: Lightning's, no collective
+                return super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
+            now = time.monotonic()
+            due = now - self._last_time_checked >= self._train_time_interval.total_seconds()
+            if needs_agreement(trainer):
+                if not self.cadence.due(trainer.global_step):
+                    return
+                due = bool(self.cadence.agree(trainer, [int(due)])[0])
+            if not due:
+                return
+            self._last_time_checked = now
+            if not self._should_skip_saving_checkpoint(trainer):
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
         def on_train_end(self, trainer, module):
             # Lightning's would write last.ckpt here when this callback has not written it in
@@ -396,6 +419,10 @@ def budget_planner(c: dict, data, run_dir: Path):
                               f"{c['ckpt_path']} was not trained to a time budget; set "
                               f"trainer.max_steps, or drop train.time_budget_s")
     per_epoch = len(data.train_index) // t["batch_size"]
+    for cap in (tr.get("limit_train_batches"), tr.get("overfit_batches")):
+        if cap:  # a count of batches or a fraction of the epoch, as Lightning reads it
+            per_epoch = min(per_epoch, max(int(cap) if cap >= 1 else int(per_epoch * cap), 1))
+    per_epoch = -(-per_epoch // (tr.get("accumulate_grad_batches") or 1))  # optimizer steps
     least = 3 if c["optim"]["lr_schedule"] == "onecycle" else 1
 
     def record(plan: dict) -> None:  # the plan becomes part of the run's config
