@@ -294,6 +294,61 @@ def test_written_files_follow_the_umask(tmp_path):
     assert (tmp_path / "c.ckpt").stat().st_mode & 0o777 == 0o644
 
 
+def test_every_writer_follows_the_umask(tmp_path):
+    """PNGs, figures, CSVs, Markdown and caches go through the one atomic writer of files.py:
+    the permissions a plain open() gives under the umask, and no temporary file left behind."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from diffexp.files import atomic_open_text, atomic_write_csv
+    from diffexp.metrics.fid import _write_atomically
+    from diffexp.runs.report import write_report
+    from diffexp.viz import save_figure, save_grid
+
+    old = os.umask(0o027)
+    try:
+        save_grid(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), tmp_path / "grid.png")
+        save_figure(plt.subplots()[0], tmp_path / "fig.png")
+        atomic_write_csv(tmp_path / "rows.csv", [[1, 2], [3, 4]], header=["a", "b"])
+        with atomic_open_text(tmp_path / "text.md") as f:
+            f.write("# x\n")
+        _write_atomically(tmp_path / "cache" / "c.pt", lambda f: torch.save({}, f), "cache")
+        job = tmp_path / "sweep" / "0"
+        job.mkdir(parents=True)
+        write_json(job / "metrics.json", {"fid": 1.0, "kid_mean": 0.1, "nfe": 10})
+        write_report(tmp_path / "sweep")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "rows.csv").read_bytes() == b"a,b\r\n1,2\r\n3,4\r\n"
+    assert (tmp_path / "text.md").read_text() == "# x\n"
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    names = {p.name for p in files}
+    assert {"grid.png", "fig.png", "rows.csv", "text.md", "c.pt", "report.csv",
+            "report.md"} <= names, names
+    assert not [p for p in files if p.name.endswith(".tmp")]
+    modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in files}
+    assert set(modes.values()) == {"0o640"}, modes
+
+
+def test_a_tiny_run_writes_files_with_the_umask(tmp_path):
+    """Every file of a training run (checkpoints, sample grids, losses.csv, loss.png, the
+    config and the records) gets the umask's permissions, not mkstemp's 0600."""
+    run = tmp_path / "run"
+    old = os.umask(0o022)
+    try:
+        train(_cfg("train.sample_every_n_epochs=1", "train.epochs=1"), run)
+    finally:
+        os.umask(old)
+    files = [p for p in run.rglob("*") if p.is_file()]
+    names = {p.name for p in files}
+    assert {"last.ckpt", "losses.csv", "summary.json"} <= names, names
+    assert any(p.suffix == ".png" for p in files), names
+    modes = {str(p.relative_to(run)): oct(p.stat().st_mode & 0o777) for p in files}
+    assert set(modes.values()) == {"0o644"}, modes
+
+
 def test_lock_survives_time(tmp_path):
     """Holding a run folder twice in one process is refused too (flock is per open file)."""
     with hold_run_folder(tmp_path):

@@ -1,16 +1,23 @@
 """Files written so that a kill or a full disk at any moment leaves the previous version intact,
-and run folders that only one live process writes at a time."""
+and run folders that only one live process writes at a time.
+
+Every file the project writes (checkpoints, JSON, YAML, CSV, Markdown, PNGs and figures, caches)
+goes through :func:`atomic_open`: written beside its path, flushed, renamed over it, with the
+permissions a plain ``open()`` would give under the current umask (0644 under umask 022)."""
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import os
 import tempfile
 from pathlib import Path
 
 from .errors import DiffexpError
 
-__all__ = ["RunFolderBusy", "atomic_open", "atomic_write_bytes", "atomic_write_text", "hold_run_folder"]
+__all__ = ["RunFolderBusy", "atomic_open", "atomic_open_text", "atomic_save", "atomic_write_bytes",
+           "atomic_write_csv", "atomic_write_text", "hold_run_folder"]
 
 
 @contextlib.contextmanager
@@ -43,6 +50,35 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+@contextlib.contextmanager
+def atomic_open_text(path: str | os.PathLike, newline: str | None = None, encoding: str = "utf-8"):
+    """:func:`atomic_open` as a text file (``newline=""`` for :mod:`csv`)."""
+    with atomic_open(path) as raw:
+        f = io.TextIOWrapper(raw, encoding=encoding, newline=newline)
+        try:
+            yield f
+            f.flush()
+        finally:
+            f.detach()  # leave closing the binary file to atomic_open
+
+
+def atomic_write_csv(path: str | os.PathLike, rows, header=None) -> None:
+    """Write ``rows`` (sequences) as CSV, after ``header`` if given."""
+    with atomic_open_text(path, newline="") as f:
+        w = csv.writer(f)
+        if header is not None:
+            w.writerow(header)
+        w.writerows(rows)
+
+
+def atomic_save(path: str | os.PathLike, write) -> None:
+    """``write(binary file)`` into ``path`` atomically: for writers that take a file object, e.g.
+    ``lambda f: image.save(f, format="PNG")``, ``lambda f: fig.savefig(f, format="png")`` or
+    ``lambda f: torch.save(obj, f)``."""
+    with atomic_open(path) as f:
+        write(f)
 
 
 class RunFolderBusy(DiffexpError):

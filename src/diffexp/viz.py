@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from .files import atomic_save
 
 __all__ = ["make_grid", "save_grid", "save_png", "save_figure", "image_table", "training_sigma_figure"]
 
@@ -27,15 +27,8 @@ def make_grid(u8: Tensor, ncol: int | None = None, pad: int = 2, pad_value: int 
     return grid
 
 
-def _atomic_target(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    return tmp
-
-
 def save_png(img: Tensor, path: str | Path, upscale: int = 1) -> Path:
-    """Write a uint8 [H, W] image as PNG (written to a temporary file, then renamed)."""
+    """Write a uint8 [H, W] image as PNG (atomically, with the umask's permissions: files.py)."""
     from PIL import Image
 
     path = Path(path)
@@ -43,9 +36,7 @@ def save_png(img: Tensor, path: str | Path, upscale: int = 1) -> Path:
         img.cpu().numpy())
     if upscale > 1:
         im = im.resize((im.width * upscale, im.height * upscale), Image.NEAREST)
-    tmp = _atomic_target(path)
-    im.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    atomic_save(path, lambda f: im.save(f, format="PNG"))
     return path
 
 
@@ -57,10 +48,10 @@ def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    tmp = _atomic_target(path)
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
-    os.replace(tmp, path)
-    plt.close(fig)
+    try:
+        atomic_save(path, lambda f: fig.savefig(f, dpi=dpi, bbox_inches="tight", format="png"))
+    finally:
+        plt.close(fig)
     return path
 
 

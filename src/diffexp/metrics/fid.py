@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from ..errors import first_line
+from ..files import atomic_save
 from ..say import say
 from .classes import class_balance, class_histogram
 from .features import (
@@ -99,15 +99,7 @@ def _write_atomically(path: Path, dump, what: str) -> None:
     reader never sees half a file. A cache directory that cannot be written is a warning: the
     value is still used, only recomputed next time."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                dump(f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_save(path, dump)  # files.py: the one writer, with the umask's permissions
     except OSError as e:
         warnings.warn(f"could not write {what} {path}: {e}", stacklevel=4)
 

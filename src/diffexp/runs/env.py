@@ -144,11 +144,11 @@ def record_wandb_run(logger, run_dir: Path) -> dict | None:
     exp = _wandb_run(logger)
     if exp is None:
         return None
+    from ..files import atomic_write_text
     from .record import write_json
 
     info = {"id": exp.id, "group": exp.group, "project": exp.project}
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    (Path(run_dir) / "wandb_id.txt").write_text(exp.id or "")
+    atomic_write_text(Path(run_dir) / "wandb_id.txt", exp.id or "")
     write_json(Path(run_dir) / "wandb.json", info)
     return info
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..config import derived_config
+from ..files import atomic_open_text, atomic_write_text
 from ..say import say
 from .record import write_json
 from .train import train
@@ -82,7 +83,7 @@ def run_study(c: dict, run_dir: str | Path) -> dict:
     for r in rows:
         r["floor_fid"], r["floor_kid"] = floor["fid"], floor["kid_mean"]
 
-    with open(run_dir / "comparison.csv", "w", newline="") as f:
+    with atomic_open_text(run_dir / "comparison.csv", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
@@ -100,7 +101,7 @@ def run_study(c: dict, run_dir: str | Path) -> dict:
               "|---|---|---|---|---|"]
     lines += [f"| {t} | {p['mse']:.4f} | {p['baseline_mse']:.4f} | {p['abar_mse']:.5f} | "
               f"{p['logit_mse']:.4f} |" for t, p in predictors.items()]
-    (run_dir / "comparison.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(run_dir / "comparison.md", "\n".join(lines) + "\n")
     result = {"rows": rows, "floor": floor, "predictors": predictors,
               "wall_time_s": round(time.perf_counter() - t0, 1)}
     write_json(run_dir / "study.json", result)

@@ -40,7 +40,6 @@ and the best FID, grouped with the sweep's training runs.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -49,6 +48,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import yaml
+
+from ..files import atomic_write_csv, atomic_write_text
 
 __all__ = ["collect", "cells", "value_order", "heatmap_axes", "write_report", "log_to_wandb"]
 
@@ -472,11 +473,9 @@ def _write_report(root, out, x, y, baseline=None) -> tuple[dict[str, Path], list
                      if any(r.get(f"{m}_seed_std") is not None for r in rows)]
     csv_cols = cols + seed_std_cols + (["model_dir"] if any(r.get("model_dir") for r in rows) else [])
     files = {}
-    with open(out / "report.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(csv_cols)
-        for r in rows:
-            w.writerow([value(r, c) if value(r, c) is not None else "" for c in csv_cols])
+    atomic_write_csv(out / "report.csv",
+                     ([value(r, c) if value(r, c) is not None else "" for c in csv_cols] for r in rows),
+                     header=csv_cols)
     files["csv"] = out / "report.csv"
 
     models = list({r["job"]: r["model"] for r in rows if r.get("model")}.values())  # one per job
@@ -508,7 +507,7 @@ def _write_report(root, out, x, y, baseline=None) -> tuple[dict[str, Path], list
             lines += _baseline_md(cell_rows, axes, base, baseline)
         if hm is not None:
             lines += _pivot_md(cell_rows, *hm, seeds)
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     files["md"] = out / "report.md"
     files.update(_plots(ok, swept, out, cell_rows, axes, hm))
     return files, rows, swept
