@@ -208,6 +208,83 @@ def test_mid_epoch_checkpoint_at_the_step_interval(tmp_path):
     assert seen.seen == [None, 1, 2, 3]
 
 
+class CountCollectives:
+    """Records every collective a Trainer's strategy is asked for during training, but those of
+    a checkpoint write: which hook asked for it and the step then."""
+
+    METHODS = ("reduce", "broadcast", "reduce_boolean_decision", "barrier", "all_gather")
+
+    def __init__(self, monkeypatch):
+        from pytorch_lightning.strategies import SingleDeviceStrategy
+
+        self.calls = []
+        for name in self.METHODS:
+            real = getattr(SingleDeviceStrategy, name)
+
+            def wrapped(strategy, *a, _real=real, _name=name, **kw):
+                trainer = strategy.lightning_module.trainer
+                if trainer.training and not trainer.sanity_checking:
+                    f, hook = sys._getframe(1), None
+                    while f is not None and hook is None:
+                        if f.f_code.co_name == "save_checkpoint":
+                            hook = "save"
+                        elif f.f_code.co_name.startswith("on_train_"):
+                            hook = f.f_code.co_name
+                        f = f.f_back
+                    if hook != "save":
+                        self.calls.append((hook, trainer.global_step, _name))
+                return _real(strategy, *a, **kw)
+
+            monkeypatch.setattr(SingleDeviceStrategy, name, wrapped)
+
+    def at_batch_end(self):
+        return [(step, name) for hook, step, name in self.calls if hook == "on_train_batch_end"]
+
+
+def test_no_collective_per_step_in_a_single_process(tmp_path, monkeypatch):
+    # the time interval too: Lightning's own check broadcasts its decision on every step
+    count = CountCollectives(monkeypatch)
+    train(_cfg("train.checkpoint_every_minutes=10"), tmp_path / "run")
+    assert count.at_batch_end() == []
+
+
+def test_ranks_agree_on_a_cadence_not_on_every_step(tmp_path, monkeypatch, reference):
+    """The code path of a DDP run, in one process: the preemption guard and the time-based
+    checkpoint agree with one all-reduce on the steps of a StepCadence (here every 3 steps), not
+    on every step, and a signal is still acted on (at the next agreed step) and resumes
+    bitwise."""
+    import diffexp.preemption as preemption
+
+    monkeypatch.setattr(preemption, "needs_agreement", lambda trainer: True)
+    monkeypatch.setattr(preemption.StepCadence, "MAX_STEPS", 3)
+    monkeypatch.setattr(preemption.StepCadence, "SECONDS", 1e9)
+    count = CountCollectives(monkeypatch)
+    cfg = ("train.checkpoint_every_minutes=0.0001",)
+    train(_cfg(*cfg), tmp_path / "full")
+    # the guard: steps 1, 4, 7 (then 10 > 8); the checkpoint: 1, then 4 is an epoch's last
+    # step (the epoch-end checkpoint saves there), so 5 (then 8 is the run's last)
+    assert count.at_batch_end() == [(1, "reduce"), (1, "reduce"), (4, "reduce"), (5, "reduce"),
+                                    (7, "reduce")]
+    # besides: once per epoch at its start and end, and Lightning's setup before the first step
+    hooks = [(hook, step) for hook, step, _ in count.calls if hook != "on_train_batch_end"]
+    assert [h for h in hooks if h[0] is not None] == [
+        ("on_train_epoch_start", 0), ("on_train_epoch_end", 4), ("on_train_epoch_start", 4),
+        ("on_train_epoch_end", 8)]
+    assert all(step == 0 for hook, step in hooks if hook is None)
+    ck = _load(tmp_path / "full" / "checkpoints" / "last.ckpt")
+    _assert_same_training_state(ck, reference)
+
+    # SIGTERM as step 6 begins: step 6 is not agreed on, step 7 is; saved there, and resumed
+    run = tmp_path / "run"
+    with pytest.raises(Preempted) as e:
+        train(_cfg(*cfg), run, callbacks=[SendSignal(signal.SIGTERM, 5)])
+    assert e.value.code == 128 + signal.SIGTERM
+    ck = _load(run / "checkpoints" / "last.ckpt")
+    assert ck["global_step"] == 7 and ck["diffexp_train_loader"] == {"epoch": 1, "served": 3}
+    assert train(_cfg(*cfg), run)["global_step"] == TOTAL
+    _assert_same_training_state(_load(run / "checkpoints" / "last.ckpt"), reference)
+
+
 @pytest.mark.parametrize("key", ["checkpoint_every_minutes", "checkpoint_every_n_steps"])
 def test_checkpoint_interval_keys_are_validated(key):
     for bad in ("-1", "abc"):

@@ -9,6 +9,12 @@ process with status 128 + the signal number. Under SLURM
 (``SLURM_JOB_ID`` set), SIGUSR1 also requeues the job (``scontrol requeue``); a handler that was
 installed before training (submitit's) is called after the checkpoint instead, and requeues.
 
+In a run of several processes (DDP) a signal may reach one rank only, so the ranks agree on it
+with one small all-reduce: not on every step (a collective and a host read per step would drain a
+GPU's queue) but on the steps of a :class:`StepCadence` (about one a second, at most every 100
+steps) and at each epoch's start and end. There the signal is acted on at the end of the first
+agreed step after it came.
+
 Lightning's own SLURM auto-requeue is not used: its handler saves from inside the signal handler,
 at whatever point the step has reached, into ``hpc_ckpt_*.ckpt``, which a resumed run
 (``train.auto_resume`` reads ``last.ckpt``) would not find, and which need not resume exactly.
@@ -19,11 +25,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from .say import say
 
-__all__ = ["Preempted", "PreemptionGuard", "step_seed", "slurm_job_id", "requeue_slurm_job"]
+__all__ = ["Preempted", "PreemptionGuard", "StepCadence", "step_seed", "slurm_job_id",
+           "requeue_slurm_job"]
 
 _MASK64 = (1 << 64) - 1
 
@@ -44,6 +52,57 @@ def after_epochs_last_step(trainer) -> bool:
     Lightning resumes it as a finished epoch, so that epoch's end would be skipped and the epoch
     counter would run one ahead. The epoch-end checkpoint, written right after, is the one."""
     return trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+
+
+def needs_agreement(trainer) -> bool:
+    """Whether the ranks must agree on a decision with a collective (a run of several processes);
+    a single process decides alone, every step, for free."""
+    return trainer.world_size > 1
+
+
+def agree_max(trainer, values: list[int]) -> list[int]:
+    """The element-wise maximum of ``values`` over all ranks: one all-reduce of a few integers
+    and one read of its result (every rank must call it at the same point)."""
+    import torch
+
+    t = torch.tensor(values, dtype=torch.long, device=trainer.strategy.root_device)
+    return [int(v) for v in trainer.strategy.reduce(t, reduce_op="max").tolist()]
+
+
+class StepCadence:
+    """The optimizer steps at which the ranks of a DDP run agree on something (a signal, whether
+    a time-based checkpoint is due): one all-reduce there, none on the steps between, so that a
+    GPU's queue is not drained by a host read and a collective on every step.
+
+    The gap to the next agreed step is agreed with it: each rank proposes as many steps as took
+    about ``SECONDS`` since the last agreed step (at least 1, at most ``MAX_STEPS``), and the
+    smallest proposal wins. Every rank then holds the same next step, so the ranks always call
+    the collective together."""
+
+    SECONDS = 1.0
+    MAX_STEPS = 100
+
+    def __init__(self):
+        self.next_step = 1
+        self._t = time.monotonic()
+        self._step = 0
+
+    def start(self, step: int) -> None:
+        """At the start of training (``trainer.global_step``, the same on every rank)."""
+        self.next_step, self._t, self._step = step + 1, time.monotonic(), step
+
+    def due(self, step: int) -> bool:
+        return step >= self.next_step
+
+    def agree(self, trainer, values: list[int]) -> list[int]:
+        """At a due step: :func:`agree_max` of ``values``, and the next agreed step fixed."""
+        step, now = trainer.global_step, time.monotonic()
+        per_step = (now - self._t) / max(1, step - self._step)
+        propose = self.MAX_STEPS if per_step <= 0 else int(self.SECONDS / per_step)
+        propose = max(1, min(self.MAX_STEPS, propose))
+        *out, neg_gap = agree_max(trainer, [*values, -propose])
+        self.next_step, self._t, self._step = step - neg_gap, now, step
+        return out
 
 
 class Preempted(SystemExit):
@@ -106,6 +165,7 @@ class PreemptionGuard:
         self.acting = False  # stopping already: later signals (scontrol's SIGTERM) are ignored
         self.rank = int(os.environ.get("SLURM_PROCID", os.environ.get("RANK", "0")) or 0)
         self._previous: dict[int, object] = {}
+        self.cadence = StepCadence()
         guard = self
 
         class _CB(pl.Callback):
@@ -117,9 +177,10 @@ class PreemptionGuard:
                 # of before fit, which are ours again (install).
                 guard._register()
                 guard.in_loop = True
+                guard.cadence.start(trainer.global_step)
 
             def on_train_batch_end(cb, trainer, module, outputs, batch, batch_idx):
-                signum = guard._agreed_signal(trainer)
+                signum = guard._agreed_signal(trainer, every_step=False)
                 if signum is None:
                     return
                 trainer.save_checkpoint(guard.last)
@@ -149,14 +210,21 @@ class PreemptionGuard:
 
         self.callback = _CB()
 
-    def _agreed_signal(self, trainer) -> int | None:
-        """The signal to stop on, the same on every rank (one small collective per step under
-        DDP: a signal may reach one rank only), or None."""
-        if trainer.world_size == 1:
+    def _agreed_signal(self, trainer, every_step: bool = True) -> int | None:
+        """The signal to stop on, the same on every rank, or None. A single process reads its
+        own flag. Under DDP a signal may reach one rank only, so the ranks agree on it with one
+        small all-reduce: at an epoch's start and end, and after steps on the guard's
+        :class:`StepCadence` only (``every_step=False``; None on the steps between)."""
+        if not needs_agreement(trainer):
             return self.signum
-        if not trainer.strategy.reduce_boolean_decision(self.signum is not None, all=False):
+        local = [int(self.signum or 0)]
+        if every_step:
+            agreed = agree_max(trainer, local)[0]
+        elif self.cadence.due(trainer.global_step):
+            agreed = self.cadence.agree(trainer, local)[0]
+        else:
             return None
-        return trainer.strategy.broadcast(self.signum) or signal.SIGTERM
+        return agreed or None
 
     def _stop(self, trainer, signum: int) -> None:
         self.acting = True

@@ -306,11 +306,10 @@ def checkpoint_callbacks(c: dict, ckpt_dir: Path) -> list:
     :class:`FidProxy`), plus one ModelCheckpoint per mid-epoch interval that only refreshes
     last.ckpt. Several callbacks write last.ckpt, so none may version the name (last-v1.ckpt)
     when it finds the file another one wrote."""
+    import time
     from datetime import timedelta
 
     from pytorch_lightning.callbacks import ModelCheckpoint
-
-    import time
 
     from ..preemption import StepCadence, after_epochs_last_step, needs_agreement
 
