@@ -283,8 +283,10 @@ def train_diffexp(c: dict, data, device: torch.device, warmup: int, n: int, seed
                            f"(fewer training images than that many batches?)")
     opt = trainer.optimizers[0]
     wall, cpu = timer.dt
+    layout = {"memory_format": "channels_last" if module.channels_last else "contiguous",
+              "compile": module._train_forward is not module.net}
     return {"images_per_s": n * t["batch_size"] / wall, "cpu_images_per_s": n * t["batch_size"] / cpu,
-            **describe_optimizer(opt)}
+            **describe_optimizer(opt), "layout": layout}
 
 
 def same_optimizer(a: dict, b: dict) -> dict:
@@ -298,6 +300,15 @@ def same_optimizer(a: dict, b: dict) -> dict:
     return {"class": a["optimizer"], "defaults": a["optimizer_defaults"], "same_in_both": same}
 
 
+def same_layout(a: dict, b: dict) -> dict:
+    """The memory format and compile mode both training paths ran the network in; a difference
+    is an error (a ratio of unlike layouts measures the layout, not diffexp)."""
+    if a["layout"] != b["layout"]:
+        raise RuntimeError(f"the bare loop's layout differs from the module's: {b['layout']} vs "
+                           f"{a['layout']}")
+    return dict(a["layout"])
+
+
 class TrainSection:
     """(a) training images/s: ``train_diffexp`` against ``train_bare``, one pair a repetition."""
 
@@ -308,6 +319,7 @@ class TrainSection:
         self.rates: dict[str, list[float]] = {"diffexp": [], "bare": [], "cpu_diffexp": [],
                                               "cpu_bare": []}
         self.optimizer: dict | None = None
+        self.layout: dict | None = None
 
     def rep(self, r: int, flip: bool) -> None:
         bench, args = self.bench, self.bench.args
@@ -318,6 +330,7 @@ class TrainSection:
             self.rates[path].append(res["images_per_s"])
             self.rates[f"cpu_{path}"].append(res["cpu_images_per_s"])
         self.optimizer = same_optimizer(mine, bare)
+        self.layout = same_layout(mine, bare)
         bench.log(f"  rep {r + 1}/{args.reps} train: diffexp {mine['images_per_s']:.1f} img/s, "
               f"bare {bare['images_per_s']:.1f} img/s")
 
@@ -325,7 +338,7 @@ class TrainSection:
         w, args = self.rates, self.bench.args
         return {**ratio_entry(w["diffexp"], w["bare"], "images/s", w["cpu_diffexp"], w["cpu_bare"]),
                 "warmup_batches": args.warmup, "timed_batches": args.n_batches,
-                "optimizer": self.optimizer}
+                "optimizer": self.optimizer, "layout": self.layout}
 
 
 # ------------------------------------------------------------------------------------ (b) sampling

@@ -57,6 +57,8 @@ def test_bench_quick_cpu(tmp_path, data_root, capsys):
     assert len(t["diffexp_reps"]) == len(t["bare_reps"]) == res["args"]["reps"] == 2
     assert t["optimizer"]["same_in_both"] is True
     assert t["optimizer"]["class"] == "Adam"
+    # both paths ran the network alike (bench.py refuses a difference): unet_tiny's layout
+    assert t["layout"] == {"memory_format": "contiguous", "compile": False}
 
     from diffexp import sampling
 
@@ -114,3 +116,43 @@ def test_cpu_layout_bench_prints_every_variant_with_its_ratio(capsys, extra, var
     assert ratios[0] == 1.0 and ratios[2] == 1.0
     assert ratios[1] == pytest.approx(ips[1] / ips[0], rel=0.02, abs=0.01)
     assert ratios[5] == pytest.approx(ips[5] / ips[2], rel=0.02, abs=0.01)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_bare_loop_runs_the_network_in_the_modules_memory_format(monkeypatch, one_thread,
+                                                                 channels_last):
+    """diffexp.benchmarking.bare.train_bare: weights (and input) in channels_last when the module
+    would use it (model.channels_last), and the layout reported for the benchmark to compare."""
+    import torch
+
+    import diffexp.build
+    from diffexp.benchmarking.bare import layout_of, train_bare
+    from diffexp.config import validate_train_config
+    from diffexp.data import build_data
+
+    from .helpers import TINY_MODEL, compose_train
+
+    c = validate_train_config(compose_train(
+        ["data=synthetic", "data.subset=32", "data.val_size=8", "train.batch_size=4", *TINY_MODEL,
+         f"model.channels_last={str(channels_last).lower()}"]))
+    seen = []
+    real = diffexp.build.build_network
+
+    def build_network(*a, **kw):
+        net = real(*a, **kw)
+
+        def record(mod, args):
+            # a conv weight with several input channels (a 1-channel image is both formats)
+            w = next(p for p in mod.parameters() if p.dim() == 4 and p.shape[1] > 1)
+            x = args[0]
+            seen.append((x.is_contiguous(memory_format=torch.channels_last) or x.shape[1] == 1,
+                         w.is_contiguous(memory_format=torch.channels_last)))
+        net.register_forward_pre_hook(record)
+        return net
+
+    monkeypatch.setattr(diffexp.build, "build_network", build_network)
+    res = train_bare(c, build_data(c["data"], train=True), torch.device("cpu"), warmup=2, n=2,
+                     seed=0)
+    fmt = "channels_last" if channels_last else "contiguous"
+    assert res["layout"] == layout_of(c) == {"memory_format": fmt, "compile": False}
+    assert len(seen) == 4 and all(s == (True, channels_last) for s in seen)

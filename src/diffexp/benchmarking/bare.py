@@ -4,8 +4,12 @@
 network, data, loss, optimizer, LR schedule, gradient clipping, EMA update and precision;
 :func:`time_forward` is the ideal a sampler can reach: forward passes of the network and nothing
 else. The settings are read from the same config the module is built from, by the rules the
-module applies (:func:`optimizer_kwargs`, :func:`lr_scheduler`, :func:`autocast_for`); the
-benchmark checks the optimizers of both paths equal at run time, so a drift shows up there.
+module applies (:func:`optimizer_kwargs`, :func:`lr_scheduler`, :func:`autocast_for`,
+:func:`layout_of`); the benchmark checks the optimizers and layouts of both paths equal at run
+time, so a drift shows up there. Like the module, the bare loop runs the network in channels_last
+when ``model.channels_last`` is set (weights and input), through ``torch.compile`` when
+``model.compile`` is, and copies each batch's indices to the device without blocking (as
+Lightning moves a batch) before gathering the images there.
 """
 
 from __future__ import annotations
@@ -44,6 +48,13 @@ def lr_scheduler(c: dict, opt, total: int):
     return None
 
 
+def layout_of(c: dict) -> dict:
+    """The network's memory format and compile mode, as the module takes them from ``model``."""
+    m = c["model"]
+    return {"memory_format": "channels_last" if m.get("channels_last") else "contiguous",
+            "compile": bool(m.get("compile"))}
+
+
 def describe_optimizer(opt) -> dict:
     """The optimizer's class and hyper-parameters, in a form two paths' can be compared (and
     written to JSON) by: keys sorted, tuples as lists."""
@@ -63,7 +74,12 @@ def train_bare(c: dict, data, device: torch.device, warmup: int, n: int, seed: i
     schedule = build_schedule(c["schedule"])
     objective = build_objective(c["objective"], schedule)
     net = build_network(c["model"], conditioned=objective.conditioned).to(device)
-    shadow = [p.detach().clone() for p in net.parameters()]
+    layout = layout_of(c)
+    channels_last = layout["memory_format"] == "channels_last"
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+    forward = torch.compile(net) if layout["compile"] else net
+    shadow = [p.detach().clone() for p in net.parameters()]  # in the weights' memory format
     params = list(net.parameters())
     cls, kw = optimizer_kwargs(c)
     opt = cls(params, **kw)
@@ -82,12 +98,14 @@ def train_bare(c: dict, data, device: torch.device, warmup: int, n: int, seed: i
     def step(b: int, ema_step: int) -> None:
         idx = perm[b * bs:(b + 1) * bs]
         with amp:
-            x0 = encode(images[idx.to(device)], pad, scale)
+            x0 = encode(images[idx.to(device, non_blocking=True)], pad, scale)
             sigma = schedule.sample_training_sigma(bs, device=device)
             noise = torch.randn(x0.shape, device=device)
             x = x0 + sigma.view(-1, 1, 1, 1) * noise
             inp, cond = objective.net_input(x, sigma)
-            out = net(inp, cond).float()
+            if channels_last:
+                inp = inp.contiguous(memory_format=torch.channels_last)
+            out = forward(inp, cond).float()
             target = objective.target(x0, noise, sigma)
             per_image = (out - target).pow(2).mean(dim=(1, 2, 3))
             loss = (objective.loss_weight(sigma) * per_image).mean()
@@ -113,7 +131,7 @@ def train_bare(c: dict, data, device: torch.device, warmup: int, n: int, seed: i
     if profiler is not None:
         profiler.disable()
     return {"images_per_s": n * bs / wall, "cpu_images_per_s": n * bs / cpu,
-            **describe_optimizer(opt)}
+            **describe_optimizer(opt), "layout": layout}
 
 
 def time_forward(module, count: int, bs: int, device, seed: int) -> dict:
