@@ -9,32 +9,41 @@ else
   PY := $(VENV)/bin/python
   STAMP := $(VENV)/.installed
 endif
+# what running needs (`make run`), and the dev tools on top of it (`make test`, `make lint`):
+# separate stamps, so `make test` after `make run` installs only the extras
+DEV_STAMP := $(STAMP)-dev
 ARGS ?=
 
-.PHONY: install run test test-slow test-all lint bench results clean help
+.PHONY: install install-dev run test test-slow test-all lint bench results clean help
 
 help:
-	@echo "make install | run | test | test-slow | test-all | lint | bench | results | gpu-check | gpu-prep | gpu-rehearsal | clean"
+	@echo "make install | install-dev | run | test | test-slow | test-all | lint | bench | results | gpu-check | gpu-prep | gpu-rehearsal | clean"
 
 $(STAMP): pyproject.toml
 	@if [ "$(PY)" = "$(VENV)/bin/python" ] && [ ! -x $(PY) ]; then python3 -m venv $(VENV); fi
 	$(PY) -m pip install --upgrade pip >/dev/null
+	$(PY) -m pip install -e .
+	@touch $@
+
+$(DEV_STAMP): $(STAMP)
 	$(PY) -m pip install -e ".[dev]"
 	@touch $@
 
 install: $(STAMP)
 
+install-dev: $(DEV_STAMP)
+
 run: install
 	$(PY) train.py experiment=quickstart $(ARGS)
 	@echo "Samples: $$(ls -td runs/train/*/ | head -1)samples/final.png"
 
-test: install
+test: install-dev
 	$(PY) -m pytest -q $(ARGS)
 
-test-slow: install
+test-slow: install-dev
 	$(PY) -m pytest -q -m slow $(ARGS)
 
-test-all: install
+test-all: install-dev
 	$(PY) -m pytest -q -m "slow or not slow" $(ARGS)
 
 # the experiments of docs/RESULTS.md (CPU-sized; see there for times and for running two at once)
@@ -42,7 +51,7 @@ results: install
 	PYTHON=$(PY) scripts/results.sh runs/results $(ARGS)
 	$(PY) scripts/results_tables.py runs/results
 
-lint: install
+lint: install-dev
 	$(PY) -m ruff check src tests scripts train.py eval.py
 
 bench: install
@@ -76,5 +85,5 @@ gpu-rehearsal: install gpu-rehearsal-env
 	$(GPU_PY) scripts/gpu_rehearsal.py --python $(GPU_ENV)/bin/python $(ARGS)
 
 clean:
-	rm -rf build dist src/*.egg-info .pytest_cache .ruff_cache $(STAMP)
+	rm -rf build dist src/*.egg-info .pytest_cache .ruff_cache $(STAMP) $(DEV_STAMP)
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
