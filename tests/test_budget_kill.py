@@ -101,6 +101,8 @@ def test_killed_after_its_plan_ends_at_the_planned_step(tmp_path):
     ckpt, second = _finish(run, tmp_path)
     assert "trains to the planned step" in second or "is given" in second
     _assert_schedule_run_out(ckpt, steps, hold)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())  # rewritten by the restarted run
+    assert cfg["trainer"]["max_steps"] == steps and cfg["optim"]["hold_steps"] == hold
 
 
 @pytest.mark.slow
@@ -126,3 +128,5 @@ def test_killed_before_its_plan_plans_with_the_time_already_spent(tmp_path):
     # the time spent before the kill counts: the plan is made earlier into the second process
     plan = ckpt["callbacks"]["BudgetPlanner"]["plan"]
     assert plan["planned_at_s"] >= state["spent_s"]
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["trainer"]["max_steps"] == steps and cfg["optim"]["hold_steps"] == hold

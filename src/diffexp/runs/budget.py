@@ -111,6 +111,8 @@ class BudgetPlanner:
             def on_train_start(self, trainer, module):
                 if planner.plan is not None:  # resumed after the plan: run it out
                     planner.apply(trainer)
+                    if planner.on_plan is not None:  # the run's config.yaml records it again
+                        planner.on_plan(planner.plan)
                     say(f"[diffexp] train.time_budget_s={planner.budget_s:g}: the resumed "
                         f"run trains to the planned step {planner.plan['steps']}")
 
