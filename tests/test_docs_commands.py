@@ -73,11 +73,13 @@ DEFAULT_TRAIN = {
     "train.n_sample_images": "16",
     "eval.batch_size": "32",
     "noise_level.n_scatter": "32",
+    "eval.diagnostics": "false",
 }
 TINY_MODEL = {"model.widths": "[16,32]", "model.blocks": "1", "model.attn_levels": "[1]",
               "model.head_dim": "16"}
 FORCED_EVAL = {"eval.n_samples": "32"}
-DEFAULT_EVAL = {"logger": "csv", "eval.batch_size": "32", "eval.n_grid": "16"}
+DEFAULT_EVAL = {"logger": "csv", "eval.batch_size": "32", "eval.n_grid": "16",
+                "eval.diagnostics": "false"}  # the diagnostics' figures: tests/test_eval.py
 #: where the document sets these, they are replaced by the tiny value
 FORCED_IF_SET = {"trainer.max_steps": "++trainer.max_steps=4", "hydra.sweeper.n_trials":
                  "hydra.sweeper.n_trials=2", "hydra.launcher.n_jobs": "hydra.launcher.n_jobs=2"}
@@ -207,15 +209,18 @@ class Session:
         self.root = root
         self.done: dict[str, Result] = {}
         self.fixtures: dict[str, Path] = {}
-        self.first = {c.text: c for c in unique_commands()}
+        self.first: dict[str, DocCommand] = {}
+        for c in unique_commands():
+            self.first.setdefault(run_key(c), c)
         self.store = root / "models"  # one model store for every sweep (reuse across commands)
         self.by_block: dict[str, list[DocCommand]] = {}
         for c in all_commands():
             self.by_block.setdefault(c.block, []).append(c)
 
     def canonical(self, c: DocCommand) -> DocCommand:
-        """The first place a command with this text is written: where it runs (once)."""
-        return self.first[c.text]
+        """The first place a command with this text is written (or one that differs only in a
+        size the tiny run replaces): where it runs, once."""
+        return self.first[run_key(c)]
 
     def workspace(self, c: DocCommand) -> Path:
         block = self.canonical(c).block
@@ -365,7 +370,7 @@ class Session:
 
     def execute(self, c: DocCommand) -> Result:
         c = self.canonical(c)
-        key = c.text
+        key = run_key(c)
         if key not in self.done:
             ws = self.workspace(c)
             argv = self.command_line(c, ws)
@@ -374,6 +379,19 @@ class Session:
                     (ws / leftover).mkdir(parents=True, exist_ok=True)
             self.done[key] = _run(argv, ws)
         return self.done[key]
+
+
+def run_key(c: DocCommand) -> str:
+    """The command without the sizes the tiny run replaces anyway (``eval.n_samples=256`` and
+    ``eval.n_samples=512`` run the same tiny run)."""
+    forced = {*FORCED_TRAIN, *FORCED_EVAL, *FORCED_IF_SET}
+    words = []
+    for a in c.argv():
+        o = _override(a)
+        if o is not None and o.key_or_group in forced and not o.is_sweep_override():
+            continue
+        words.append(a)
+    return shlex.join([c.program, *words])
 
 
 def unique_commands() -> list[DocCommand]:
@@ -450,8 +468,18 @@ def test_documented_command(cmd: DocCommand, session: Session, data_root):
             validate_train_config(cfg)
     for m in re.finditer(r"^Samples: (\S+)$", r.stdout, flags=re.M):  # make run's last line
         assert (r.cwd / m.group(1)).is_file(), m.group(0)
+    study = [a.split("=", 1)[1] for a in cmd.argv() if a.startswith("experiment=")
+             and "task: no_t_study" in _recipe(a.split("=", 1)[1])]
+    if study and plan(cmd).mode == RUN and "-m" not in cmd.argv():  # the study's own promise
+        assert glob.glob(str(r.cwd / "runs" / "train" / f"*_{study[0]}" / "comparison.md")), \
+            f"no comparison.md\n{r.tail()}"
     if cmd.program == "make" and make_target(cmd) == "clean":
         assert not [p for p in CLEAN_LEFTOVERS if (r.cwd / p).exists()], r.tail()
+
+
+def _recipe(name: str) -> str:
+    path = REPO / "conf" / "experiment" / f"{name}.yaml"
+    return path.read_text() if path.is_file() else ""
 
 
 def test_documents_have_the_commands_they_show():
