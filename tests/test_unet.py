@@ -48,3 +48,69 @@ def test_a_config_from_before_patches_upgrades_to_patch_one():
     c = validate_train_config(compose_train(["data=synthetic", "train.batch_size=16"]))
     del c["model"]["patch"]
     assert upgrade_config(c)["model"]["patch"] == 1
+
+
+def _resblock_forward_before(self, x, emb):
+    """ResBlock.forward as it was: each block applied SiLU to the embedding itself."""
+    h = self.norm2(self.conv1(F.silu(self.norm1(x))))
+    if self.emb is not None:
+        scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        h = h * (1 + scale) + shift
+    return self.conv2(F.silu(h)) + self.skip(x)
+
+
+def _unet_forward_before(self, x, cond=None):
+    """UNet.forward as it was: the raw embedding handed to every block."""
+    from diffexp.models.unet import sinusoidal_embedding
+
+    emb = (self.emb_mlp(sinusoidal_embedding(cond, self.widths[0], kind=self.embedding)
+                        .to(x.dtype)) if self.cond_embedding else None)
+    if self.patch > 1:
+        x = F.pixel_unshuffle(x, self.patch)
+    h = self.conv_in(x)
+    hs = [h]
+    blocks = iter(self.down)
+    for lvl in range(len(self.widths)):
+        for _ in range(self.blocks):
+            h = next(blocks)(h, emb)
+            hs.append(h)
+        if lvl < len(self.widths) - 1:
+            h = self.downsample[lvl](h)
+            hs.append(h)
+    for blk in self.mid:
+        h = blk(h, emb)
+    blocks = iter(self.up)
+    for i, lvl in enumerate(reversed(range(len(self.widths)))):
+        for _ in range(self.blocks + 1):
+            h = next(blocks)(torch.cat([h, hs.pop()], dim=1), emb)
+        if lvl > 0:
+            h = self.upsample[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))
+    out = self.conv_out(F.silu(self.norm_out(h)))
+    return F.pixel_shuffle(out, self.patch) if self.patch > 1 else out
+
+
+def test_embedding_activation_once_keeps_outputs_and_checkpoint_keys(monkeypatch, tmp_path):
+    """SiLU of the embedding computed once per forward pass, not once per block: the same
+    outputs and gradients as before, and the same parameter names and shapes (a state dict saved
+    before loads strictly; its keys and shapes are those recorded here)."""
+    import hashlib
+
+    from diffexp.models.unet import ResBlock
+
+    net = _net(2)
+    desc = ";".join(f"{k}:{tuple(v.shape)}" for k, v in _net(1).state_dict().items())
+    assert hashlib.sha256(desc.encode()).hexdigest()[:16] == "a188468445e2ab6d"  # as before
+    torch.save(net.state_dict(), tmp_path / "net.pt")
+    loaded = _net(2)
+    loaded.load_state_dict(torch.load(tmp_path / "net.pt"), strict=True)
+
+    x, cond = torch.randn(2, 1, 28, 28), torch.rand(2)
+    got = loaded(x, cond)
+    (g_new,) = torch.autograd.grad(got.square().sum(), loaded.emb_mlp[0].weight)
+    with monkeypatch.context() as m:
+        m.setattr(ResBlock, "forward", _resblock_forward_before)
+        m.setattr(UNet, "forward", _unet_forward_before)
+        want = net(x, cond)
+        (g_old,) = torch.autograd.grad(want.square().sum(), net.emb_mlp[0].weight)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    torch.testing.assert_close(g_new, g_old, rtol=1e-5, atol=1e-6)

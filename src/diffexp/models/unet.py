@@ -54,6 +54,10 @@ def _norm(ch: int) -> nn.GroupNorm:
 
 
 class ResBlock(nn.Module):
+    """``forward(x, emb_act)`` takes the embedding already activated (``F.silu(emb)``): every
+    block applies the same activation to the same embedding, so :class:`UNet` computes it once per
+    forward pass instead of once per block."""
+
     def __init__(self, cin: int, cout: int, emb_dim: int):
         super().__init__()
         self.norm1, self.conv1 = _norm(cin), nn.Conv2d(cin, cout, 3, padding=1)
@@ -61,11 +65,11 @@ class ResBlock(nn.Module):
         self.emb = nn.Linear(emb_dim, 2 * cout) if emb_dim else None
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
-    def forward(self, x: Tensor, emb: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, emb_act: Tensor | None) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
         h = self.norm2(h)
         if self.emb is not None:
-            scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+            scale, shift = self.emb(emb_act)[:, :, None, None].chunk(2, dim=1)
             h = h * (1 + scale) + shift
         h = self.conv2(F.silu(h))
         return h + self.skip(x)
@@ -95,8 +99,8 @@ class Block(nn.Module):
         self.res = ResBlock(cin, cout, emb_dim)
         self.attn = SelfAttention(cout, head_dim) if attn else None
 
-    def forward(self, x, emb):
-        x = self.res(x, emb)
+    def forward(self, x, emb_act):
+        x = self.res(x, emb_act)
         return self.attn(x) if self.attn is not None else x
 
 
@@ -168,6 +172,7 @@ class UNet(nn.Module):
                 raise ValueError("this UNet is conditioned: pass a [B] conditioning tensor")
             emb = self.emb_mlp(sinusoidal_embedding(cond, self.widths[0], kind=self.embedding)
                                .to(x.dtype))
+            emb = F.silu(emb)  # once here, not in each block (ResBlock takes it activated)
         else:
             if cond is not None:
                 raise ValueError("this UNet has no conditioning input (cond_embedding=False)")
