@@ -5,7 +5,9 @@ a wandb_internal_pb2.Record)."""
 
 from __future__ import annotations
 
+import csv
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -84,11 +86,19 @@ def _cli(script: str, *args, cwd):
                           capture_output=True, text=True, timeout=900)
 
 
+def _quiet(r) -> None:
+    """No library notice on a normal run: wandb's warning about the `anonymous` setting and
+    Lightning's litlogger tip."""
+    out = r.stdout + r.stderr
+    assert "anonymous" not in out and "litlogger" not in out and "Tip:" not in out, out[-3000:]
+
+
 @pytest.mark.slow
 def test_a_sweep_and_an_eval_read_as_a_dashboard(tmp_path, data_root):
     r = _cli("train.py", "-m", *TINY, "logger=wandb", "data.scale=0.5,1", "eval.n_samples=16",
              "eval.batch_size=16", "eval.diagnostics=false", "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
+    _quiet(r)
     trainings = _runs(tmp_path / "runs" / "models")
     in_sweep = _runs(tmp_path / "sweep")
     cells = [run for run in in_sweep if run["job_type"] == "eval"]
@@ -98,8 +108,11 @@ def test_a_sweep_and_an_eval_read_as_a_dashboard(tmp_path, data_root):
     assert summaries[0]["group"] == "sweep"
     for t in trainings:
         assert t["job_type"] == "train" and t["group"] == "sweep"
-        assert {"train/loss_step", "lr-Adam", "train/grad_norm", "train/ema_decay"} <= t["history"]
+        assert {"train/loss_step", "train/lr", "train/grad_norm", "train/ema_decay"} <= t["history"]
+        assert not [k for k in t["history"] if k.startswith("lr-")]
         assert t["config"]["parameters"] > 0 and "final_train_loss" in t["summary"]
+        # the config once, at the top level (not again under the module's `cfg`)
+        assert "cfg" not in t["config"] and t["config"]["schedule"]["name"] == "cosine"
     for cell in cells:
         assert cell["job_type"] == "eval" and cell["group"] == "sweep"
         assert cell["name"].startswith("cosine-eps/") and "data.scale=" in cell["name"]
@@ -112,6 +125,7 @@ def test_a_sweep_and_an_eval_read_as_a_dashboard(tmp_path, data_root):
              "sampler=euler", "sampler.steps=3", "eval.n_samples=16", "eval.batch_size=16",
              "eval.per_step=true", "eval.diagnostics=false", "hydra.run.dir=ev", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
+    _quiet(r)
     (ev,) = _runs(tmp_path / "ev")
     trained = json.loads((model / "wandb.json").read_text())
     assert ev["job_type"] == "eval" and ev["group"] == trained["group"]
@@ -130,3 +144,94 @@ def test_a_sweep_and_an_eval_read_as_a_dashboard(tmp_path, data_root):
               f"  history: {sorted(k for k in run['history'] if '/_' not in k and '/path' not in k)}\n"
               f"  summary: {sorted(k for k in run['summary'] if '/_' not in k)}\n"
               f"  config: {sorted(run['config'])}")
+
+
+# ----------------------------------------------------------------------------- a quiet, agreed run
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_the_litlogger_tip_alone_is_dropped():
+    """Lightning's notice to install litlogger is dropped; its other INFO lines still show."""
+    import pytorch_lightning as pl
+
+    from diffexp.runs.env import quiet_lightning_tip
+
+    log = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    seen = _Collect()
+    log.addHandler(seen)
+    try:
+        quiet_lightning_tip()
+        quiet_lightning_tip()  # idempotent: one filter
+        pl.Trainer(logger=False, accelerator="cpu", enable_checkpointing=False,
+                   enable_progress_bar=False, enable_model_summary=False)
+    finally:
+        log.removeHandler(seen)
+    assert not [m for m in seen.messages if "litlogger" in m], seen.messages
+    assert any(m.startswith("GPU available") for m in seen.messages), seen.messages
+    assert sum(getattr(f, "__name__", "") == "_drop_litlogger_tip" for f in log.filters) == 1
+
+
+def test_make_logger_passes_no_anonymous_setting(tmp_path, capfd):
+    """Lightning turns any truthy `anonymous` into "allow" and hands wandb.init a None otherwise,
+    which wandb warns about on every run: make_logger's wandb run gets no such setting."""
+    import wandb
+
+    from diffexp.runs.env import make_logger
+
+    c = {"name": "t", "logger": {"name": "wandb", "project": "p", "entity": None, "group": None,
+                                 "tags": [], "mode": "offline"}}
+    logger = make_logger(c, tmp_path / "run", config={"a": 1})
+    assert "anonymous" not in logger._wandb_init
+    try:
+        logger.experiment.log({"x": 1})
+    finally:
+        wandb.finish()
+    out = capfd.readouterr()
+    assert "anonymous" not in out.out + out.err
+
+
+def _fit_with_lr_monitor(tmp_path, schedule: bool) -> set[str]:
+    import pytorch_lightning as pl
+    import torch
+    from pytorch_lightning.loggers import CSVLogger
+
+    from diffexp.runs.env import lr_monitor
+
+    class M(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, _):
+            return self.lin(batch[0]).pow(2).mean()
+
+        def configure_optimizers(self):
+            opt = torch.optim.AdamW(self.parameters(), lr=1e-3)
+            if not schedule:
+                return opt
+            s = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=4)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": s, "interval": "step"}}
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 2)),
+                                       batch_size=2)
+    trainer = pl.Trainer(max_epochs=1, logger=CSVLogger(tmp_path, name="", version="csv"),
+                         callbacks=[lr_monitor()], log_every_n_steps=1, accelerator="cpu",
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.fit(M(), data)
+    rows = list(csv.DictReader(open(tmp_path / "csv" / "metrics.csv")))
+    return {k for r in rows for k, v in r.items() if v}
+
+
+@pytest.mark.parametrize("schedule", [False, True], ids=["constant", "scheduled"])
+def test_the_learning_rate_is_logged_as_train_lr(tmp_path, schedule):
+    """callbacks.lr_monitor's key is the one conf/callbacks/default.yaml documents, whatever the
+    optimizer's class (Lightning's own key would be lr-AdamW here)."""
+    keys = _fit_with_lr_monitor(tmp_path, schedule)
+    assert "train/lr" in keys and not [k for k in keys if k.startswith("lr-")], keys

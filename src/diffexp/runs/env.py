@@ -10,7 +10,10 @@ import os
 from pathlib import Path
 
 __all__ = ["in_multirun", "sweep_dir", "wants_eval_at_end", "make_logger", "holding_run_folder",
-           "publish_summary"]
+           "publish_summary", "lr_monitor", "quiet_lightning_tip", "LR_KEY"]
+
+#: the key the learning rate is logged under (callbacks.lr_monitor)
+LR_KEY = "train/lr"
 
 
 def in_multirun() -> bool:
@@ -55,6 +58,43 @@ def _wandb_logged_in() -> bool:
         return False
 
 
+def _is_litlogger_tip(record) -> bool:
+    msg = record.msg if isinstance(record.msg, str) else ""
+    return msg.startswith("\N{ELECTRIC LIGHT BULB} Tip:") and "litlogger" in msg
+
+
+def quiet_lightning_tip() -> None:
+    """Drop the one notice Lightning (2.6+) logs at INFO on every Trainer whose loggers include
+    no LitLogger, an advertisement to install litlogger (``LoggerConnector.configure_logger``,
+    no setting turns it off). A filter on Lightning's rank-zero logger drops that record alone:
+    every other Lightning message still shows."""
+    import logging
+
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
+        log = logging.getLogger(name)
+        if not any(getattr(f, "__name__", "") == "_drop_litlogger_tip" for f in log.filters):
+            def _drop_litlogger_tip(record) -> bool:
+                return not _is_litlogger_tip(record)
+
+            log.addFilter(_drop_litlogger_tip)
+
+
+def lr_monitor(logging_interval: str = "step"):
+    """Lightning's LearningRateMonitor, logging under :data:`LR_KEY` (``train/lr``; with several
+    parameter groups ``train/lr/pg1``, ...) instead of Lightning's ``lr-<Optimizer>``, so the key
+    does not change with ``optim.name``."""
+    import re
+
+    from pytorch_lightning.callbacks import LearningRateMonitor
+
+    class _LearningRateMonitor(LearningRateMonitor):
+        def _extract_stats(self, trainer, interval):
+            stats = super()._extract_stats(trainer, interval)
+            return {re.sub(r"^lr-\w+", LR_KEY, k): v for k, v in stats.items()}
+
+    return _LearningRateMonitor(logging_interval=logging_interval)
+
+
 def make_logger(c: dict, run_dir: Path, *, job_type: str = "train", name: str | None = None,
                 group: str | None = None, config: dict | None = None):
     """The Lightning logger of ``c["logger"]`` writing into ``run_dir`` (False for none). A
@@ -62,6 +102,7 @@ def make_logger(c: dict, run_dir: Path, *, job_type: str = "train", name: str | 
     a group named after its run folder, which the run's evaluations join; it records its id and
     group in ``wandb.json`` and ``wandb_id.txt`` and continues that id after a resume. ``config``:
     what the run's config panel shows (default ``c``)."""
+    quiet_lightning_tip()  # make_logger comes before every Trainer of a run
     lg = c["logger"]
     if lg["name"] == "none":
         return False
@@ -80,12 +121,18 @@ def make_logger(c: dict, run_dir: Path, *, job_type: str = "train", name: str | 
     run_id = id_file.read_text().strip() if id_file.exists() else None
     if name is None:  # a sweep's jobs are told apart by their overrides (the job folder's name)
         name = f"{c['name']}/{Path(run_dir).name}" if in_multirun() else c["name"]
-    return WandbLogger(project=lg["project"], entity=lg["entity"], group=group,
-                       tags=list(lg["tags"]), name=name, job_type=job_type,
-                       save_dir=str(run_dir), mode=mode,
-                       id=run_id, resume="allow" if run_id else None,
-                       config=c if config is None else config,
-                       anonymous="never" if mode == "online" else None)
+    logger = WandbLogger(project=lg["project"], entity=lg["entity"], group=group,
+                         tags=list(lg["tags"]), name=name, job_type=job_type,
+                         save_dir=str(run_dir), mode=mode,
+                         id=run_id, resume="allow" if run_id else None,
+                         config=c if config is None else config)
+    # Lightning always hands wandb.init an `anonymous` setting (None, or "allow" for any truthy
+    # value: the "never" passed here before became "allow"), which current wandb (0.31) ignores
+    # with a warning on every run: leave it out; wandb.init's own default is never anonymous
+    init = getattr(logger, "_wandb_init", None)
+    if isinstance(init, dict):
+        init.pop("anonymous", None)
+    return logger
 
 
 def _launching_process() -> bool:
