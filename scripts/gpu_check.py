@@ -233,10 +233,13 @@ def unet_flops(model_cfg: dict, image_shape=(1, 32, 32), conditioned: bool = Tru
            "forward_flops_per_image": 2 * counter.total,
            "train_flops_per_image": 3 * 2 * counter.total}
     if crosscheck:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
         from torch.utils.flop_counter import FlopCounterMode
 
         fc = FlopCounterMode(display=False)
-        with torch.no_grad(), fc:
+        # the math backend: the counter has no formula for the CPU's fused (flash) kernel, which
+        # SelfAttention's layout takes, and would count its attention as zero
+        with torch.no_grad(), fc, sdpa_kernel(SDPBackend.MATH):
             net(x, cond)
         theirs = int(fc.get_total_flops())
         out["torch_flop_counter_forward_flops"] = theirs

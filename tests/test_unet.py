@@ -114,3 +114,63 @@ def test_embedding_activation_once_keeps_outputs_and_checkpoint_keys(monkeypatch
         (g_old,) = torch.autograd.grad(want.square().sum(), net.emb_mlp[0].weight)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
     torch.testing.assert_close(g_new, g_old, rtol=1e-5, atol=1e-6)
+
+
+def _attention_before(att, x):
+    """SelfAttention.forward as it was (q, k, v handed to SDPA with the head dim strided)."""
+    b, c, h, w = x.shape
+    q, k, v = att.qkv(att.norm(x)).reshape(b, 3, att.heads, c // att.heads, h * w).unbind(1)
+    out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2),
+                                         v.transpose(-1, -2))
+    return x + att.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+
+
+def test_attention_gives_sdpa_its_kernels_layout_in_either_memory_format(monkeypatch):
+    """q, k, v reach SDPA as (B, heads, L, d) with stride(-1) == 1 (what its flash and
+    memory-efficient kernels take), contiguous input or channels_last; the output is the one of
+    the layout before, in the input's memory format."""
+    from diffexp.models.unet import SelfAttention
+
+    torch.manual_seed(0)
+    att = SelfAttention(32, head_dim=8).eval()
+    torch.nn.init.normal_(att.proj.weight, std=0.2)
+    x = torch.randn(3, 32, 6, 5)
+    seen = []
+    real = F.scaled_dot_product_attention
+
+    def sdpa(q, k, v, *a, **kw):
+        seen.append([(t.shape, t.stride(-1)) for t in (q, k, v)])
+        return real(q, k, v, *a, **kw)
+
+    with torch.no_grad():
+        want = _attention_before(att, x)
+        monkeypatch.setattr(F, "scaled_dot_product_attention", sdpa)
+        got = att(x)
+        cl_att = SelfAttention(32, head_dim=8).eval()
+        cl_att.load_state_dict(att.state_dict())
+        cl_att.to(memory_format=torch.channels_last)
+        got_cl = cl_att(x.contiguous(memory_format=torch.channels_last))
+    assert seen == [[(torch.Size([3, 4, 30, 8]), 1)] * 3] * 2
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got_cl, want, rtol=1e-5, atol=1e-6)
+    assert got.is_contiguous()
+    assert got_cl.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_unet_outputs_are_those_of_the_attention_layout_before(monkeypatch):
+    """The whole network, contiguous and channels_last: the same output as with the attention's
+    layout before (in float64: in float32 the SDPA kernel's sums over other strides round
+    differently, about 1e-6 at the output)."""
+    from diffexp.models.unet import SelfAttention
+
+    net = _net(1).double().eval()
+    x, cond = torch.randn(2, 1, 28, 28, dtype=torch.float64), torch.rand(2, dtype=torch.float64)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        net.to(memory_format=fmt)
+        xf = x.contiguous(memory_format=fmt)
+        with torch.no_grad():
+            got = net(xf, cond)
+            with monkeypatch.context() as m:
+                m.setattr(SelfAttention, "forward", _attention_before)
+                want = net(xf, cond)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

@@ -76,6 +76,13 @@ class ResBlock(nn.Module):
 
 
 class SelfAttention(nn.Module):
+    """Multi-head self-attention over the positions of a feature map, residual.
+
+    q, k and v reach ``F.scaled_dot_product_attention`` as (B, heads, L, d) with the head
+    dimension innermost (stride 1), the layout its flash and memory-efficient kernels take without
+    a copy of their own: views of the qkv convolution's output when it is channels_last (B, H, W,
+    3C in memory), one copy of it otherwise. The result goes back to the input's memory format."""
+
     def __init__(self, ch: int, head_dim: int):
         super().__init__()
         self.heads = max(1, ch // head_dim)
@@ -85,10 +92,15 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
-        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2),
-                                             v.transpose(-1, -2))
-        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+        # channel order of qkv: (q|k|v, head, d); positions L = h * w in row-major order
+        qkv = self.qkv(self.norm(x)).permute(0, 2, 3, 1).contiguous()  # a view if channels_last
+        qkv = qkv.view(b, h * w, 3, self.heads, c // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, L, d), d innermost
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, L, d)
+        out = out.transpose(1, 2).reshape(b, h, w, c).permute(0, 3, 1, 2)  # (B, C, H, W)
+        fmt = (torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
+               and not x.is_contiguous() else torch.contiguous_format)
+        return x + self.proj(out.contiguous(memory_format=fmt))
 
 
 class Block(nn.Module):
