@@ -63,7 +63,7 @@ def test_max_steps_acts_and_checkpoints_are_kept_every_k_epochs(tmp_path):
     assert names == ["epoch001.ckpt", "epoch002.ckpt", "last.ckpt"]
     rows = list(csv.DictReader(open(tmp_path / "run" / "csv" / "metrics.csv")))
     keys = set().union(*(r.keys() for r in rows))
-    assert {"lr-Adam", "train/grad_norm", "train/ema_decay"} <= keys
+    assert {"train/lr", "train/grad_norm", "train/ema_decay"} <= keys
     decays = [float(r["train/ema_decay"]) for r in rows if r.get("train/ema_decay")]
     assert decays[0] < decays[-1] <= c["train"]["ema_decay"]  # the EMA's warm-up, then the decay
     assert all(float(r["train/grad_norm"]) > 0 for r in rows if r.get("train/grad_norm"))

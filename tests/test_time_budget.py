@@ -123,7 +123,7 @@ def test_a_held_schedule_resumes_from_its_state_dict():
                                                     total=30), cut)
         net2 = torch.nn.Linear(2, 2)
         opt2 = torch.optim.Adam(net2.parameters(), lr=3e-3, betas=(0.9, 0.99))
-        s2 = HeldSchedule(opt2, lambda n: _onecycle(opt2, n))  # as a resumed run builds it
+        s2 = HeldSchedule(opt2, lambda n, o=opt2: _onecycle(o, n))  # as a resumed run builds it
         opt2.load_state_dict(opt.state_dict())  # Lightning: optimizers, then schedulers
         s2.load_state_dict(s.state_dict())
         rest = []

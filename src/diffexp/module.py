@@ -105,7 +105,7 @@ class _DataModuleMixin(pl.LightningModule):
 
     def __init__(self, spec: DiffusionSpec | NoiseLevelSpec):
         super().__init__()
-        self.save_hyperparameters({"cfg": thawed(spec.config)})
+        self.save_hyperparameters({"cfg": thawed(spec.config)}, logger=False)
         self.spec = spec
         #: the mixed precision sampling runs under (a runtime choice, like the device)
         self.precision = spec.precision

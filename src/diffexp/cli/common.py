@@ -13,6 +13,7 @@ from hydra.experimental.callback import Callback
 
 from ..config import CONF_DIR, ConfigError, check_group_choices, check_moved_settings
 from ..errors import DiffexpError
+from ..files import atomic_write_text
 from ..say import attach_file_handlers, say
 
 #: jobs of this process's multirun that failed: (run_dir, one-line error)
@@ -77,7 +78,7 @@ def run_job(fn):
         first = (str(e).strip().splitlines() or [""])[0]
         line = f"{type(e).__name__}: {first}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "error.txt").write_text(line + "\n")
+    atomic_write_text(run_dir / "error.txt", line + "\n")
     FAILED_JOBS.append((str(run_dir), line))
     say(f"[diffexp] job failed ({run_dir}): {line}", stderr=True)
     return {"status": "failed", "error": line}

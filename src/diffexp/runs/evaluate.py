@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..config import ConfigError
+from ..files import atomic_open_text
 from ..precision import cpu_bf16_warning
 from ..say import say
 from .env import make_logger
@@ -177,7 +178,7 @@ def run_eval(c: dict, run_dir: str | Path) -> dict:
                      "seed_std": "sample std (ddof=1) over eval.seeds"},
     }
     if step_rows:
-        with open(run_dir / "per_step.csv", "w", newline="") as f:
+        with atomic_open_text(run_dir / "per_step.csv", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(step_rows[0]))
             w.writeheader()
             w.writerows(step_rows)

@@ -57,6 +57,7 @@ from pathlib import Path
 import torch
 
 from ..config import ConfigError
+from ..files import atomic_write_text
 from ..say import say
 from .env import in_multirun, make_logger, publish_summary, sweep_dir, wants_eval_at_end
 from .record import read_json, read_summary, write_json, write_summary
@@ -304,7 +305,7 @@ def obtain_model(c: dict, run_dir: Path) -> tuple[Path, str, dict]:
             summary = train(mc, model_dir)
         except BaseException as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            failed.write_text(f"{sweep}\n{type(e).__name__}: {first}\n")
+            atomic_write_text(failed, f"{sweep}\n{type(e).__name__}: {first}\n")
             raise
         write_json(model_dir / "DONE.json", {
             "fingerprint": key, "sweep": sweep, "finished": datetime.now().isoformat(),

@@ -13,7 +13,6 @@ bitwise as the uninterrupted run would.
 
 from __future__ import annotations
 
-import csv
 import math
 import sys
 import time
@@ -26,7 +25,7 @@ from ..config import ConfigError, fill_from_defaults, max_steps_of, validate_tra
 from ..errors import first_line
 from ..precision import cpu_bf16_warning, cpu_has_native_bf16
 from ..say import say
-from .env import make_logger, publish_summary, record_wandb_run, wants_eval_at_end
+from .env import lr_monitor, make_logger, publish_summary, record_wandb_run, wants_eval_at_end
 from .record import host_info, model_record, write_summary
 
 __all__ = ["train", "evaluate_at_end", "check_resume", "resume_changes", "resume_config",
@@ -106,11 +105,11 @@ class LossHistory:
 
     def write(self, run_dir: Path) -> dict:
         rows, val = self.callback.rows, self.callback.val
-        with open(run_dir / "losses.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["split", "step", "epoch", "loss"])
-            w.writerows(("train", *r) for r in rows)
-            w.writerows(("val", *r) for r in val)
+        from ..files import atomic_write_csv
+
+        atomic_write_csv(run_dir / "losses.csv", [*(("train", *r) for r in rows),
+                                                  *(("val", *r) for r in val)],
+                         header=["split", "step", "epoch", "loss"])
         if rows:
             import matplotlib
 
@@ -456,12 +455,10 @@ def trainer_arguments(tr: dict) -> dict:
 
 def progress_callbacks(c: dict) -> tuple[list, bool]:
     """``(callbacks, enable_progress_bar)`` for ``callbacks.progress_bar`` and the LR monitor."""
-    from pytorch_lightning.callbacks import LearningRateMonitor
-
     cb = c["callbacks"]
     extra = []
     if cb["lr_monitor"] and c["logger"]["name"] != "none":
-        extra.append(LearningRateMonitor(logging_interval="step"))
+        extra.append(lr_monitor())
     bar = cb["progress_bar"]
     if bar == "rich":
         from pytorch_lightning.callbacks import RichProgressBar
