@@ -328,10 +328,14 @@ class Session:
                            and "/" in a else a)
                 continue
             o = _override(a)
-            if o is None or o.is_sweep_override():
+            name = a.split("=", 1)[0]
+            if o is None and "=" in a and name in PATH_KEYS:  # e.g. <date> in a path
+                key, value = name, a.split("=", 1)[1]
+            elif o is None or o.is_sweep_override():
                 out.append(a)
                 continue
-            key, value = o.key_or_group, a.split("=", 1)[1]
+            else:
+                key, value = o.key_or_group, a.split("=", 1)[1]
             if (key, value) in VALUE_PLACEHOLDERS:
                 out.append(f"{a.split('=', 1)[0]}={VALUE_PLACEHOLDERS[key, value]}")
             elif key in PATH_KEYS:
