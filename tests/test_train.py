@@ -178,7 +178,7 @@ def test_onecycle_cycles_beta1_and_keeps_the_configured_beta2():
         ["data=synthetic", "train.batch_size=16", *TINY_MODEL, "optim=adam_onecycle",
          "optim.lr=3e-3", "optim.betas=[0.5,0.99]", "optim.pct_start=0.25"]))
     m = DiffusionModule.from_config(c)
-    m._trainer = types.SimpleNamespace(estimated_stepping_batches=100)
+    m._trainer = types.SimpleNamespace(estimated_stepping_batches=100, fast_dev_run=False)
     conf = m.configure_optimizers()
     opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
     seen = []

@@ -165,6 +165,8 @@ def test_the_litlogger_tip_alone_is_dropped():
     log = logging.getLogger("pytorch_lightning.utilities.rank_zero")
     seen = _Collect()
     log.addHandler(seen)
+    level = log.level
+    log.setLevel(logging.INFO)  # whatever an earlier test in this process left it at
     try:
         quiet_lightning_tip()
         quiet_lightning_tip()  # idempotent: one filter
@@ -172,6 +174,7 @@ def test_the_litlogger_tip_alone_is_dropped():
                    enable_progress_bar=False, enable_model_summary=False)
     finally:
         log.removeHandler(seen)
+        log.setLevel(level)
     assert not [m for m in seen.messages if "litlogger" in m], seen.messages
     assert any(m.startswith("GPU available") for m in seen.messages), seen.messages
     assert sum(getattr(f, "__name__", "") == "_drop_litlogger_tip" for f in log.filters) == 1
