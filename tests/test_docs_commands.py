@@ -57,7 +57,7 @@ from .doc_commands import (
 #: appended to every run even where the document sets the key (unless it sweeps it): the size
 FORCED_TRAIN = {
     "train.epochs": "1",
-    "train.time_budget_s": "null",  # a budget runs a 70-step pace probe first (test_time_budget.py)
+    "train.time_budget_s": "null",  # a budget trains for its seconds (test_time_budget.py)
     "data.subset": "1024",
     "data.val_size": "64",
     "trainer.limit_train_batches": "8",
