@@ -1030,11 +1030,42 @@ def validate_eval_config(cfg: DictConfig) -> dict:
 
 
 # ----------------------------------------------------------------------------- CLI pre-check
+def user_config_dirs(argv: list[str]) -> list[Path]:
+    """The config folders a command line adds to Hydra's search path: ``-cd DIR`` /
+    ``--config-dir DIR`` (also ``--config-dir=DIR``), ``-cp DIR`` / ``--config-path DIR`` and
+    ``hydra.searchpath=[file://DIR,...]`` (``pkg://`` entries are packages, not folders)."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        for flag in ("-cd", "--config-dir", "-cp", "--config-path"):
+            if arg == flag and i + 1 < len(argv):
+                out.append(argv[i + 1])
+            elif arg.startswith(flag + "="):
+                out.append(arg.split("=", 1)[1])
+        if arg.lstrip("+").startswith("hydra.searchpath="):
+            value = arg.split("=", 1)[1].strip("[]")
+            out += [v.strip().strip("'\"")[len("file://"):] for v in value.split(",")
+                    if v.strip().strip("'\"").startswith("file://")]
+    return [Path(d).expanduser().resolve() for d in out if d]
+
+
+def config_group_options(extra_dirs: list[Path] = ()) -> dict[str, list[str]]:
+    """Every group's options: the package's conf/ and the user's config folders together."""
+    groups: dict[str, set[str]] = {}
+    for root in (CONF_DIR, *extra_dirs):
+        if not root.is_dir():
+            continue
+        for p in root.iterdir():
+            if p.is_dir():
+                groups.setdefault(p.name, set()).update(q.stem for q in p.glob("*.yaml"))
+    return {g: sorted(o) for g, o in groups.items()}
+
+
 def check_group_choices(argv: list[str], groups: dict[str, list[str]] | None = None) -> None:
     """Before Hydra runs: ``group=option`` overrides naming an option that does not exist get a
-    one-line error listing the options (Hydra's own message spans many lines)."""
+    one-line error listing the options (Hydra's own message spans many lines); the options of
+    the user's config folders on the command line count as well as the package's."""
     if groups is None:
-        groups = {p.name: group_options(p.name) for p in CONF_DIR.iterdir() if p.is_dir()}
+        groups = config_group_options(user_config_dirs(argv))
     for arg in argv:
         if arg.startswith("-") or "=" not in arg:
             continue
