@@ -2,7 +2,7 @@
 
     python scripts/bench_budget.py --out runs/bench_budget                 # the quickstart, 380 s
     python scripts/bench_budget.py --out DIR --budget 120 --extra data.subset=20000
-    python scripts/bench_budget.py --out DIR --conditions idle --make-run 3
+    python scripts/bench_budget.py --out DIR --conditions "" --make-run 3     # make run only
 
 The same budgeted command (default ``experiment=quickstart``, the ``make run`` recipe) runs under
 each condition, one after the other, on an otherwise idle machine:
@@ -129,11 +129,12 @@ def main() -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     burn = {"idle": None, "burst": a.burst_s, "steady": float("inf")}
     rows = []
-    for cond in a.conditions.split(","):
+    for cond in [c for c in a.conditions.split(",") if c]:
         rows.append(run_once(a.out, cond, a, burn[cond]))
         print(f"[bench] {json.dumps(rows[-1])}", flush=True)
     idle = next((r["steps"] for r in rows if r["label"] == "idle"), None)
-    print(table(rows, idle))
+    if rows:
+        print(table(rows, idle))
     runs = [make_run(a.out, i + 1) for i in range(a.make_run)]
     if runs:
         print(table(runs, None))
