@@ -9,8 +9,7 @@ the mercy of whatever else the machine does in those seconds, and its steps are 
 * **Plan.** Once :data:`PLAN_AT` of the budget has passed, the pace is taken over the steps of
   the later half of that window: slowness that ended before it (another process on the cores at
   the start) does not enter at all, and within it the pace is the larger of the median step time
-  and the mean without the slowest :data:`TRIM` of the steps (:func:`robust_pace`), which a few
-  slow steps move little. The step count is then the steps
+  and the mean without the slowest step (:func:`robust_pace`), which one slow step does not move. The step count is then the steps
   taken plus those that fit in what is left of the budget at that pace, rounded down to a
   multiple of :data:`ROUND_TO`, never more than ``train.epochs`` epochs. The schedule then runs
   over the remaining steps exactly as it would over a run of that length.
@@ -48,16 +47,16 @@ PLAN_AT = 0.1  # the plan is made when this share of the budget has passed
 MIN_PLAN_STEPS = 20  # ... and at least this many steps have been timed in this process (or at
                      # half the budget, whatever has been timed)
 ROUND_TO = 100  # the step count is rounded down to a multiple of this (when it is larger)
-TRIM = 0.1  # the share of the slowest timed steps the pace's mean leaves out
+TRIM = 1  # the slowest timed steps the pace's mean leaves out (one slow moment)
 
 
 def robust_pace(stamps: list[float]) -> float:
     """Seconds per step from the end times ``stamps`` of consecutive steps (seconds since some
     start), over the steps that ended in the later half of the time covered (at least the last
     :data:`MIN_PLAN_STEPS` // 2): the larger of their median and their mean without the slowest
-    :data:`TRIM` of them. A few slow steps move neither; on a machine whose steps are steadily
+    :data:`TRIM` of them. One slow step moves neither; on a machine whose steps are steadily
     uneven (threads descheduled by other work), where the median is a typical step but the
-    run's time is the sum of all, the trimmed mean is the one that counts."""
+    run's time is the sum of all, the mean is the one that counts, its slow tail included."""
     if len(stamps) < 2:
         raise ValueError("a pace needs at least two timed steps")
     durations = [b - a for a, b in zip(stamps, stamps[1:])]
@@ -66,7 +65,7 @@ def robust_pace(stamps: list[float]) -> float:
     least = min(len(durations), MIN_PLAN_STEPS // 2)
     if len(recent) < least:
         recent = durations[-least:]
-    kept = sorted(recent)[:max(1, len(recent) - max(1, round(TRIM * len(recent))))]
+    kept = sorted(recent)[:max(1, len(recent) - TRIM)]
     return max(statistics.median(recent), statistics.fmean(kept))
 
 
