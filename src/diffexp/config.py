@@ -872,8 +872,10 @@ def validate_train_config(cfg: DictConfig) -> dict:
     out["resume"] = validate_resume(cfg.get("resume"))
     out["eval"] = _typed(cfg.get("eval") or {}, EndEvalCfg, "eval")
     ns = out["eval"]["n_samples"]
-    _require(ns == "auto" or (isinstance(ns, int) and not isinstance(ns, bool) and ns >= 2),
-             "eval.n_samples", "must be auto or an int >= 2", ns)
+    k = eval_defaults()["prdc_k"]  # the end-of-run evaluation is eval.py's, with its rules
+    _require(ns == "auto" or (isinstance(ns, int) and not isinstance(ns, bool) and ns > k),
+             "eval.n_samples", f"must be auto or an int above eval.py's prdc_k={k} (precision "
+             f"and recall need k + 1 samples)", ns)
     _require(out["eval"]["batch_size"] >= 1, "eval.batch_size", "must be >= 1",
              out["eval"]["batch_size"])
     out["eval"]["samplers"] = validate_eval_samplers(out["eval"]["samplers"], out["sampler"],
