@@ -9,9 +9,10 @@ the mercy of whatever else the machine does in those seconds, and its steps are 
 * **Plan.** Once :data:`PLAN_AT` of the budget has passed, the pace is taken over the steps of
   the later half of that window: slowness that ended before it (another process on the cores at
   the start) does not enter at all, and within it the pace is the larger of the median step time
-  and the mean without the slowest step (:func:`robust_pace`), which one slow step does not move. The step count is then the steps
-  taken plus those that fit in what is left of the budget at that pace, rounded down to a
-  multiple of :data:`ROUND_TO`, never more than ``train.epochs`` epochs. The schedule then runs
+  and the mean without the slowest step (:func:`robust_pace`), which one slow step does not
+  move. The step count is then the steps taken plus those that fit in what is left of the
+  budget at that pace, rounded down to a multiple of :data:`ROUND_TO`, never more than
+  ``train.epochs`` epochs. The schedule then runs
   over the remaining steps exactly as it would over a run of that length.
 * **Record.** The count ``N`` and the held steps ``K`` go into the run's ``config.yaml``
   (``trainer.max_steps: N``, ``optim.hold_steps: K``) and its checkpoints. ``trainer.max_steps=N
