@@ -746,6 +746,23 @@ def max_steps_of(trainer: dict) -> int | None:
     return n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None
 
 
+def optimizer_steps_per_epoch(batches: int, trainer: dict) -> tuple[int, str]:
+    """The optimizer steps an epoch of ``batches`` batches makes under the trainer's
+    ``limit_train_batches`` / ``overfit_batches`` (a count of batches, or a fraction of the epoch,
+    as Lightning reads them) and ``accumulate_grad_batches``; with the setting that decided it."""
+    key = "train.epochs"
+    for name in ("limit_train_batches", "overfit_batches"):
+        cap = trainer.get(name)
+        if cap:
+            capped = int(cap) if cap >= 1 else int(batches * cap)
+            if capped < batches:
+                batches, key = max(capped, 1), f"trainer.{name}"
+    accumulate = trainer.get("accumulate_grad_batches") or 1
+    if accumulate > 1:  # an optimizer step per `accumulate` batches, the epoch's rest included
+        batches, key = -(-batches // accumulate), "trainer.accumulate_grad_batches"
+    return batches, key
+
+
 def check_step_count(c: dict) -> None:
     """The number of optimizer steps, where it is known before the data is loaded (one process):
     a run that trains nothing, or too few steps for a one-cycle LR schedule, fails now."""
@@ -767,16 +784,7 @@ def check_step_count(c: dict) -> None:
     if per_epoch < 1:
         raise ConfigError(f"train.batch_size={t['batch_size']} exceeds the {n - d['val_size']} "
                           f"training images (data.subset - data.val_size); lower it")
-    key = "train.epochs"
-    for name in ("limit_train_batches", "overfit_batches"):
-        cap = tr.get(name)
-        if cap:  # a count of batches (>= 1) or a fraction of the epoch, as Lightning reads it
-            capped = int(cap) if cap >= 1 else int(per_epoch * cap)
-            if capped < per_epoch:
-                per_epoch, key = max(capped, 1), f"trainer.{name}"
-    accumulate = tr.get("accumulate_grad_batches") or 1
-    if accumulate > 1:  # an optimizer step per `accumulate` batches, the epoch's rest included
-        per_epoch, key = -(-per_epoch // accumulate), "trainer.accumulate_grad_batches"
+    per_epoch, key = optimizer_steps_per_epoch(per_epoch, tr)
     total = per_epoch * t["epochs"]
     max_steps = max_steps_of(tr)
     if max_steps is not None and max_steps < total:

@@ -21,7 +21,13 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from ..config import ConfigError, fill_from_defaults, max_steps_of, validate_train_config
+from ..config import (
+    ConfigError,
+    fill_from_defaults,
+    max_steps_of,
+    optimizer_steps_per_epoch,
+    validate_train_config,
+)
 from ..errors import first_line
 from ..precision import cpu_bf16_warning, cpu_has_native_bf16
 from ..say import say
@@ -416,11 +422,7 @@ def budget_planner(c: dict, data, run_dir: Path):
             raise ConfigError(f"train.time_budget_s={budget:g}: the resumed checkpoint "
                               f"{c['ckpt_path']} was not trained to a time budget; set "
                               f"trainer.max_steps, or drop train.time_budget_s")
-    per_epoch = len(data.train_index) // t["batch_size"]
-    for cap in (tr.get("limit_train_batches"), tr.get("overfit_batches")):
-        if cap:  # a count of batches or a fraction of the epoch, as Lightning reads it
-            per_epoch = min(per_epoch, max(int(cap) if cap >= 1 else int(per_epoch * cap), 1))
-    per_epoch = -(-per_epoch // (tr.get("accumulate_grad_batches") or 1))  # optimizer steps
+    per_epoch, _ = optimizer_steps_per_epoch(len(data.train_index) // t["batch_size"], tr)
     least = 3 if c["optim"]["lr_schedule"] == "onecycle" else 1
 
     def record(plan: dict) -> None:  # the plan becomes part of the run's config
