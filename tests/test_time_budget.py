@@ -12,7 +12,8 @@ import yaml
 from diffexp.config import ConfigError, validate_train_config
 from diffexp.lr_schedule import HeldSchedule
 from diffexp.runs import train as train_mod
-from diffexp.runs.budget import robust_pace, steps_for_budget
+from diffexp.runs.budget import choose_threads, robust_pace, steps_for_budget
+from diffexp.runs.threads import BLOCK, ThreadPlan, threads_for_step
 from diffexp.runs.train import budget_planner, train
 
 from .helpers import TINY_MODEL, compose_train
@@ -68,6 +69,77 @@ def test_the_pace_is_one_that_a_slow_moment_does_not_move():
     assert robust_pace(slow_start) == pytest.approx(0.1)
     # a steady slow machine is slow
     assert robust_pace([0.3 * i for i in range(40)]) == pytest.approx(0.3)
+
+
+# ------------------------------------------------------------------------------------ threads
+def test_held_steps_cycle_thread_counts_by_step_number():
+    got = [threads_for_step(s, 12, [2, 1], None) for s in range(14)]
+    assert got == [2] * BLOCK + [1] * BLOCK + [2, 2] + [None, None]  # after the hold: torch's
+    assert threads_for_step(40, None, [2, 1], 1) == 2  # hold None: still holding (step 40: 2)
+    assert threads_for_step(45, None, [2, 1], 1) == 1
+    assert threads_for_step(12, 12, [2, 1], 1) == 1  # the first step after the hold: threads
+    assert [threads_for_step(s, 3, None, 1) for s in (0, 5)] == [1, 1]  # no cycle: threads
+
+
+def test_a_thread_plan_sets_torch_threads():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        plan = ThreadPlan(hold=12, hold_threads=[2, 1], threads=None)
+        seen = []
+        for step in (0, 5, 10, 12):
+            plan.set(step)
+            seen.append(torch.get_num_threads())
+        assert seen == [2, 1, 2, 1]  # step 12: after the hold, torch's own count (1 here)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _cycled(pace_of, n_steps, count):
+    """Stamps and step numbers of n_steps steps where step s took pace_of(count(s), t)."""
+    stamps, steps, t = [0.0], [-1], 0.0
+    for s in range(n_steps):
+        t += pace_of(count(s), t, s)
+        stamps.append(t)
+        steps.append(s)
+    return stamps, steps
+
+
+def _count(s):
+    return threads_for_step(s, None, [2, 1], None)
+
+
+def test_one_thread_is_chosen_where_two_are_uneven_under_load():
+    # two threads beside two busy processes: a fast step most of the time, a very slow one now
+    # and then (mean 0.45 s, median 0.25); one thread a steady 0.20 s
+    def pace(n, t, s):
+        return (1.25 if s % 5 == 3 else 0.25) if n == 2 else 0.20
+    stamps, steps = _cycled(pace, 200, _count)
+    p, chosen, paces = choose_threads(stamps, steps, _count)
+    assert chosen == 1 and p == pytest.approx(0.20)
+    assert paces[2] > 0.40 and paces[1] == pytest.approx(0.20)
+
+
+def test_two_threads_are_chosen_on_an_idle_machine_and_switches_do_not_count():
+    def pace(n, t, s):  # each block's first step pays a switch (left out)
+        return (0.1 if n == 2 else 0.135) + (0.5 if s % BLOCK == 0 else 0.0)
+    stamps, steps = _cycled(pace, 300, _count)
+    p, chosen, paces = choose_threads(stamps, steps, _count)
+    assert chosen == 2 and p == pytest.approx(0.1)
+    assert list(paces) == [2, 1] and paces[1] == pytest.approx(0.135)
+
+
+def test_a_burst_that_has_ended_does_not_choose():
+    # other work on both cores for the first 30 s (one thread faster then), idle after; the
+    # window ends at 38 s: the last quarter of it chooses, as the rest of the run will go
+    def pace(n, t, s):
+        if t < 30:
+            return 0.6 if n == 2 else 0.2
+        return 0.1 if n == 2 else 0.135
+    stamps, steps = _cycled(pace, 400, _count)
+    cut = next(i for i, t in enumerate(stamps) if t >= 38)
+    p, chosen, _ = choose_threads(stamps[:cut], steps[:cut], _count)
+    assert chosen == 2
 
 
 # ---------------------------------------------------------------------------------- held schedule
@@ -145,7 +217,8 @@ def budgeted_run(tmp_path_factory):
     torch.set_num_threads(1)
     try:
         run = tmp_path_factory.mktemp("budget") / "run"
-        s = train(_cfg(f"train.time_budget_s={BUDGET}"), run)
+        # its held steps cycle two threads and one (as a budgeted run on a 2-core CPU does)
+        s = train(_cfg(f"train.time_budget_s={BUDGET}", "train.hold_threads=[2,1]"), run)
     finally:
         torch.set_num_threads(threads)
     return run, s
@@ -164,6 +237,11 @@ def test_a_budgeted_run_trains_the_steps_it_planned(budgeted_run):
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["trainer"]["max_steps"] == steps and cfg["optim"]["hold_steps"] == hold
     assert cfg["train"]["time_budget_s"] == BUDGET
+    # the thread count it kept is the one its held steps went faster with, and is recorded
+    assert tb["threads"] in (1, 2) and cfg["train"]["threads"] == tb["threads"]
+    assert cfg["train"]["hold_threads"] == [2, 1]
+    paces = {int(k): v for k, v in tb["pace_by_threads"].items()}
+    assert tb["threads"] == min(paces, key=paces.get)
     assert (run / "samples" / "final.png").is_file()  # the step count's end is the run's end
     # the planned steps fill the budget at the planned pace (or the cap ends the run)
     assert steps == 124 or (steps - hold) * tb["pace_s_per_step"] <= BUDGET
@@ -171,12 +249,15 @@ def test_a_budgeted_run_trains_the_steps_it_planned(budgeted_run):
 
 @pytest.mark.slow  # about 20 s more: with make test-slow
 def test_the_recorded_plan_trains_the_same_weights(budgeted_run, tmp_path):
-    """The planner draws no random numbers and the held schedule sets the same values as one
-    given its length: trainer.max_steps=N optim.hold_steps=K from the start is bitwise the
+    """The planner draws no random numbers, the held schedule sets the same values as one given
+    its length, and the thread counts follow the step numbers: trainer.max_steps=N
+    optim.hold_steps=K train.threads=T train.hold_threads=[2,1] from the start is bitwise the
     budgeted run."""
     run, s = budgeted_run
     steps, hold = s["time_budget"]["steps"], s["time_budget"]["hold_steps"]
-    train(_cfg(f"+trainer.max_steps={steps}", f"optim.hold_steps={hold}"), tmp_path / "fixed")
+    threads = s["time_budget"]["threads"]
+    train(_cfg(f"+trainer.max_steps={steps}", f"optim.hold_steps={hold}",
+               f"train.threads={threads}", "train.hold_threads=[2,1]"), tmp_path / "fixed")
     a = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     b = torch.load(tmp_path / "fixed" / "checkpoints" / "last.ckpt", map_location="cpu",
                    weights_only=False)
@@ -213,6 +294,20 @@ def test_bad_budgets_name_the_setting(override, needle):
     with pytest.raises(ConfigError) as e:
         _cfg(*extra)
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["train.threads=0"], "train.threads must be a thread count >= 1"),
+    (["train.hold_threads=[]"], "train.hold_threads must be a list of thread counts >= 1"),
+    (["train.hold_threads=[2,0]"], "train.hold_threads must be a list"),
+    (["train.hold_threads=[2,1]"], "train.hold_threads=[2, 1] sets the held steps' threads, and "
+                                   "the run holds none"),
+])
+def test_bad_thread_settings_name_the_setting(extra, needle):
+    with pytest.raises(ConfigError) as e:
+        _cfg(*extra)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+    assert _cfg("train.hold_threads=[2,1]", "optim.hold_steps=5")["train"]["hold_threads"] == [2, 1]
 
 
 # ------------------------------------------------------------------------------ bf16-if-native

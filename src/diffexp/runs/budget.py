@@ -10,16 +10,20 @@ the mercy of whatever else the machine does in those seconds, and its steps are 
   the later half of that window: slowness that ended before it (another process on the cores at
   the start) does not enter at all, and within it the pace is the larger of the median step time
   and the mean without the slowest step (:func:`robust_pace`), which one slow step does not
-  move. The step count is then the steps taken plus those that fit in what is left of the
-  budget at that pace, rounded down to a multiple of :data:`ROUND_TO`, never more than
-  ``train.epochs`` epochs. The schedule then runs
-  over the remaining steps exactly as it would over a run of that length.
+  move. On a CPU with more than one torch thread (and ``train.threads`` not given), the held
+  steps cycle between torch's thread count and one thread (runs/threads.py), and the plan keeps
+  the count that went faster over its latest blocks (:func:`choose_threads`): under other
+  work on the cores, one thread is steadier and faster than several. The step count is then
+  the steps taken plus those that fit in what is left of the budget at that pace, rounded down
+  to a multiple of :data:`ROUND_TO`, never more than ``train.epochs`` epochs. The schedule then
+  runs over the remaining steps exactly as it would over a run of that length.
 * **Record.** The count ``N`` and the held steps ``K`` go into the run's ``config.yaml``
-  (``trainer.max_steps: N``, ``optim.hold_steps: K``) and its checkpoints. ``trainer.max_steps=N
-  optim.hold_steps=K`` trains the same weights again (the planner draws no random numbers), and a
-  run killed and restarted in its folder continues the plan from its last checkpoint: to the
-  planned ``N`` when the plan was made, else still holding, with the budget's time already spent
-  counted.
+  (``trainer.max_steps: N``, ``optim.hold_steps: K``, and ``train.threads`` /
+  ``train.hold_threads`` where it chose) and its checkpoints. ``trainer.max_steps=N
+  optim.hold_steps=K`` (with the thread settings it printed) trains the same weights again
+  (the planner draws no random numbers), and a run killed and restarted in its folder continues
+  the plan from its last checkpoint: to the planned ``N`` when the plan was made, else still
+  holding, with the budget's time already spent counted.
 
 Where the epochs' cap is in sight before :data:`PLAN_AT` of the budget (a budget larger than the
 epochs need), the plan is made once a tenth of the capped steps is done, at the cap.
@@ -40,15 +44,17 @@ import torch
 
 from ..lr_schedule import HeldSchedule
 from ..say import say
+from .threads import BLOCK, ThreadPlan
 
 __all__ = ["PLAN_AT", "ROUND_TO", "MIN_PLAN_STEPS", "HeldSchedule", "BudgetPlanner",
-           "robust_pace", "steps_for_budget"]
+           "robust_pace", "choose_threads", "steps_for_budget"]
 
 PLAN_AT = 0.1  # the plan is made when this share of the budget has passed
 MIN_PLAN_STEPS = 20  # ... and at least this many steps have been timed in this process (or at
                      # half the budget, whatever has been timed)
 ROUND_TO = 100  # the step count is rounded down to a multiple of this (when it is larger)
 TRIM = 1  # the slowest timed steps the pace's mean leaves out (one slow moment)
+CHOOSE_BLOCKS = 4  # the latest blocks of each thread count that choose between them
 
 
 def robust_pace(stamps: list[float]) -> float:
@@ -66,8 +72,43 @@ def robust_pace(stamps: list[float]) -> float:
     least = min(len(durations), MIN_PLAN_STEPS // 2)
     if len(recent) < least:
         recent = durations[-least:]
-    kept = sorted(recent)[:max(1, len(recent) - TRIM)]
-    return max(statistics.median(recent), statistics.fmean(kept))
+    return _pace(recent)
+
+
+def _pace(durations: list[float]) -> float:
+    """The larger of the median and the mean without the slowest :data:`TRIM` (robust_pace)."""
+    kept = sorted(durations)[:max(1, len(durations) - TRIM)]
+    return max(statistics.median(durations), statistics.fmean(kept))
+
+
+def choose_threads(stamps: list[float], steps: list[int],
+                   count: Callable[[int], int]) -> tuple[float, int, dict[int, float]]:
+    """``(pace, thread count, {count: pace})`` for held steps that cycled thread counts
+    (runs/threads.py): step ``steps[i]`` ended at ``stamps[i]`` and ran with ``count(steps[i])``
+    threads. The first step of each block (a switch's cost, which the rest of the run does not
+    pay) is left out. The counts are compared over the last :data:`CHOOSE_BLOCKS` blocks of each
+    (slowness that has ended, such as a burst of other work at the start, does not choose), each
+    by :func:`robust_pace`'s statistic; the pace returned is the chosen count's over the later
+    half of the time covered, as :func:`robust_pace` takes it."""
+    if len(stamps) < 2:
+        raise ValueError("a pace needs at least two timed steps")
+    timed = [(b - a, b, s) for a, b, s in zip(stamps, stamps[1:], steps[1:])
+             if s % BLOCK]  # not a block's first step
+    recent: dict[int, list[float]] = {}
+    blocks: dict[int, set[int]] = {}
+    for d, _, s in reversed(timed):
+        n = count(s)
+        seen = blocks.setdefault(n, set())
+        if len(seen) < CHOOSE_BLOCKS or s // BLOCK in seen:
+            seen.add(s // BLOCK)
+            recent.setdefault(n, []).append(d)
+    paces = {n: _pace(d) for n, d in sorted(recent.items(), reverse=True) if len(d) >= 3}
+    if not paces:  # too few steps of any one count to compare: what there is, all counts
+        return robust_pace(stamps), count(steps[-1]), {}
+    chosen = min(paces, key=paces.get)
+    half = stamps[0] + (stamps[-1] - stamps[0]) / 2
+    later = [d for d, end, s in timed if end >= half and count(s) == chosen]
+    return _pace(later if len(later) >= 3 else recent[chosen]), chosen, paces
 
 
 def steps_for_budget(left_s: float, pace_s: float, done: int, cap: int, least: int) -> int:
@@ -87,7 +128,8 @@ class BudgetPlanner:
     writes it into its config.yaml). Its state (time spent, the plan) travels in checkpoints."""
 
     def __init__(self, budget_s: float, cap: int, least: int, batch_size: int,
-                 per_epoch: int, on_plan: Callable[[dict], None] | None = None):
+                 per_epoch: int, on_plan: Callable[[dict], None] | None = None,
+                 threads: ThreadPlan | None = None):
         import pytorch_lightning as pl
 
         planner = self
@@ -127,7 +169,9 @@ class BudgetPlanner:
         self.plan: dict | None = None
         self.spent_before = 0.0  # budget seconds spent before this process (a resumed run)
         self.t0 = time.perf_counter()
-        self.stamps: list[float] = []
+        self.stamps: list[float] = []  # when each timed optimizer step ended (budget seconds)
+        self.steps: list[int] = []  # ... and which step it was
+        self.threads = threads  # the run's thread counts per step (runs/threads.py), if any
         self._last_step = -1
         self.callback = _Callback()
 
@@ -143,6 +187,7 @@ class BudgetPlanner:
         self._last_step = done
         now = self.spent()
         self.stamps.append(now)
+        self.steps.append(done - 1)  # the step that just ended
         timed = len(self.stamps) - 1
         due = now >= PLAN_AT * self.budget_s or done >= math.ceil(PLAN_AT * self.cap)
         # so slow a machine that MIN_PLAN_STEPS take half the budget: plan with what there is
@@ -151,25 +196,49 @@ class BudgetPlanner:
             self.make_plan(trainer, now, done)
 
     def make_plan(self, trainer, now: float, done: int) -> None:
-        pace = robust_pace(self.stamps) if len(self.stamps) >= 2 else now / max(done, 1)
+        threads = self.threads
+        choosing = threads is not None and threads.threads is None and \
+            len(set(threads.hold_threads or ())) > 1
+        paces: dict[int, float] = {}
+        chosen = None
+        if len(self.stamps) < 2:
+            pace = now / max(done, 1)
+        elif choosing:
+            pace, chosen, paces = choose_threads(self.stamps, self.steps, threads.count)
+        else:
+            pace = robust_pace(self.stamps)
         steps = steps_for_budget(self.budget_s - now, pace, done, self.cap, self.least)
         capped = " (train.epochs caps it)" if steps == self.cap else ""
         self.plan = {"budget_s": self.budget_s, "steps": steps, "hold_steps": done,
                      "pace_s_per_step": round(pace, 5), "planned_at_s": round(now, 2),
                      "source": "run"}
+        if chosen is not None:
+            self.plan["threads"] = chosen
+            self.plan["pace_by_threads"] = {n: round(p, 5) for n, p in paces.items()}
         self.apply(trainer)
-        say(f"[diffexp] train.time_budget_s={self.budget_s:g}: {pace:.4f} s per step (median "
-            f"over the run's last {len([s for s in self.stamps if s >= now / 2])} steps, "
-            f"at {now:.0f} s); {steps} steps, {steps * self.batch_size:,} images, "
-            f"{steps / self.per_epoch:.2f} epochs{capped}, the first {done} at the LR "
-            f"schedule's starting values. The same run again: trainer.max_steps={steps} "
-            f"optim.hold_steps={done}")
+        replay = f"trainer.max_steps={steps} optim.hold_steps={done}"
+        which = ""
+        if chosen is not None:
+            tried = ", ".join(f"{n} thread{'s' * (n > 1)} {p:.4f}" for n, p in paces.items())
+            which = f" with {chosen} thread{'s' * (chosen > 1)} (s per step: {tried})"
+            hold = ",".join(str(n) for n in threads.hold_threads)
+            replay += f" train.threads={chosen} train.hold_threads=[{hold}]"
+        say(f"[diffexp] train.time_budget_s={self.budget_s:g}: {pace:.4f} s per step{which} "
+            f"(the run's steps after {now / 2:.0f} s, at {now:.0f} s); {steps} steps, "
+            f"{steps * self.batch_size:,} images, {steps / self.per_epoch:.2f} epochs{capped}, "
+            f"the first {done} at the LR schedule's starting values. The same run again: "
+            f"{replay}")
         if self.on_plan is not None:
             self.on_plan(self.plan)
 
     def apply(self, trainer) -> None:
-        """Make the trainer stop at the planned step and the LR schedule span it."""
+        """Make the trainer stop at the planned step, the LR schedule span it and the thread
+        count after the hold be the chosen one."""
         trainer.fit_loop.epoch_loop.max_steps = self.plan["steps"]
+        if self.threads is not None:
+            self.threads.hold = self.plan["hold_steps"]
+            if "threads" in self.plan:
+                self.threads.threads = self.plan["threads"]
         for config in trainer.lr_scheduler_configs:
             s = config.scheduler
             if isinstance(s, HeldSchedule) and not s.committed:

@@ -17,6 +17,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from omegaconf import OmegaConf
@@ -33,6 +34,9 @@ from ..precision import cpu_bf16_warning, cpu_has_native_bf16
 from ..say import say
 from .env import lr_monitor, make_logger, publish_summary, record_wandb_run, wants_eval_at_end
 from .record import host_info, model_record, write_summary
+
+if TYPE_CHECKING:
+    from .threads import ThreadPlan
 
 __all__ = ["train", "evaluate_at_end", "check_resume", "resume_changes", "resume_config",
            "budget_planner",
@@ -389,7 +393,7 @@ def checkpoint_callbacks(c: dict, ckpt_dir: Path) -> list:
     return cbs
 
 
-def budget_planner(c: dict, data, run_dir: Path):
+def budget_planner(c: dict, data, run_dir: Path, threads: ThreadPlan | None = None):
     """``train.time_budget_s``: the :class:`~diffexp.runs.budget.BudgetPlanner` that fixes the
     run's step count from its own pace, or None (no budget; a given ``trainer.max_steps`` wins,
     as in a run's own config.yaml once planned; a fast_dev_run smoke run). A run resumed from a
@@ -428,10 +432,31 @@ def budget_planner(c: dict, data, run_dir: Path):
     def record(plan: dict) -> None:  # the plan becomes part of the run's config
         c["trainer"]["max_steps"] = plan["steps"]
         c["optim"]["hold_steps"] = plan["hold_steps"]
+        if "threads" in plan:
+            c["train"]["threads"] = plan["threads"]
         write_config(c, run_dir)
 
     return BudgetPlanner(budget, per_epoch * t["epochs"], least, t["batch_size"], per_epoch,
-                         on_plan=record)
+                         on_plan=record, threads=threads)
+
+
+def thread_plan(c: dict, accelerator: str, budgeted: bool):
+    """The :class:`~diffexp.runs.threads.ThreadPlan` of the run's thread settings, or None
+    (torch's own count throughout). A budgeted CPU run with more than one torch thread and no
+    thread setting given cycles its held steps between torch's count and one (recorded in
+    ``train.hold_threads``); its plan keeps the faster (runs/budget.py)."""
+    from .threads import ThreadPlan
+
+    t = c["train"]
+    if budgeted and accelerator == "cpu" and t["threads"] is None and not t["hold_threads"] \
+            and torch.get_num_threads() > 1:
+        t["hold_threads"] = [torch.get_num_threads(), 1]
+    if t["threads"] is None and not t["hold_threads"]:
+        return None
+    if t["threads"] is not None:  # the evaluation and what else runs outside the steps
+        torch.set_num_threads(int(t["threads"]))
+    hold = None if budgeted else c["optim"]["hold_steps"]
+    return ThreadPlan(hold, t["hold_threads"], t["threads"])
 
 
 def trainer_arguments(tr: dict) -> dict:
@@ -531,7 +556,7 @@ def _train(c: dict, run_dir: str | Path, callbacks: list | None, guard) -> dict:
         data = build_data(c["data"], train=True)
     except DataError as e:
         raise ConfigError(str(e)) from None
-    planner = None
+    planner = threads = None
     if c["task"] == "noise_level":
         module = AlphaBarModule(noise_level_spec(c, precision=precision))
         say(f"[diffexp] noise-level predictor (target={c['noise_level']['target']}): "
@@ -545,7 +570,12 @@ def _train(c: dict, run_dir: str | Path, callbacks: list | None, guard) -> dict:
                 f"training data, scale={c['data']['scale']}, pad={c['data']['pad']})"
                 + (f"; the objective uses {measured:.4f} x {factor:g}" if factor != 1 else ""))
         c = thawed(spec.config)
-        planner = budget_planner(c, data, run_dir)
+        budgeted = bool(c["train"].get("time_budget_s")) and not c["trainer"].get(
+            "fast_dev_run") and max_steps_of(c["trainer"]) is None
+        threads = thread_plan(c, accelerator, budgeted)
+        planner = budget_planner(c, data, run_dir, threads)
+        if threads is not None and planner is None:  # a resumed run of a pre-plan version
+            threads.hold = c["optim"]["hold_steps"]
         passthrough.update({k: c["trainer"][k] for k in ("max_steps",) if k in c["trainer"]})
         module = DiffusionModule(spec)
         module.length_set_by_budget = planner is not None
@@ -579,6 +609,7 @@ def _train(c: dict, run_dir: str | Path, callbacks: list | None, guard) -> dict:
         # seen (and refuses any checkpoint, the preemption guard's included, of diverged weights)
         callbacks=[*ckpt_cbs, *extra, *monitors, *(callbacks or []),
                    *([planner.callback] if planner else []),
+                   *([threads.callback] if threads else []),
                    DivergenceGuard(t["skip_nonfinite"], str(last)), guard.callback],
         default_root_dir=str(run_dir),
         log_every_n_steps=tr["log_every_n_steps"],
