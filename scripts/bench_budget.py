@@ -78,6 +78,7 @@ def run_once(out: Path, label: str, a, burn_s: float | None) -> dict:
     tb = s["time_budget"]
     return {"label": label, "steps": s["global_step"], "planned": tb["steps"],
             "hold_steps": tb["hold_steps"], "pace_s_per_step": tb["pace_s_per_step"],
+            "threads": tb.get("threads"), "pace_by_threads": tb.get("pace_by_threads"),
             "train_s": tb["train_s"], "budget_s": tb["budget_s"],
             "train_over_budget": round(tb["train_s"] / tb["budget_s"], 3),
             "fid": (s.get("eval") or {}).get("fid"), "wall_s": round(wall, 1)}
@@ -95,19 +96,24 @@ def make_run(out: Path, i: int) -> dict:
     s = json.loads((Path(REPO / m.group(1)) / "summary.json").read_text())
     tb = s["time_budget"]
     return {"label": f"make run {i}", "steps": s["global_step"], "planned": tb["steps"],
-            "pace_s_per_step": tb["pace_s_per_step"], "train_s": tb["train_s"],
-            "budget_s": tb["budget_s"], "train_over_budget": round(tb["train_s"] / tb["budget_s"], 3),
+            "hold_steps": tb["hold_steps"], "pace_s_per_step": tb["pace_s_per_step"],
+            "threads": tb.get("threads"), "pace_by_threads": tb.get("pace_by_threads"),
+            "train_s": tb["train_s"], "budget_s": tb["budget_s"],
+            "train_over_budget": round(tb["train_s"] / tb["budget_s"], 3),
             "fid": (s.get("eval") or {}).get("fid"), "wall_s": round(wall, 1)}
 
 
 def table(rows: list[dict], idle_steps: int | None) -> str:
-    head = ("| run | steps | held | pace s/step | training s | / budget | steps / idle | FID | "
-            "wall s |\n|---|---|---|---|---|---|---|---|---|")
+    head = ("| run | steps | held | threads (held steps' s/step by count) | pace s/step | "
+            "training s | / budget | steps / idle | FID | wall s |\n"
+            "|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         vs = f"{r['steps'] / idle_steps:.3f}" if idle_steps else "-"
         fid = f"{r['fid']:.2f}" if r.get("fid") is not None else "-"
-        lines.append(f"| {r['label']} | {r['steps']} | {r.get('hold_steps', '-')} | "
+        tried = ", ".join(f"{n}: {p:.3f}" for n, p in (r.get("pace_by_threads") or {}).items())
+        threads = f"{r.get('threads') or 'torch'}" + (f" ({tried})" if tried else "")
+        lines.append(f"| {r['label']} | {r['steps']} | {r.get('hold_steps', '-')} | {threads} | "
                      f"{r['pace_s_per_step']:.4f} | {r['train_s']:.1f} | "
                      f"{r['train_over_budget']:.1%} | {vs} | {fid} | {r['wall_s']:.0f} |")
     return "\n".join(lines)
@@ -127,6 +133,9 @@ def main() -> None:
     p.add_argument("--extra", nargs="*", default=[], help="more overrides for every run")
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
+    if os.environ.get("OMP_NUM_THREADS"):  # the runs inherit it: their thread choice is gone
+        print(f"[bench] note: OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} is set; the runs "
+              f"use that many threads", flush=True)
     burn = {"idle": None, "burst": a.burst_s, "steady": float("inf")}
     rows = []
     for cond in [c for c in a.conditions.split(",") if c]:
