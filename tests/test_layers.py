@@ -266,5 +266,5 @@ def test_an_old_run_config_is_completed_with_todays_defaults(tmp_path, capsys):
     (run / "config.yaml").write_text(yaml.safe_dump(c))
     new = resume_config(run)
     assert new["train"]["skip_nonfinite"] is False and new["model"]["compile"] is False
-    assert new["train"]["ema_decay"] == 0.99 and new["logger"] == {"name": "csv"}
+    assert new["train"]["ema_decay"] == 0.99 and new["logger"] == {"name": "csv", "extra": {}}
     assert "model.compile, train.skip_nonfinite did not exist" in capsys.readouterr().out

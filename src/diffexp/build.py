@@ -112,7 +112,12 @@ def upgrade_config(cfg: dict) -> dict:
     lg = cfg.get("logger")
     if isinstance(lg, dict) and lg.get("name") in ("csv", "none"):
         # written when every logger carried wandb's settings: csv and none have none of them
-        cfg["logger"] = {"name": lg["name"]}
+        cfg["logger"] = lg = {"name": lg["name"], "extra": lg.get("extra") or {}}
+    if isinstance(lg, dict) and lg.get("name") == "wandb":  # before these settings: off
+        for key, before in (("notes", None), ("log_model", False), ("save_code", False)):
+            lg.setdefault(key, before)
+    if isinstance(lg, dict):
+        lg.setdefault("extra", {})  # before logger.extra: no other logger
     model = cfg.get("model")
     if isinstance(model, dict) and "widths" in model:
         model.setdefault("patch", 1)  # before patches existed every network saw whole pixels

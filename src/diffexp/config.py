@@ -19,17 +19,14 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from .errors import DiffexpError, first_line
+from .components import check_entries
+from .errors import ConfigError, first_line
 
 __all__ = ["ConfigError", "validate_train_config", "validate_eval_config", "validate_eval_samplers",
            "derived_config", "option_yaml", "check_group_choices",
            "check_moved_settings", "CONF_DIR"]
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
-
-
-class ConfigError(DiffexpError):
-    """A setting is wrong; the message is one line naming it."""
 
 
 # ----------------------------------------------------------------------------- schemas
@@ -167,6 +164,7 @@ class TrainerCfg:
 @dataclass
 class LoggerCfg:  # csv, none
     name: str
+    extra: dict[str, Any]  # more Lightning loggers: name -> _target_ entry (components.py)
 
 
 @dataclass
@@ -177,6 +175,10 @@ class WandbLoggerCfg:
     group: str | None
     tags: list[str]
     mode: str
+    notes: str | None
+    log_model: Any  # false | true (the final checkpoint) | all (every checkpoint saved)
+    save_code: bool
+    extra: dict[str, Any]
 
 
 @dataclass
@@ -190,6 +192,7 @@ class CallbacksCfg:
     checkpoints: CheckpointsCfg
     lr_monitor: bool
     progress_bar: str
+    extra: dict[str, Any]  # more Lightning callbacks: name -> _target_ entry (components.py)
 
 
 @dataclass
@@ -524,6 +527,7 @@ def validate_callbacks(cb) -> dict:
         if importlib.util.find_spec("rich") is None:
             raise ConfigError("callbacks.progress_bar=rich needs the rich package (pip install "
                               "rich); or use tqdm, auto or none")
+    cb["extra"] = check_entries(cb["extra"], "callbacks.extra")
     return cb
 
 
@@ -531,9 +535,11 @@ def validate_logger(lg) -> dict:
     name = lg.get("name") if isinstance(lg, (dict, DictConfig)) else None
     _choice(name, "logger.name", ["wandb", "csv", "none"])
     lg = _typed(lg, WandbLoggerCfg if name == "wandb" else LoggerCfg, "logger")
+    lg["extra"] = check_entries(lg["extra"], "logger.extra")
     if name != "wandb":
         return lg
     _choice(lg["mode"], "logger.mode", ["auto", "online", "offline"])
+    _choice(lg["log_model"], "logger.log_model", [False, True, "all"])
     return lg
 
 
@@ -595,9 +601,8 @@ def fill_from_defaults(old: dict) -> list[str]:
         if not isinstance(value, dict):
             continue
         if group in ("train", "eval", "noise_level", "study", "resume", "callbacks"):
-            if group == "callbacks":
-                continue
-            base = top.get(group) or {}
+            base = option_yaml("callbacks", "default") if group == "callbacks" \
+                else top.get(group) or {}
         else:
             base = option_yaml(group, value.get("name"))
         for key, default in base.items():

@@ -6,6 +6,10 @@ class DiffexpError(ValueError):
     """A setting or an input file is wrong; the message says which and what to do."""
 
 
+class ConfigError(DiffexpError):
+    """A setting is wrong; the message is one line naming it."""
+
+
 class CheckpointError(DiffexpError):
     """A checkpoint file is missing, truncated, corrupt, foreign or of the wrong kind."""
 

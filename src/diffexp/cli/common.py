@@ -254,6 +254,11 @@ class SweepEnd(Callback):
 def cli_main(hydra_main) -> None:
     """Pre-check group choices, run Hydra, and exit non-zero if any multirun job failed."""
     argv = sys.argv[1:]
+    # a user's own modules (a `_target_` of callbacks.extra, logger.extra, ...) import from the
+    # folder the command runs in, as with `python -m`; after the installed packages, so a file
+    # there cannot shadow one of them
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
     try:
         check_group_choices(argv)
         check_moved_settings(argv)

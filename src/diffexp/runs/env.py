@@ -125,7 +125,9 @@ def make_logger(c: dict, run_dir: Path, *, job_type: str = "train", name: str | 
                          tags=list(lg["tags"]), name=name, job_type=job_type,
                          save_dir=str(run_dir), mode=mode,
                          id=run_id, resume="allow" if run_id else None,
-                         config=c if config is None else config)
+                         config=c if config is None else config,
+                         log_model=lg.get("log_model", False), notes=lg.get("notes"),
+                         save_code=bool(lg.get("save_code", False)))
     # Lightning always hands wandb.init an `anonymous` setting (None, or "allow" for any truthy
     # value: the "never" passed here before became "allow"), which current wandb (0.31) ignores
     # with a warning on every run: leave it out; wandb.init's own default is never anonymous

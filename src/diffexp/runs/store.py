@@ -68,7 +68,9 @@ __all__ = ["SAMPLING_ONLY", "TRAINING_ENTRY", "NOT_TRAINING", "training_modules"
 #: config keys (top-level groups, or ``group.key``) that change how a trained model is sampled,
 #: scored, logged or named, never the weights; everything else is part of the fingerprint
 SAMPLING_ONLY = ("sampler", "grid", "eval", "logger", "name", "ckpt_path", "resume",
-                 "callbacks", "optimized_metric",
+                 # a user's callbacks.extra may change the weights (SWA, early stopping): kept
+                 "callbacks.checkpoints", "callbacks.lr_monitor", "callbacks.progress_bar",
+                 "optimized_metric",
                  "train.eval_at_end", "train.reuse", "train.retrain", "train.model_store",
                  # how often a run saves last.ckpt mid-epoch: resuming is exact, weights unchanged
                  "train.checkpoint_every_minutes", "train.checkpoint_every_n_steps")

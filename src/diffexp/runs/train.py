@@ -205,7 +205,7 @@ def evaluate_at_end(c: dict, run_dir: Path, logger, ckpt: Path | None = None) ->
     def evaluate(sampler: dict, label: str, diagnostics: bool) -> dict:
         sampler = dict(sampler)
         ec = {"ckpt": str(ckpt), "seed": c["seed"],
-              "name": c["name"], "data_root": c["data"].get("root"), "logger": {"name": "none"},
+              "name": c["name"], "data_root": c["data"].get("root"), "logger": {"name": "none", "extra": {}},
               "objective": {}, "eval": {**settings,
                                         "diagnostics": diagnostics and settings["diagnostics"]},
               "sampler": sampler, "grid": sampler.pop("grid", None) or c["grid"]}
@@ -480,11 +480,26 @@ def trainer_arguments(tr: dict) -> dict:
     return extra
 
 
+def user_components(c: dict, run_dir: Path) -> tuple[list, list]:
+    """``(callbacks, loggers)`` of ``callbacks.extra`` and ``logger.extra`` (components.py): a
+    logger whose class takes a ``save_dir`` and is not given one writes into the run folder."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.loggers import Logger
+
+    from ..components import build
+
+    callbacks = [build(e, f"callbacks.extra.{k}", pl.Callback)
+                 for k, e in (c["callbacks"].get("extra") or {}).items()]
+    loggers = [build(e, f"logger.extra.{k}", Logger, save_dir=str(run_dir))
+               for k, e in (c["logger"].get("extra") or {}).items()]
+    return callbacks, loggers
+
+
 def progress_callbacks(c: dict) -> tuple[list, bool]:
     """``(callbacks, enable_progress_bar)`` for ``callbacks.progress_bar`` and the LR monitor."""
     cb = c["callbacks"]
     extra = []
-    if cb["lr_monitor"] and c["logger"]["name"] != "none":
+    if cb["lr_monitor"] and (c["logger"]["name"] != "none" or c["logger"].get("extra")):
         extra.append(lr_monitor())
     bar = cb["progress_bar"]
     if bar == "rich":
@@ -586,9 +601,12 @@ def _train(c: dict, run_dir: str | Path, callbacks: list | None, guard) -> dict:
     module.attach_data(data, run_dir)
     logger = make_logger(c, run_dir)
     record_wandb_run(logger, run_dir)
+    user_cbs, user_loggers = user_components(c, run_dir)
     n_params = sum(p.numel() for p in module.net.parameters())
     if logger:
         logger.log_hyperparams({"parameters": n_params})
+    for lg in user_loggers:
+        lg.log_hyperparams({**c, "parameters": n_params})
     history = LossHistory()
     t = c["train"]
     extra = [history.callback]
@@ -604,10 +622,11 @@ def _train(c: dict, run_dir: str | Path, callbacks: list | None, guard) -> dict:
     trainer = pl.Trainer(
         max_epochs=t["epochs"], accelerator=accelerator, devices=tr["devices"],
         strategy=tr["strategy"], num_nodes=tr["num_nodes"], precision=precision,
-        gradient_clip_val=t["grad_clip"] or None, logger=logger,
+        gradient_clip_val=t["grad_clip"] or None,
+        logger=[*([logger] if logger else []), *user_loggers] if user_loggers else logger,
         # the divergence guard after the others: it judges the gradients every other hook has
         # seen (and refuses any checkpoint, the preemption guard's included, of diverged weights)
-        callbacks=[*ckpt_cbs, *extra, *monitors, *(callbacks or []),
+        callbacks=[*ckpt_cbs, *extra, *monitors, *(callbacks or []), *user_cbs,
                    *([planner.callback] if planner else []),
                    *([threads.callback] if threads else []),
                    DivergenceGuard(t["skip_nonfinite"], str(last)), guard.callback],

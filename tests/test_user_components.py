@@ -1,0 +1,106 @@
+"""A user's own components from config (``_target_`` entries, components.py): extra Lightning
+callbacks and loggers, from a project folder outside the package (tests/external/myproject: its
+own conf/ and module), and the one-line errors of a wrong entry."""
+
+from __future__ import annotations
+
+import pytest
+
+from diffexp.components import build, check_entries
+from diffexp.config import ConfigError
+
+from .helpers import REPO, TINY_MODEL, compose_train, run_cli
+
+PROJECT = REPO / "tests" / "external" / "myproject"
+TINY = ["data=synthetic", "data.subset=200", "data.val_size=40", *TINY_MODEL,
+        "trainer.accelerator=cpu", "train.batch_size=16", "train.epochs=1",
+        "train.eval_at_end=false", "train.n_sample_images=4", "sampler.steps=2"]
+
+
+@pytest.mark.parametrize("entries,needle", [
+    ({"x": {"_target_": "no_such_pkg.Thing"}}, "callbacks.extra.x._target_=no_such_pkg.Thing: "
+                                               "cannot import no_such_pkg"),
+    ({"x": {"_target_": "pytorch_lightning.callbacks.NoSuchCallback"}},
+     "pytorch_lightning.callbacks has no 'NoSuchCallback'"),
+    ({"x": {"_target_": "EarlyStopping"}}, "must be the dotted path of a class"),
+    ({"x": {"monitor": "val/loss"}}, "callbacks.extra.x must be a mapping with a _target_"),
+    ([1, 2], "callbacks.extra must be a mapping of names"),
+])
+def test_a_wrong_entry_is_one_line_naming_it(entries, needle):
+    with pytest.raises(ConfigError) as e:
+        check_entries(entries, "callbacks.extra")
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_null_drops_an_entry_and_a_good_one_builds():
+    import pytorch_lightning as pl
+
+    kept = check_entries({"a": None, "b": {"_target_": "pytorch_lightning.callbacks.Timer",
+                                           "duration": "00:00:01:00"}}, "callbacks.extra")
+    assert list(kept) == ["b"]
+    timer = build(kept["b"], "callbacks.extra.b", pl.Callback)
+    assert type(timer).__name__ == "Timer" and timer._duration == 60.0
+
+
+def test_building_the_wrong_kind_or_a_failing_constructor_is_one_line(tmp_path):
+    import pytorch_lightning as pl
+
+    with pytest.raises(ConfigError) as e:  # a logger where a callback belongs
+        build({"_target_": "pytorch_lightning.loggers.CSVLogger"}, "callbacks.extra.c",
+              pl.Callback, save_dir=str(tmp_path))
+    assert "built a CSVLogger, not a pytorch_lightning.callbacks" in str(e.value)
+    with pytest.raises(ConfigError) as e:  # the constructor refuses its argument
+        build({"_target_": "pytorch_lightning.callbacks.EarlyStopping", "monitor": "val/loss",
+               "mode": "sideways"}, "callbacks.extra.stop", pl.Callback)
+    msg = str(e.value)
+    assert msg.startswith("callbacks.extra.stop: pytorch_lightning.callbacks.EarlyStopping(...) "
+                          "failed:") and "sideways" in msg and "\n" not in msg
+
+
+def test_a_logger_gets_the_run_folder_unless_given_one(tmp_path):
+    from pytorch_lightning.loggers import CSVLogger, Logger
+
+    lg = build({"_target_": "pytorch_lightning.loggers.CSVLogger"}, "logger.extra.csv", Logger,
+               save_dir=str(tmp_path / "run"))
+    assert isinstance(lg, CSVLogger) and lg.save_dir == str(tmp_path / "run")
+    lg = build({"_target_": "pytorch_lightning.loggers.CSVLogger", "save_dir": "elsewhere"},
+               "logger.extra.csv", Logger, save_dir=str(tmp_path / "run"))
+    assert lg.save_dir == "elsewhere"
+
+
+def test_the_entries_are_validated_with_the_config():
+    c = compose_train([*TINY, "+callbacks.extra.t._target_=pytorch_lightning.callbacks.Timer",
+                       "+logger.extra.c._target_=pytorch_lightning.loggers.CSVLogger"])
+    from diffexp.config import validate_train_config
+
+    v = validate_train_config(c)
+    assert v["callbacks"]["extra"]["t"]["_target_"] == "pytorch_lightning.callbacks.Timer"
+    assert v["logger"]["extra"]["c"]["_target_"] == "pytorch_lightning.loggers.CSVLogger"
+    with pytest.raises(ConfigError) as e:
+        validate_train_config(compose_train([*TINY, "+callbacks.extra.t._target_=nope.Nope"]))
+    assert str(e.value).startswith("callbacks.extra.t._target_=nope.Nope: cannot import nope")
+
+
+def test_a_users_project_trains_with_its_own_callback_and_a_second_logger(tmp_path):
+    """From the user's folder: their experiment (conf/experiment/mine.yaml) names their callback
+    (mycomponents.StepCounter, imported from the folder the command runs in) and a CSV logger
+    beside logger=none; diffexp is not edited."""
+    run = tmp_path / "run"
+    out = run_cli("train.py", "-cd", "conf", "experiment=mine", *TINY, f"hydra.run.dir={run}",
+                  cwd=PROJECT, env={"OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    steps = (200 - 40) // 16
+    assert (run / "steps.txt").read_text().strip() == str(steps)
+    metrics = (run / "csv" / "metrics.csv").read_text().splitlines()
+    assert "train/loss" in metrics[0] and len(metrics) > 1
+
+
+def test_a_bad_target_on_the_command_line_is_one_line_and_leaves_no_folder(tmp_path):
+    run = tmp_path / "run"
+    out = run_cli("train.py", *TINY, "+callbacks.extra.x._target_=mycomponents.NoSuch",
+                  f"hydra.run.dir={run}", cwd=PROJECT, env={"OMP_NUM_THREADS": "1"})
+    assert out.returncode == 2
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert lines[-1] == ("error: callbacks.extra.x._target_=mycomponents.NoSuch: mycomponents "
+                         "has no 'NoSuch'"), out.stderr
+    assert not run.exists()
