@@ -25,7 +25,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from .helpers import REPO
 
 #: the programs whose documented commands are tested (the first words of the command)
 PROGRAMS = ("python train.py", "python eval.py", "diffexp-train", "diffexp-eval", "diffexp-report",
@@ -223,6 +223,7 @@ class Plan:
 #: make targets that are not run, with why; the test checks the target and its recipe (make -n)
 MAKE_NOT_RUN = {
     "test": "runs the test suite, this test among it",
+    "test-unit": "runs the unit tests, which the suite runs too",
     "test-slow": "runs the slow test suite, this test among it",
     "test-all": "runs the whole test suite, this test among it",
     "lint": "ruff's verdict depends on the installed ruff (unpinned); the target and recipe are "

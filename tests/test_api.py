@@ -13,7 +13,9 @@ import torch
 import diffexp
 from diffexp.config import ConfigError
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+from .helpers import REPO
+
+README = REPO / "README.md"
 
 
 def _readme_example() -> str:

@@ -7,11 +7,12 @@ import importlib.util
 import json
 import math
 import statistics
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
+from .helpers import REPO
+
+BENCH = REPO / "scripts" / "bench.py"
 
 
 def _load_bench():

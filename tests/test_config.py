@@ -1,8 +1,5 @@
 """Config validation: every bad setting stops before any work with a one-line error naming it."""
 
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -13,9 +10,7 @@ from diffexp.config import (
     validate_train_config,
 )
 
-from .helpers import compose_train
-
-REPO = Path(__file__).resolve().parents[1]
+from .helpers import compose_train, run_cli
 
 BAD = [
     (["sampler.steps=0"], "sampler.steps"),
@@ -98,24 +93,21 @@ def test_unknown_group_option_one_line():
     check_group_choices(["schedule=cosine", "schedule.tau=2", "-m", "objective=eps,v"])
 
 
-def _cli(*args, cwd):
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
-
-
+@pytest.mark.e2e  # train.py in a subprocess
 def test_cli_bad_value_exits_cleanly(tmp_path):
-    r = _cli("schedule.tau=-1", "logger=none", cwd=tmp_path)
+    r = run_cli("train.py", "schedule.tau=-1", "logger=none", cwd=tmp_path, timeout=120)
     assert r.returncode == 2
     err = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert len(err) == 1 and "schedule.tau" in err[0], r.stderr
     # nothing half-written: no run folder is left behind
     assert not (tmp_path / "runs").exists(), list((tmp_path / "runs").rglob("*"))
-    r = _cli("objective=score", cwd=tmp_path)
+    r = run_cli("train.py", "objective=score", cwd=tmp_path, timeout=120)
     assert r.returncode == 2 and "objective='score'" in r.stderr and "karras" in r.stderr
 
 
+@pytest.mark.e2e  # train.py in a subprocess
 def test_cli_help_lists_groups(tmp_path):
-    r = _cli("--help", cwd=tmp_path)
+    r = run_cli("train.py", "--help", cwd=tmp_path, timeout=120)
     assert r.returncode == 0
     assert "grid=karras grid.rho=3,5,7" in r.stdout and "sampler.rho" not in r.stdout
     for group, option in [("schedule", "sigmoid"), ("objective", "karras"), ("model", "unet_course"),
@@ -137,8 +129,10 @@ def test_old_grid_spellings_say_what_to_write(arg, fix):
     check_moved_settings(["grid=karras", "grid.rho=3,5,7", "sampler.steps=10"])  # the new form
 
 
+@pytest.mark.e2e  # train.py in a subprocess
 def test_cli_old_rho_spelling_exits_cleanly(tmp_path):
-    r = _cli("-m", "data.scale=0.5,1", "sampler.rho=3,5,7", cwd=tmp_path)
+    r = run_cli("train.py", "-m", "data.scale=0.5,1", "sampler.rho=3,5,7", cwd=tmp_path,
+                timeout=120)
     err = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert r.returncode == 2 and len(err) == 1, r.stderr
     assert "sampler.rho" in err[0] and "grid=karras grid.rho=3,5,7" in err[0]

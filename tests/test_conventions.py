@@ -5,9 +5,6 @@ launcher, Optuna."""
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -16,16 +13,10 @@ from diffexp.cli.common import job_return
 from diffexp.config import ConfigError, validate_train_config
 from diffexp.runs.train import train, trainer_arguments
 
-from .helpers import TINY_MODEL, compose_train
+from .helpers import TINY_MODEL, compose_train, run_cli
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = ["data=synthetic", "train.batch_size=16", "train.n_sample_images=4", "sampler.steps=2",
         *TINY_MODEL]
-
-
-def _cli(*args, cwd, timeout=600):
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 # ----------------------------------------------------------------------------- trainer.*
@@ -95,8 +86,8 @@ def test_job_return_gives_the_optimized_metric_as_a_float():
 @pytest.mark.slow
 def test_failed_jobs_of_submitit_local_exit_1(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    r = _cli("-m", "data.scale=-1,-2", "logger=none", "hydra/launcher=submitit_local",
-             "hydra.sweep.dir=sweep", cwd=tmp_path, timeout=400)
+    r = run_cli("train.py", "-m", "data.scale=-1,-2", "logger=none",
+                "hydra/launcher=submitit_local", "hydra.sweep.dir=sweep", cwd=tmp_path, timeout=400)
     assert r.returncode == 1, r.stderr[-2000:]
     assert "2 job(s) failed" in r.stderr and "data.scale must be > 0" in r.stderr
 
@@ -104,10 +95,10 @@ def test_failed_jobs_of_submitit_local_exit_1(tmp_path):
 @pytest.mark.slow
 def test_optuna_search_runs_three_trials(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    r = _cli("hparams_search=train_optuna", "hydra.sweeper.n_trials=3", *TINY, "debug=fast",
-             "logger=none", "train.eval_at_end=true", "eval.n_samples=16", "eval.batch_size=16",
-             "eval.floor=false", "eval.diagnostics=false", "hydra.sweep.dir=sweep",
-             cwd=tmp_path, timeout=900)
+    r = run_cli("train.py", "hparams_search=train_optuna", "hydra.sweeper.n_trials=3", *TINY,
+                "debug=fast", "logger=none", "train.eval_at_end=true", "eval.n_samples=16",
+                "eval.batch_size=16", "eval.floor=false", "eval.diagnostics=false",
+                "hydra.sweep.dir=sweep", cwd=tmp_path, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
     assert isinstance(best["best_value"], float) and best["best_value"] > 0
@@ -129,11 +120,10 @@ def test_sampler_optuna_search_on_one_checkpoint(tmp_path):
                                              "schedule=karras", "objective=karras"]))
     train(c, tmp_path / "run")
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    r = subprocess.run([sys.executable, str(REPO / "eval.py"), "hparams_search=sampler_optuna",
-                        f"ckpt={ckpt}", "hydra.sweeper.n_trials=3", "sampler.steps=3",
-                        "eval.n_samples=16", "eval.batch_size=16", "logger=none",
-                        "hydra.sweep.dir=esweep"], cwd=tmp_path, capture_output=True, text=True,
-                       timeout=900)
+    r = run_cli("eval.py", "hparams_search=sampler_optuna", f"ckpt={ckpt}",
+                "hydra.sweeper.n_trials=3", "sampler.steps=3", "eval.n_samples=16",
+                "eval.batch_size=16", "logger=none", "hydra.sweep.dir=esweep", cwd=tmp_path,
+                timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     best = yaml.safe_load((tmp_path / "esweep" / "optimization_results.yaml").read_text())
     assert set(best["best_params"]) == {"grid.rho", "sampler.s_churn", "sampler.s_tmin"}

@@ -3,14 +3,13 @@ runs are made with it)."""
 
 import pytest
 
-from diffexp.config import ConfigError, derived_config, option_yaml, validate_train_config
+from diffexp.config import ConfigError, derived_config, option_yaml
 
-from .helpers import compose_train
+from .helpers import train_config
 
 
 def _study():
-    return validate_train_config(compose_train(["experiment=cpu_no_t",
-                                                "objective.normalize_input=true"]))
+    return train_config("experiment=cpu_no_t", "objective.normalize_input=true")
 
 
 def test_switching_an_option_takes_its_yaml_and_keeps_shared_keys():

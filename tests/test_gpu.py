@@ -17,12 +17,11 @@ import pytorch_lightning as pl
 import torch
 
 from diffexp import sampling
-from diffexp.config import validate_train_config
 from diffexp.module import DiffusionModule, load_module
 from diffexp.objectives import make_denoiser
 from diffexp.runs.train import train
 
-from .helpers import TINY_MODEL, compose_train
+from .helpers import TINY_MODEL, train_config
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -40,16 +39,13 @@ OBJECTIVES = {
 }
 
 
-def _cfg(*extra: str) -> dict:
-    """A tiny bf16-mixed GPU run: three optimizer steps (OneCycle needs three), no logger, and no
-    end-of-run evaluation (on a GPU it would sample and score 2,048 images; none of these tests
-    is about it: scripts/gpu_check.py's full_run evaluates on the GPU)."""
-    return validate_train_config(compose_train(
-        ["data=synthetic", "logger=none", *TINY_MODEL, f"trainer.accelerator={ACCELERATOR}",
-         "trainer.precision=bf16-mixed", "train.eval_at_end=false", "train.batch_size=16",
-         "train.epochs=1",
-         "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
-         "train.n_sample_images=8", "sampler.steps=2", *extra]))
+# A tiny bf16-mixed GPU run: three optimizer steps (OneCycle needs three), no logger, and no
+# end-of-run evaluation (on a GPU it would sample and score 2,048 images; none of these tests is
+# about it: scripts/gpu_check.py's full_run evaluates on the GPU).
+RUN = ["data=synthetic", "logger=none", *TINY_MODEL, f"trainer.accelerator={ACCELERATOR}",
+       "trainer.precision=bf16-mixed", "train.eval_at_end=false", "train.batch_size=16",
+       "train.epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
+       "train.n_sample_images=8", "sampler.steps=2"]
 
 
 @contextlib.contextmanager
@@ -76,7 +72,7 @@ def _random_output_module(*extra: str) -> DiffusionModule:
     """A module on the CPU whose zero-initialised output layer is given small random weights, so
     the denoiser is not the identity and comparisons compare something."""
     torch.manual_seed(0)
-    m = DiffusionModule.from_config(_cfg(*extra))
+    m = DiffusionModule.from_config(train_config(*RUN, *extra))
     for net in (m.net, m.ema.shadow):
         torch.nn.init.normal_(net.conv_out.weight, std=0.05)
     return m.eval()
@@ -115,7 +111,7 @@ class StepProbe(pl.Callback):
 ])
 def test_bf16_training_steps_with_fused_adam(tmp_path, objective, channels_last):
     probe = StepProbe()
-    c = _cfg(*OBJECTIVES[objective], f"model.channels_last={str(channels_last).lower()}")
+    c = train_config(*RUN, *OBJECTIVES[objective], f"model.channels_last={str(channels_last).lower()}")
     s = train(c, tmp_path / "run", callbacks=[probe])
     assert (s["device"], s["precision"], s["global_step"]) == (ACCELERATOR, "bf16-mixed", 3)
     assert probe.fused == [True, True, True], probe.fused
@@ -212,8 +208,8 @@ def test_bf16_generation_on_gpu_close_to_fp32_on_cpu():
 
 
 def test_gpu_checkpoint_loads_and_samples_on_cpu(tmp_path):
-    c = _cfg("objective=karras", "schedule=karras", "model.channels_last=true", "sampler=heun",
-             "sampler.steps=3")
+    c = train_config(*RUN, "objective=karras", "schedule=karras", "model.channels_last=true",
+                     "sampler=heun", "sampler.steps=3")
     train(c, tmp_path / "run")
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     m_cpu = load_module(ckpt, map_location="cpu")
@@ -259,8 +255,8 @@ class SyncGuard(pl.Callback):
 def test_no_host_sync_in_steady_state_training_steps(tmp_path):
     n = 6
     guard = SyncGuard(n)
-    c = _cfg(f"trainer.limit_train_batches={n}", "trainer.limit_val_batches=0",
-             "trainer.log_every_n_steps=50")  # a logger's conversion to numbers syncs
+    c = train_config(*RUN, f"trainer.limit_train_batches={n}", "trainer.limit_val_batches=0",
+                     "trainer.log_every_n_steps=50")  # a logger's conversion to numbers syncs
     try:
         s = train(c, tmp_path / "run", callbacks=[guard])
     finally:

@@ -21,15 +21,13 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from diffexp.config import validate_train_config
 from diffexp.data import build_data
 from diffexp.models.unet import SelfAttention
 from diffexp.module import DiffusionModule
 from diffexp.runs.train import train
 
-from .helpers import TINY_MODEL, compose_train
+from .helpers import REPO, TINY_MODEL, train_config
 
-REPO = Path(__file__).resolve().parents[1]
 GPU_CHECK = REPO / "scripts" / "gpu_check.py"
 
 
@@ -40,21 +38,12 @@ def _load_gpu_check():
     return mod
 
 
-def _tiny_cfg(*extra: str) -> dict:
-    return validate_train_config(compose_train(
-        ["data=synthetic", "logger=none", *TINY_MODEL, "trainer.accelerator=cpu",
-         "train.batch_size=8", "train.epochs=1", "trainer.limit_val_batches=0",
-         "train.n_sample_images=4", "sampler.steps=2", *extra]))
+TINY_RUN = ["data=synthetic", "logger=none", *TINY_MODEL, "trainer.accelerator=cpu",
+            "train.batch_size=8", "train.epochs=1", "trainer.limit_val_batches=0",
+            "train.n_sample_images=4", "sampler.steps=2"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a 2-core machine shared with other jobs, threads that wait for each
-    other at every parallel region make these small models many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture
@@ -77,7 +66,7 @@ def test_bf16_autocast_training_on_cpu_is_finite_and_learns():
     """bf16 autocast (what bf16-mixed does) on one fixed batch: every loss finite and computed in
     fp32 from a network that ran in bf16, and the loss falls. Kept small: bf16 convolutions are
     slow on CPUs without bf16 instructions (19 s here)."""
-    c = _tiny_cfg()
+    c = train_config(*TINY_RUN)
     torch.manual_seed(0)
     m = DiffusionModule.from_config(c)
     data = build_data(c["data"])
@@ -126,8 +115,8 @@ def test_bf16_mixed_training_with_fused_adam_clips_gradients(tmp_path, fused_ada
             self.after.append(_grad_norm(module))
 
     norms = Norms()
-    s = train(_tiny_cfg("trainer.precision=bf16-mixed", f"train.grad_clip={clip}",
-                        "trainer.limit_train_batches=3"), tmp_path / "run", callbacks=[norms])
+    s = train(train_config(*TINY_RUN, "trainer.precision=bf16-mixed", f"train.grad_clip={clip}",
+                           "trainer.limit_train_batches=3"), tmp_path / "run", callbacks=[norms])
     assert s["precision"] == "bf16-mixed" and s["global_step"] == 3
     assert norms.fused is True
     assert len(norms.before) == len(norms.after) == 3
@@ -142,7 +131,7 @@ def _grad_norm(module) -> float:
 
 @pytest.mark.slow  # inductor compiles C++ on a cold cache: 80 to 96 s on the shared 2-core machine
 def test_compiled_forward_on_cpu_equals_eager():
-    c = _tiny_cfg("model.compile=true")
+    c = train_config(*TINY_RUN, "model.compile=true")
     torch.manual_seed(0)
     m = DiffusionModule.from_config(c).eval()
     torch.nn.init.normal_(m.net.conv_out.weight, std=0.05)  # else both outputs are exactly 0
@@ -207,8 +196,8 @@ def test_training_steps_read_nothing_back_to_the_host(tmp_path, fused_adam):
     the loss history's one read at the epoch's end). Before the module logged ``train/loss`` to
     the progress bar only when there is one, Lightning converted it to a number after every
     batch (lightning_fabric apply_func, one ``.item()`` per step)."""
-    counts = [_count_host_reads(_tiny_cfg(f"trainer.limit_train_batches={n}"), tmp_path / f"n{n}")
-              for n in (3, 9)]
+    counts = [_count_host_reads(train_config(*TINY_RUN, f"trainer.limit_train_batches={n}"),
+                                tmp_path / f"n{n}") for n in (3, 9)]
     grown = _growth(*counts)
     assert not grown, f"host reads that grow with the number of steps (site: (N=3, N=9)): {grown}"
     assert sum(counts[1].values()) <= 2, counts[1]  # the epoch-end gather of the loss history
@@ -222,15 +211,15 @@ def test_logger_reads_the_loss_once_per_logging_step(tmp_path, fused_adam):
     counts = []
     for n in (3, 13):
         counts.append(_count_host_reads(
-            _tiny_cfg(f"trainer.limit_train_batches={n}", "logger=csv",
-                                   "trainer.log_every_n_steps=2"), tmp_path / f"n{n}"))
+            train_config(*TINY_RUN, f"trainer.limit_train_batches={n}", "logger=csv",
+                         "trainer.log_every_n_steps=2"), tmp_path / f"n{n}"))
     extra = sum(counts[1].values()) - sum(counts[0].values())
     logging_steps = 12 // 2 - 2 // 2  # logging steps among steps 2..N, N=13 minus N=3
     assert 0 <= extra <= 2 * logging_steps, (extra, _growth(*counts))
 
 
 def test_loss_still_on_the_progress_bar_when_there_is_one(tmp_path):
-    c = _tiny_cfg("trainer.limit_train_batches=3")
+    c = train_config(*TINY_RUN, "trainer.limit_train_batches=3")
     seen = {}
     for bar in (True, False):
         m = DiffusionModule.from_config(c)
@@ -282,7 +271,7 @@ def test_mac_counter_matches_a_hand_count():
 
 def test_unet_flops_agree_with_torch_flop_counter():
     gc = _load_gpu_check()
-    cfg = _tiny_cfg()["model"]
+    cfg = train_config(*TINY_RUN)["model"]
     r = gc.unet_flops(cfg, image_shape=(1, 32, 32))  # raises if the two counts differ
     assert r["torch_flop_counter_forward_flops"] == r["forward_flops_per_image"] > 0
     assert r["train_flops_per_image"] == 3 * r["forward_flops_per_image"]

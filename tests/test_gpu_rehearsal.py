@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from .helpers import REPO
+
 SCRIPTS = REPO / "scripts"
 
 
@@ -34,8 +35,9 @@ def _env() -> dict:
 
 def test_gpu_tests_skip_the_end_of_run_evaluation():
     from tests import test_gpu
+    from tests.helpers import train_config
 
-    assert test_gpu._cfg()["train"]["eval_at_end"] is False
+    assert train_config(*test_gpu.RUN)["train"]["eval_at_end"] is False
 
 
 def test_session_script_installs_nothing_from_an_index():

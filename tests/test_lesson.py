@@ -32,12 +32,7 @@ MU, S = 0.1, 0.3  # the lesson's data live in [-0.5, 0.5]
 SHAPE = (64, 1, 4, 4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # conftest.py
 
 
 # ---------------------------------------------------------------- the analytic model, two ways

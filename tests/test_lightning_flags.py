@@ -4,18 +4,15 @@ line diffexp prints reaches the run folder's train.log."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from diffexp.config import ConfigError, validate_train_config
 
-from .helpers import TINY_MODEL, compose_train
+from .helpers import TINY_MODEL, compose_train, run_cli
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = ["data=synthetic", "data.subset=400", "data.val_size=64", "logger=none", *TINY_MODEL,
         "trainer.accelerator=cpu", "train.batch_size=16", "train.epochs=1",
         "train.n_sample_images=4", "sampler.steps=2", "eval.n_samples=32", "eval.batch_size=32",
@@ -23,10 +20,8 @@ TINY = ["data=synthetic", "data.subset=400", "data.val_size=64", "logger=none", 
 
 
 def _cli(run: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *TINY, *extra,
-                           f"hydra.run.dir={run}"], capture_output=True, text=True, env=env,
-                          cwd=REPO, timeout=300)
+    return run_cli("train.py", *TINY, *extra, f"hydra.run.dir={run}",
+                   env={"OMP_NUM_THREADS": "1"})
 
 
 @pytest.mark.parametrize("flag,needle", [

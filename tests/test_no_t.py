@@ -13,7 +13,7 @@ from diffexp.objectives import EpsObjective, make_denoiser
 from diffexp.runs.train import train
 from diffexp.schedules import CosineSchedule
 
-from .helpers import TINY_MODEL, compose_train
+from .helpers import TINY_MODEL, compose_train, run_cli
 
 
 def test_clamp_to_median():
@@ -138,20 +138,11 @@ def test_no_t_denoiser_normalizes_like_the_objective():
 def test_a_predictor_of_another_input_scale_is_one_line_before_training(predictor_run, tmp_path):
     """objective.noise_level_ckpt trained at another data.scale: refused before any training
     step, one line naming the setting, exit 2, no run folder left (the command line's path)."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     run, _ = predictor_run
     ckpt = run / "checkpoints" / "last.ckpt"
-    repo = Path(__file__).resolve().parents[1]
-    out = subprocess.run(
-        [sys.executable, str(repo / "train.py"), "objective=no_t",
-         f"objective.noise_level_ckpt={ckpt}", "data=synthetic", "data.scale=0.5",
-         "train.batch_size=16", "logger=none", *TINY_MODEL, f"hydra.run.dir={tmp_path / 'r'}"],
-        capture_output=True, text=True, cwd=repo, timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    out = run_cli("train.py", "objective=no_t", f"objective.noise_level_ckpt={ckpt}",
+                  "data=synthetic", "data.scale=0.5", "train.batch_size=16", "logger=none",
+                  *TINY_MODEL, f"hydra.run.dir={tmp_path / 'r'}", env={"OMP_NUM_THREADS": "1"})
     assert out.returncode == 2, out.stderr[-1500:]
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(

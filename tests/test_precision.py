@@ -3,15 +3,14 @@ network), eval.py's eval.precision and the warning for CPUs that would emulate b
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from diffexp import precision
-from diffexp.config import CONF_DIR, ConfigError, validate_eval_config, validate_train_config
+from diffexp.config import ConfigError, validate_train_config
 from diffexp.module import DiffusionModule
 from diffexp.runs.evaluate import run_eval
 from diffexp.runs.train import train
 
-from .helpers import TINY_MODEL, compose_train
+from .helpers import TINY_MODEL, compose_train, eval_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
@@ -83,17 +82,12 @@ def test_cpu_bf16_warning_only_where_bf16_would_be_emulated(monkeypatch):
     assert precision.cpu_bf16_warning("bf16-mixed", "cpu", "trainer.precision") is None
 
 
-def _eval_cfg(*overrides):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return validate_eval_config(compose("eval", overrides=list(overrides)))
-
-
 @pytest.mark.parametrize("given,meant", [("ckpt", "ckpt"), ("32-true", "32-true"), ("32", "32-true"),
                                          ("bf16", "bf16-mixed"), ("bf16-mixed", "bf16-mixed")])
 def test_eval_precision_validates(tmp_path, given, meant):
     ckpt = tmp_path / "x.ckpt"
     ckpt.write_bytes(b"")
-    assert _eval_cfg(f"ckpt={ckpt}", f"eval.precision={given}")["eval"]["precision"] == meant
+    assert eval_config(f"ckpt={ckpt}", f"eval.precision={given}")["eval"]["precision"] == meant
 
 
 @pytest.mark.parametrize("bad", ["16-mixed", "fp8", "auto"])
@@ -101,7 +95,7 @@ def test_bad_eval_precision_names_the_setting_and_the_choices(tmp_path, bad):
     ckpt = tmp_path / "x.ckpt"
     ckpt.write_bytes(b"")
     with pytest.raises(ConfigError) as e:
-        _eval_cfg(f"ckpt={ckpt}", f"eval.precision={bad}")
+        eval_config(f"ckpt={ckpt}", f"eval.precision={bad}")
     msg = str(e.value)
     assert msg.startswith("eval.precision") and "ckpt" in msg and "bf16-mixed" in msg
     assert "\n" not in msg
@@ -117,8 +111,8 @@ def test_eval_precision_overrides_the_checkpoints(tmp_path, data_root):
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     base = [f"ckpt={ckpt}", "logger=none", "eval.n_samples=32", "eval.batch_size=16",
             "eval.floor=false", "eval.diagnostics=false", f"data_root={data_root}"]
-    as_trained = run_eval(_eval_cfg(*base), tmp_path / "fp32")
-    in_bf16 = run_eval(_eval_cfg(*base, "eval.precision=bf16-mixed"), tmp_path / "bf16")
+    as_trained = run_eval(eval_config(*base), tmp_path / "fp32")
+    in_bf16 = run_eval(eval_config(*base, "eval.precision=bf16-mixed"), tmp_path / "bf16")
     assert (as_trained["network_precision"], in_bf16["network_precision"]) == ("32-true", "bf16-mixed")
     assert in_bf16["fid"] != as_trained["fid"]
     assert abs(in_bf16["fid"] - as_trained["fid"]) < 0.1 * as_trained["fid"]

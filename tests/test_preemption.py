@@ -23,9 +23,8 @@ from diffexp.module import IndexBatches
 from diffexp.preemption import Preempted, slurm_job_id, step_seed
 from diffexp.runs.train import train
 
-from .helpers import TINY_MODEL, compose_train
+from .helpers import REPO, TINY_MODEL, compose_train, train_config
 
-REPO = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH, EPOCHS = 4, 2  # 32 training images (48 - 16 held out) in batches of 8
 ARGS = ["data=synthetic", "data.subset=48", "data.val_size=16", "train.batch_size=8",
         f"train.epochs={EPOCHS}", "train.sample_every_n_epochs=0", "train.n_sample_images=2",
@@ -35,16 +34,7 @@ ARGS = ["data=synthetic", "data.subset=48", "data.val_size=16", "train.batch_siz
 TOTAL = STEPS_PER_EPOCH * EPOCHS
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _cfg(*extra):
-    return validate_train_config(compose_train([*ARGS, *extra]))
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # conftest.py
 
 
 def _load(path):
@@ -67,10 +57,10 @@ def _assert_same_training_state(a: dict, b: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, one_thread):
+def reference(tmp_path_factory, one_thread_module):
     """The uninterrupted run every interrupted one is compared with."""
     run = tmp_path_factory.mktemp("reference") / "run"
-    s = train(_cfg(), run)
+    s = train(train_config(*ARGS), run)
     assert s["global_step"] == TOTAL
     ck = _load(run / "checkpoints" / "last.ckpt")
     assert int(ck["state_dict"]["ema.num_updates"]) == TOTAL
@@ -123,7 +113,7 @@ def test_sigterm_writes_checkpoint_exits_nonzero_and_resumes_bitwise(case, tmp_p
     log = _fake_scontrol(tmp_path, monkeypatch)
     run = tmp_path / "run"
     with pytest.raises(Preempted) as e:
-        train(_cfg(), run, callbacks=[SendSignal(signal.SIGTERM, at)])
+        train(train_config(*ARGS), run, callbacks=[SendSignal(signal.SIGTERM, at)])
     assert e.value.code == 128 + signal.SIGTERM
     ck = _load(run / "checkpoints" / "last.ckpt")
     # the step under way when the signal came was finished, then saved
@@ -132,7 +122,7 @@ def test_sigterm_writes_checkpoint_exits_nonzero_and_resumes_bitwise(case, tmp_p
     assert all((run / f).is_file() for f in written)
     assert not (run / "summary.json").exists()
     assert not log.exists()
-    s = train(_cfg(), run)  # train.auto_resume picks up last.ckpt
+    s = train(train_config(*ARGS), run)  # train.auto_resume picks up last.ckpt
     assert s["global_step"] == TOTAL
     _assert_same_training_state(_load(run / "checkpoints" / "last.ckpt"), reference)
     assert (run / "samples" / "final.png").is_file() and (run / "summary.json").is_file()
@@ -151,13 +141,13 @@ def test_kill_during_the_last_epochs_end_resumes_bitwise_and_runs_that_end(tmp_p
                 (last.parent / "at-kill.ckpt").write_bytes(last.read_bytes())
 
     run = tmp_path / "run"
-    train(_cfg("train.checkpoint_every_n_steps=1"), run, callbacks=[Snapshot()])
+    train(train_config(*ARGS, "train.checkpoint_every_n_steps=1"), run, callbacks=[Snapshot()])
     ckpts = run / "checkpoints"
     (ckpts / "at-kill.ckpt").replace(ckpts / "last.ckpt")
     for f in ("checkpoints/epoch001.ckpt", "samples/final.png", "summary.json"):
         (run / f).unlink()
     assert _load(ckpts / "last.ckpt")["global_step"] == TOTAL - 1
-    s = train(_cfg("train.checkpoint_every_n_steps=1"), run)
+    s = train(train_config(*ARGS, "train.checkpoint_every_n_steps=1"), run)
     assert s["global_step"] == TOTAL
     _assert_same_training_state(_load(ckpts / "last.ckpt"), reference)
     assert (ckpts / "epoch001.ckpt").is_file() and (run / "samples" / "final.png").is_file()
@@ -167,7 +157,7 @@ def test_slurm_sigusr1_checkpoints_and_requeues(tmp_path, monkeypatch):
     log = _fake_scontrol(tmp_path, monkeypatch)
     run = tmp_path / "run"
     with pytest.raises(Preempted) as e:
-        train(_cfg("train.epochs=1"), run, callbacks=[SendSignal(signal.SIGUSR1, 1)])
+        train(train_config(*ARGS, "train.epochs=1"), run, callbacks=[SendSignal(signal.SIGUSR1, 1)])
     assert e.value.code == 128 + signal.SIGUSR1
     assert _load(run / "checkpoints" / "last.ckpt")["global_step"] == 2
     assert log.read_text().splitlines() == ["requeue 4242"]
@@ -192,7 +182,8 @@ def test_mid_epoch_checkpoint_at_the_step_interval(tmp_path):
 
     every = 3
     seen = LastStep()
-    train(_cfg(f"train.checkpoint_every_n_steps={every}"), tmp_path / "run", callbacks=[seen])
+    train(train_config(*ARGS, f"train.checkpoint_every_n_steps={every}"), tmp_path / "run",
+          callbacks=[seen])
     # every 3 steps mid-epoch, and at each epoch's end (step 4)
     expected = []
     for s in range(TOTAL):
@@ -203,8 +194,8 @@ def test_mid_epoch_checkpoint_at_the_step_interval(tmp_path):
 
     # the time interval: a tiny one saves after every step
     seen = LastStep()
-    train(_cfg("train.epochs=1", "train.checkpoint_every_minutes=0.0001"), tmp_path / "run2",
-          callbacks=[seen])
+    train(train_config(*ARGS, "train.epochs=1", "train.checkpoint_every_minutes=0.0001"),
+          tmp_path / "run2", callbacks=[seen])
     assert seen.seen == [None, 1, 2, 3]
 
 
@@ -244,7 +235,7 @@ class CountCollectives:
 def test_no_collective_per_step_in_a_single_process(tmp_path, monkeypatch):
     # the time interval too: Lightning's own check broadcasts its decision on every step
     count = CountCollectives(monkeypatch)
-    train(_cfg("train.checkpoint_every_minutes=10"), tmp_path / "run")
+    train(train_config(*ARGS, "train.checkpoint_every_minutes=10"), tmp_path / "run")
     assert count.at_batch_end() == []
 
 
@@ -260,7 +251,7 @@ def test_ranks_agree_on_a_cadence_not_on_every_step(tmp_path, monkeypatch, refer
     monkeypatch.setattr(preemption.StepCadence, "SECONDS", 1e9)
     count = CountCollectives(monkeypatch)
     cfg = ("train.checkpoint_every_minutes=0.0001",)
-    train(_cfg(*cfg), tmp_path / "full")
+    train(train_config(*ARGS, *cfg), tmp_path / "full")
     # the guard: steps 1, 4, 7 (then 10 > 8); the checkpoint: 1, then 4 is an epoch's last
     # step (the epoch-end checkpoint saves there), so 5 (then 8 is the run's last)
     assert count.at_batch_end() == [(1, "reduce"), (1, "reduce"), (4, "reduce"), (5, "reduce"),
@@ -277,11 +268,11 @@ def test_ranks_agree_on_a_cadence_not_on_every_step(tmp_path, monkeypatch, refer
     # SIGTERM as step 6 begins: step 6 is not agreed on, step 7 is; saved there, and resumed
     run = tmp_path / "run"
     with pytest.raises(Preempted) as e:
-        train(_cfg(*cfg), run, callbacks=[SendSignal(signal.SIGTERM, 5)])
+        train(train_config(*ARGS, *cfg), run, callbacks=[SendSignal(signal.SIGTERM, 5)])
     assert e.value.code == 128 + signal.SIGTERM
     ck = _load(run / "checkpoints" / "last.ckpt")
     assert ck["global_step"] == 7 and ck["diffexp_train_loader"] == {"epoch": 1, "served": 3}
-    assert train(_cfg(*cfg), run)["global_step"] == TOTAL
+    assert train(train_config(*ARGS, *cfg), run)["global_step"] == TOTAL
     _assert_same_training_state(_load(run / "checkpoints" / "last.ckpt"), reference)
 
 

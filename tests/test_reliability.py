@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 import torch
 
 from diffexp.checkpoint_io import atomic_torch_save, read_checkpoint
-from diffexp.config import ConfigError, validate_train_config
+from diffexp.config import ConfigError
 from diffexp.errors import CheckpointError
 from diffexp.files import RunFolderBusy, atomic_write_text, hold_run_folder
 from diffexp.guards import TrainingDiverged
@@ -26,22 +26,17 @@ from diffexp.module import load_module, load_noise_level_net
 from diffexp.runs.record import write_json
 from diffexp.runs.train import check_resume, train
 
-from .helpers import TINY_MODEL, compose_train
+from .helpers import TINY_MODEL, run_cli, train_config
 
-REPO = Path(__file__).resolve().parents[1]
 QUICK = ["data=synthetic", "debug=fast", "logger=csv", "train.batch_size=16", *TINY_MODEL,
          "train.epochs=2", "trainer.limit_train_batches=3", "train.sample_every_n_epochs=0"]
-
-
-def _cfg(*extra):
-    return validate_train_config(compose_train([*QUICK, *extra]))
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One real training checkpoint (2 epochs x 3 steps of a tiny model)."""
     run = tmp_path_factory.mktemp("trained") / "run"
-    train(_cfg(), run)
+    train(train_config(*QUICK), run)
     return run / "checkpoints" / "last.ckpt"
 
 
@@ -105,7 +100,7 @@ def test_predictor_setting_and_resume_setting_name_themselves(tmp_path, trained)
     with pytest.raises(CheckpointError, match=r"^objective.noise_level_ckpt=.*task=diffusion"):
         load_noise_level_net(trained)
     (tmp_path / "r.ckpt").write_bytes(b"\0" * 100)
-    c = _cfg(f"ckpt_path={tmp_path / 'r.ckpt'}")
+    c = train_config(*QUICK, f"ckpt_path={tmp_path / 'r.ckpt'}")
     with pytest.raises(CheckpointError, match=r"^ckpt_path=.*not a PyTorch checkpoint"):
         check_resume(c)
 
@@ -123,10 +118,8 @@ def test_pickled_code_is_never_run(tmp_path):
     assert not flag.exists()
 
 
-def _cli(script: str, *args, cwd: Path, timeout: int = 300):
-    env = {**os.environ, "WANDB_MODE": "offline", "MPLBACKEND": "Agg"}
-    return subprocess.run([sys.executable, str(REPO / script), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+def _cli(script: str, *args, cwd: Path):
+    return run_cli(script, *args, cwd=cwd, env={"WANDB_MODE": "offline", "MPLBACKEND": "Agg"})
 
 
 def test_eval_cli_on_random_bytes_exits_2_with_one_line(tmp_path):
@@ -158,29 +151,31 @@ def test_corrupt_fid_cache_is_named_and_rebuilt(tmp_path, capsys):
     ("objective=v", "objective.name"), ("model.blocks=2", "model.blocks"),
     ("data.subset=100", "data.subset")])
 def test_resume_refuses_changes_to_what_was_trained(trained, override, key):
-    c = _cfg(override, f"ckpt_path={trained}")
+    c = train_config(*QUICK, override, f"ckpt_path={trained}")
     with pytest.raises(ConfigError, match=rf"^{key}=.*differs from the resumed run's") as e:
         check_resume(c)
     assert f"resume.allow_changes=[{key}]" in str(e.value)
-    c = _cfg(override, f"ckpt_path={trained}", f"resume.allow_changes=[{key.split('.')[0]}]")
+    c = train_config(*QUICK, override, f"ckpt_path={trained}",
+                     f"resume.allow_changes=[{key.split('.')[0]}]")
     check_resume(c)  # a named group (or key) may change when the user says so
 
 
 def test_resume_compares_an_explicit_sigma_data(tmp_path):
     run = tmp_path / "k"
-    train(_cfg("objective=karras", "schedule=karras", "objective.sigma_data=0.5",
-               "train.epochs=1"), run)
+    train(train_config(*QUICK, "objective=karras", "schedule=karras", "objective.sigma_data=0.5",
+                       "train.epochs=1"), run)
     ck = run / "checkpoints" / "last.ckpt"
-    check_resume(_cfg("objective=karras", "schedule=karras", "objective.sigma_data=auto",
-                      "train.epochs=1", f"ckpt_path={ck}"))  # auto continues the value
+    check_resume(train_config(*QUICK, "objective=karras", "schedule=karras", "objective.sigma_data=auto",
+                              "train.epochs=1", f"ckpt_path={ck}"))  # auto continues the value
     with pytest.raises(ConfigError, match=r"^objective.sigma_data=0.3 differs"):
-        check_resume(_cfg("objective=karras", "schedule=karras", "objective.sigma_data=0.3",
-                          "train.epochs=1", f"ckpt_path={ck}"))
+        check_resume(train_config(*QUICK, "objective=karras", "schedule=karras",
+                                  "objective.sigma_data=0.3", "train.epochs=1", f"ckpt_path={ck}"))
 
 
 def test_resume_accepts_where_and_how(trained):
-    check_resume(_cfg(f"ckpt_path={trained}", "data.root=/elsewhere", "model.channels_last=true",
-                      "optim.lr=1e-3", "sampler=heun", "eval.n_samples=8"))
+    check_resume(train_config(*QUICK, f"ckpt_path={trained}", "data.root=/elsewhere",
+                              "model.channels_last=true", "optim.lr=1e-3", "sampler=heun",
+                              "eval.n_samples=8"))
 
 
 # ----------------------------------------------------------------------------- divergence
@@ -198,7 +193,7 @@ class _Poison(pl.Callback):
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
     run = tmp_path / "run"
-    c = _cfg("train.epochs=3")
+    c = train_config(*QUICK, "train.epochs=3")
     with pytest.raises(TrainingDiverged) as e:
         train(c, run, callbacks=[_Poison(at=5)])  # epoch 1 ends at step 3, checkpointed
     msg = str(e.value)
@@ -217,7 +212,7 @@ def test_skip_nonfinite_drops_the_bad_batches_and_goes_on(tmp_path):
                     if p.grad is not None:
                         p.grad.fill_(float("nan"))
 
-    c = _cfg("train.skip_nonfinite=true", "train.grad_clip=0")
+    c = train_config(*QUICK, "train.skip_nonfinite=true", "train.grad_clip=0")
     s = train(c, tmp_path / "run", callbacks=[PoisonGrads()])
     assert s["global_step"] == 6
     m = load_module(tmp_path / "run" / "checkpoints" / "last.ckpt")
@@ -338,7 +333,7 @@ def test_a_tiny_run_writes_files_with_the_umask(tmp_path):
     run = tmp_path / "run"
     old = os.umask(0o022)
     try:
-        train(_cfg("train.sample_every_n_epochs=1", "train.epochs=1"), run)
+        train(train_config(*QUICK, "train.sample_every_n_epochs=1", "train.epochs=1"), run)
     finally:
         os.umask(old)
     files = [p for p in run.rglob("*") if p.is_file()]

@@ -10,7 +10,6 @@ keep x's dtype) so discretisation error is not hidden by rounding.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,22 +18,19 @@ import yaml
 from diffexp import sampling as smp
 from diffexp.schedules import KarrasSchedule, LinearSchedule
 
+from .helpers import REPO
+
 MU, S = 0.3, 0.5
 SMIN, SMAX = 0.002, 80.0
 F64 = torch.float64
-CONF = Path(__file__).resolve().parents[1] / "conf" / "sampler"
+
+CONF = REPO / "conf" / "sampler"
 
 REQUIRED = ["ddpm", "ddim", "euler", "euler_ancestral", "heun", "lms", "dpmpp_2m",
             "dpmpp_2m_sde", "dpmpp_2s_ancestral", "dpm_2"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tensors here are small; intra-op threads only contend on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # conftest.py
 
 
 def gauss_denoiser(x, sigma):

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,15 +15,15 @@ from omegaconf import OmegaConf
 from diffexp.module import IndexBatches, load_module
 from diffexp.runs.report import collect, write_report
 
-REPO = Path(__file__).resolve().parents[1]
+from .helpers import REPO, run_cli
+
 TINY = ["data=synthetic", "model.widths=[16,32]", "model.blocks=1", "model.attn_levels=[1]",
         "model.head_dim=16", "train.batch_size=16", "train.n_sample_images=16",
         "sampler.steps=3", "trainer.log_every_n_steps=1"]
 
 
 def _train(*args, cwd, **kw):
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=kw.get("timeout", 600))
+    return run_cli("train.py", *args, cwd=cwd, timeout=kw.get("timeout", 600))
 
 
 def test_index_batches_split_per_rank():

@@ -15,16 +15,15 @@ import pytest
 from diffexp.config import ConfigError, validate_train_config
 from diffexp.runs import store
 
-from .helpers import compose_train
+from .helpers import REPO, compose_train, run_cli, train_config
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = ["data=synthetic", "model.widths=[16,32]", "model.blocks=1", "model.attn_levels=[1]",
         "model.head_dim=16", "train.batch_size=16", "train.n_sample_images=16",
         "sampler.steps=3", "trainer.log_every_n_steps=1"]
 
 
 def _fp(*overrides, accelerator="cpu", precision="32-true"):
-    c = validate_train_config(compose_train(list(overrides)))
+    c = train_config(*overrides)
     return store.fingerprint(c, accelerator, precision)[0]
 
 
@@ -204,9 +203,7 @@ def test_every_module_a_training_job_loads_is_hashed(tmp_path):
 
 
 def test_reuse_active():
-    def cfg(*o):
-        return validate_train_config(compose_train(list(o)))
-
+    cfg = train_config
     assert not store.reuse_active(cfg())  # auto outside a multirun: the run's own folder
     assert store.reuse_active(cfg("train.reuse=true"))
     assert not store.reuse_active(cfg("train.reuse=true", "task=noise_level"))
@@ -266,8 +263,7 @@ def _fake_train(calls, fail=False):
 
 
 def _store_cfg(tmp_path, *extra):
-    return validate_train_config(compose_train(
-        [*TINY, f"train.model_store={tmp_path / 'models'}", *extra]))
+    return train_config(*TINY, f"train.model_store={tmp_path / 'models'}", *extra)
 
 
 def test_finished_partial_failed_and_forced(tmp_path, monkeypatch):
@@ -328,8 +324,7 @@ def test_a_failed_training_fails_the_sweeps_other_jobs_fast(tmp_path, monkeypatc
 
 
 def _train_cli(*args, cwd, timeout=900):
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+    return run_cli("train.py", *args, cwd=cwd, timeout=timeout)
 
 
 def _statuses(sweep: Path) -> dict[str, str]:

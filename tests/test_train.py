@@ -11,7 +11,7 @@ from diffexp.data import build_data
 from diffexp.module import DiffusionModule, load_module
 from diffexp.runs.train import train
 
-from .helpers import TINY_MODEL, compose_train
+from .helpers import TINY_MODEL, compose_train, train_config
 
 SCHEDULES = ["linear", "cosine", "sigmoid", "karras"]
 OBJECTIVES = ["eps", "x0", "v", "karras"]
@@ -73,10 +73,7 @@ def test_stratified_noise_switch_reaches_the_training_loss(stratified, monkeypat
     assert torch.equal(torch.sort(strata).values, torch.arange(16)) == stratified
 
 
-def _quick_cfg(tmp_path, *extra):
-    return validate_train_config(compose_train(
-        ["data=synthetic", "debug=fast", "logger=csv", "train.batch_size=16", *TINY_MODEL,
-         *extra]))
+QUICK = ["data=synthetic", "debug=fast", "logger=csv", "train.batch_size=16", *TINY_MODEL]
 
 
 def test_train_writes_run_folder_and_resumes(tmp_path):
@@ -87,9 +84,8 @@ def test_train_writes_run_folder_and_resumes(tmp_path):
             if trainer.current_epoch + 1 >= 2:
                 trainer.should_stop = True
 
-    c = _quick_cfg(tmp_path, "objective=karras", "schedule=karras", "sampler=euler",
-                   "train.epochs=4", "trainer.limit_train_batches=3",
-                   "callbacks.checkpoints.every_k_epochs=1")
+    c = train_config(*QUICK, "objective=karras", "schedule=karras", "sampler=euler", "train.epochs=4",
+                     "trainer.limit_train_batches=3", "callbacks.checkpoints.every_k_epochs=1")
     run = tmp_path / "run"
     s = train(c, run, callbacks=[StopAfter()])
     assert s["global_step"] == 6 and s["epochs"] == 2
@@ -106,17 +102,16 @@ def test_train_writes_run_folder_and_resumes(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["final_train_loss"] is not None and summary["parameters"] > 0
     # resume: the remaining two epochs continue from step 6 and finish the schedule
-    c2 = _quick_cfg(tmp_path, "objective=karras", "schedule=karras", "sampler=euler",
-                    "train.epochs=4", "trainer.limit_train_batches=3",
-                    f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}")
+    c2 = train_config(*QUICK, "objective=karras", "schedule=karras", "sampler=euler", "train.epochs=4",
+                      "trainer.limit_train_batches=3", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}")
     s2 = train(c2, tmp_path / "run2")
     assert s2["global_step"] == 12 and s2["epochs"] == 4
     assert (tmp_path / "run2" / "samples" / "final.png").is_file()
     m2 = load_module(tmp_path / "run2" / "checkpoints" / "last.ckpt")
     assert int(m2.ema.num_updates) == 12
     # changing the schedule length on resume is refused with a one-line error
-    c3 = _quick_cfg(tmp_path, "objective=karras", "schedule=karras", "train.epochs=9",
-                    f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}")
+    c3 = train_config(*QUICK, "objective=karras", "schedule=karras", "train.epochs=9",
+                      f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}")
     with pytest.raises(ConfigError, match="train.epochs=9"):
         train(c3, tmp_path / "run3")
 
@@ -124,7 +119,7 @@ def test_train_writes_run_folder_and_resumes(tmp_path):
 def test_seed_is_honoured(tmp_path):
     outs = []
     for k in range(2):
-        c = _quick_cfg(tmp_path, "seed=0", "train.epochs=1", "trainer.limit_train_batches=3")
+        c = train_config(*QUICK, "seed=0", "train.epochs=1", "trainer.limit_train_batches=3")
         train(c, tmp_path / f"r{k}")
         m = load_module(tmp_path / f"r{k}" / "checkpoints" / "last.ckpt")
         outs.append(torch.cat([p.flatten() for p in m.net.parameters()]))
@@ -132,8 +127,8 @@ def test_seed_is_honoured(tmp_path):
 
 
 def test_fid_proxy_logged(tmp_path, data_root):
-    c = _quick_cfg(tmp_path, "train.fid_every_n_epochs=1", "train.fid_n_samples=16",
-                   "sampler=euler", "sampler.steps=2")
+    c = train_config(*QUICK, "train.fid_every_n_epochs=1", "train.fid_n_samples=16", "sampler=euler",
+                     "sampler.steps=2")
     s = train(c, tmp_path / "run")
     assert len(s["fid_proxy"]) == 1 and s["fid_proxy"][0]["n"] == 16
     assert s["fid_proxy"][0]["fid"] > 0
@@ -161,7 +156,7 @@ def test_compile_and_channels_last_keep_checkpoint_keys():
 def test_wandb_offline_one_run_per_job(tmp_path):
     ids = []
     for k in range(2):
-        c = _quick_cfg(tmp_path, "logger=wandb", "train.epochs=1", "trainer.limit_train_batches=3")
+        c = train_config(*QUICK, "logger=wandb", "train.epochs=1", "trainer.limit_train_batches=3")
         train(c, tmp_path / f"w{k}")
         ids.append((tmp_path / f"w{k}" / "wandb_id.txt").read_text().strip())
         assert list((tmp_path / f"w{k}" / "wandb").glob("offline-run-*")), "offline run written"

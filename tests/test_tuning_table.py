@@ -9,9 +9,8 @@ import yaml
 
 from diffexp.config import validate_train_config
 
-from .helpers import compose_train
+from .helpers import REPO, compose_train
 
-REPO = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("tuning_table", REPO / "scripts" / "tuning_table.py")
 tuning_table = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(tuning_table)

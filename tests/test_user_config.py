@@ -5,18 +5,14 @@ every option the search path holds."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from diffexp.config import ConfigError, check_group_choices, user_config_dirs
 
-from .helpers import TINY_MODEL
-
-REPO = Path(__file__).resolve().parents[1]
+from .helpers import REPO, TINY_MODEL, run_cli
 
 
 @pytest.fixture
@@ -35,9 +31,7 @@ def myconf(tmp_path) -> Path:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], capture_output=True,
-                          text=True, cwd=REPO, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return run_cli("train.py", *args, env={"OMP_NUM_THREADS": "1"})
 
 
 def test_the_folders_a_command_line_adds(tmp_path):

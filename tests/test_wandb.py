@@ -8,16 +8,12 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from .helpers import TINY_MODEL
+from .helpers import TINY_MODEL, run_cli
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = ["data=synthetic", "train.batch_size=16", "train.n_sample_images=4", "sampler.steps=2",
         "trainer.limit_train_batches=3", "trainer.log_every_n_steps=1", *TINY_MODEL]
 
@@ -81,9 +77,7 @@ def _runs(folder: Path) -> list[dict]:
 
 
 def _cli(script: str, *args, cwd):
-    env = {**os.environ, "WANDB_MODE": "offline"}
-    return subprocess.run([sys.executable, str(REPO / script), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=900)
+    return run_cli(script, *args, cwd=cwd, timeout=900, env={"WANDB_MODE": "offline"})
 
 
 def _quiet(r) -> None:
