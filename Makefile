@@ -14,10 +14,10 @@ endif
 DEV_STAMP := $(STAMP)-dev
 ARGS ?=
 
-.PHONY: install install-dev run test test-slow test-all lint bench results clean help
+.PHONY: install install-dev run test test-unit test-slow test-all lint bench results clean help
 
 help:
-	@echo "make install | install-dev | run | test | test-slow | test-all | lint | bench | results | gpu-check | gpu-prep | gpu-rehearsal | clean"
+	@echo "make install | install-dev | run | test | test-unit | test-slow | test-all | lint | bench | results | gpu-check | gpu-prep | gpu-rehearsal | clean"
 
 $(STAMP): pyproject.toml
 	@if [ "$(PY)" = "$(VENV)/bin/python" ] && [ ! -x $(PY) ]; then python3 -m venv $(VENV); fi
@@ -39,6 +39,10 @@ run: install
 
 test: install-dev
 	$(PY) -m pytest -q $(ARGS)
+
+# the unit tests only (tests/conftest.py marks them): about a minute, no data set needed
+test-unit: install-dev
+	$(PY) -m pytest -q -m unit $(ARGS)
 
 test-slow: install-dev
 	$(PY) -m pytest -q -m slow $(ARGS)
