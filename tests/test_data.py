@@ -57,6 +57,16 @@ def test_build_data_from_config(data_root):
                val_size=100, split_seed=0, subset=1000)
     d = build_data(cfg)
     assert d.shape == (1, 28, 28) and len(d.train_index) == 900
+    # the first `subset` images of the release, split into disjoint train and validation parts
+    x, y = load_fashion_mnist(data_root, train=True, download=False)
+    assert torch.equal(d.images.reshape(1000, 28, 28), x[:1000].reshape(1000, 28, 28))
+    assert torch.equal(d.labels, y[:1000])
+    assert len(d.val_index) == 100
+    both = torch.cat([d.train_index, d.val_index]).sort().values
+    assert torch.equal(both, torch.arange(1000))  # every image once, in one part only
+    # split_seed fixes the split: the same seed gives it again, another seed another one
+    assert torch.equal(build_data(cfg).val_index, d.val_index)
+    assert not torch.equal(build_data({**cfg, "split_seed": 1}).val_index, d.val_index)
 
 
 def test_missing_data_one_line_error(tmp_path):

@@ -80,16 +80,6 @@ def _one_step_and_sample(c: dict) -> None:
     assert nfe >= 1
 
 
-@pytest.fixture
-def one_thread():
-    # hundreds of tiny forward passes: one thread avoids oversubscribing a busy 2-core machine
-    # (measured 12x faster here with another job running)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.slow  # tens of seconds on 2 cores: with make test-slow
 def test_every_numeric_edge_fails_at_validation_or_runs(one_thread):
     tried, refused, ran, broken = 0, 0, 0, []
@@ -128,6 +118,14 @@ def test_finite_noise_levels_of_valid_vp_schedules():
     c = validate_train_config(compose_train([*BASE, "schedule=linear", "schedule.t_min=1e-9"]))
     module = DiffusionModule.from_config(c)
     assert module.schedule.sigma_min > 0 and math.isfinite(module.schedule.sigma_max)
+    # the closed form: sigma(t)^2 = 1 / abar(t) - 1 = expm1(beta_min t + (beta_max - beta_min) t^2 / 2)
+    s = c["schedule"]
+
+    def sigma(t):
+        return math.sqrt(math.expm1(s["beta_min"] * t + 0.5 * (s["beta_max"] - s["beta_min"]) * t * t))
+
+    assert module.schedule.sigma_min == pytest.approx(sigma(1e-9), rel=1e-4)  # about 1e-5
+    assert module.schedule.sigma_max == pytest.approx(sigma(s["t_max"]), rel=1e-9)
 
 
 #: the run-level groups: their numbers act inside Lightning's loop, so each validated edge value

@@ -5,7 +5,6 @@ import csv
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,9 +15,7 @@ from diffexp.module import DiffusionModule
 from diffexp.runs.report import collect, write_report
 from diffexp.runs.train import train
 
-from .helpers import TINY_MODEL, compose_train
-
-REPO = Path(__file__).resolve().parents[1]
+from .helpers import TINY_MODEL, compose_train, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +28,7 @@ def tiny_ckpt(tmp_path_factory):
 
 
 def _eval(*args, cwd):
-    return subprocess.run([sys.executable, str(REPO / "eval.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+    return run_cli("eval.py", *args, cwd=cwd, timeout=600)
 
 
 def test_eval_end_to_end(tiny_ckpt, tmp_path, data_root):
@@ -90,6 +86,12 @@ def test_every_sampler_on_every_objective(objective):
         assert x0.shape == (4, 1, 32, 32) and torch.isfinite(x0).all(), name
         assert u8.dtype == torch.uint8 and u8.shape == (4, 1, 28, 28)
         assert nfe == sampling.nfe(name, 3), name
+        # the images are x0 decoded by hand: the padding cropped, [-scale, scale] -> 0..255
+        p, scale = c["data"]["pad"], c["data"]["scale"]
+        by_hand = ((x0[..., p:-p, p:-p].float() / scale).clamp(-1, 1) + 1) * 127.5
+        assert torch.equal(u8, by_hand.round().to(torch.uint8)), name
+        # and the seed fixes them
+        assert torch.equal(m.generate(4, seed=1, sampler_cfg=cfg, batch_size=4)[1], u8), name
 
 
 def test_clip_denoised_bounds_every_estimate():

@@ -7,28 +7,18 @@ from __future__ import annotations
 import csv
 import json
 import statistics
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from diffexp.config import CONF_DIR, ConfigError, validate_eval_config, validate_train_config
+from diffexp.config import ConfigError, validate_eval_config, validate_train_config
 from diffexp.evaluation import mean_per_step, proxy_log_dict, summarize_seeds
 from diffexp.runs.evaluate import summary_metrics
 from diffexp.runs.report import cells, collect, write_report
 from diffexp.runs.train import train
 
-from .helpers import TINY_MODEL, compose_train
+from .helpers import TINY_MODEL, compose_eval, compose_train, run_cli
 
-REPO = Path(__file__).resolve().parents[1]
 NEW = ("precision", "recall", "density", "coverage", "class_tv", "class_confidence")
-
-
-def _compose_eval(overrides):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("eval", overrides=list(overrides))
 
 
 @pytest.mark.parametrize("override, needle", [
@@ -46,23 +36,22 @@ def test_bad_seeds_and_k_name_the_setting(tmp_path, override, needle):
     ckpt = tmp_path / "x.ckpt"
     ckpt.write_bytes(b"")
     with pytest.raises(ConfigError) as e:
-        validate_eval_config(_compose_eval([f"ckpt={ckpt}", override]))
+        validate_eval_config(compose_eval([f"ckpt={ckpt}", override]))
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
 def test_good_seeds_validate(tmp_path):
     ckpt = tmp_path / "x.ckpt"
     ckpt.write_bytes(b"")
-    c = validate_eval_config(_compose_eval([f"ckpt={ckpt}", "eval.seeds=[2,0,1]", "eval.prdc_k=5"]))
+    c = validate_eval_config(compose_eval([f"ckpt={ckpt}", "eval.seeds=[2,0,1]", "eval.prdc_k=5"]))
     assert c["eval"]["seeds"] == [2, 0, 1] and c["eval"]["prdc_k"] == 5
-    assert validate_eval_config(_compose_eval([f"ckpt={ckpt}"]))["eval"]["seeds"] is None
+    assert validate_eval_config(compose_eval([f"ckpt={ckpt}"]))["eval"]["seeds"] is None
 
 
 def test_cli_empty_seeds_exits_2_with_one_line(tmp_path):
     ckpt = tmp_path / "x.ckpt"
     ckpt.write_bytes(b"")
-    r = subprocess.run([sys.executable, str(REPO / "eval.py"), f"ckpt={ckpt}", "eval.seeds=[]",
-                        "logger=none"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    r = run_cli("eval.py", f"ckpt={ckpt}", "eval.seeds=[]", "logger=none", cwd=tmp_path)
     err = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert r.returncode == 2 and len(err) == 1 and "eval.seeds" in err[0], r.stderr
 
@@ -99,11 +88,9 @@ def tiny_ckpt(tmp_path_factory):
 
 
 def test_eval_with_seeds_end_to_end(tiny_ckpt, tmp_path, data_root):
-    r = subprocess.run([sys.executable, str(REPO / "eval.py"), f"ckpt={tiny_ckpt}", "logger=csv",
-                        "eval.n_samples=24", "eval.batch_size=24", "eval.per_step=true",
-                        "sampler.steps=2", "eval.seeds=[0,1]", "eval.diagnostics=false",
-                        "hydra.run.dir=out"], cwd=tmp_path, capture_output=True, text=True,
-                       timeout=900)
+    r = run_cli("eval.py", f"ckpt={tiny_ckpt}", "logger=csv", "eval.n_samples=24",
+                "eval.batch_size=24", "eval.per_step=true", "sampler.steps=2", "eval.seeds=[0,1]",
+                "eval.diagnostics=false", "hydra.run.dir=out", cwd=tmp_path, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     out = tmp_path / "out"
     m = json.loads((out / "metrics.json").read_text())
@@ -120,7 +107,9 @@ def test_eval_with_seeds_end_to_end(tiny_ckpt, tmp_path, data_root):
     # the floor: one real draw per seed, summarised the same way
     fl = m["floor"]
     assert fl["fid"] == pytest.approx(statistics.mean(ps["floor"]["fid"] for ps in m["per_seed"]))
-    assert fl["seed_std"]["recall"] is not None
+    # the sample std (ddof=1) over the seeds' floors
+    assert fl["seed_std"]["recall"] == pytest.approx(
+        statistics.stdev(ps["floor"]["recall"] for ps in m["per_seed"]))
     assert m["per_seed"][0]["floor"]["fid"] != m["per_seed"][1]["floor"]["fid"]
     assert (out / "samples.png").is_file() and (out / "samples_by_class.png").is_file()
     rows = list(csv.DictReader(open(out / "per_step.csv")))

@@ -4,7 +4,6 @@ cache, and the Inception error path."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 from pathlib import Path
 
@@ -26,18 +25,12 @@ from diffexp.metrics.prdc import DEFAULT_K
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-REPO = Path(__file__).resolve().parents[1]
 FAST = dict(kid_subset_size=500, kid_subsets=10)
 
 
-def _data_root() -> Path:
-    root = os.environ.get("DIFFEXP_DATA_ROOT") or REPO / ".." / "shared" / "data"
-    return Path(root).resolve()
-
-
 @pytest.fixture(scope="module")
-def fmnist_test_split():
-    root = _data_root()
+def fmnist_test_split(data_root):  # conftest.py: the real data folder, or a skip
+    root = data_root
     raw = root / "FashionMNIST" / "raw"
     if not all((raw / f).exists() or (raw / (f + ".gz")).exists() for f in RAW_FILES):
         pytest.skip(f"Fashion-MNIST not found under {root} (set DIFFEXP_DATA_ROOT)")
@@ -46,11 +39,8 @@ def fmnist_test_split():
 
 
 @pytest.fixture(scope="module")
-def train_images():
-    root = _data_root()
-    if not (root / "FashionMNIST" / "raw").exists():
-        pytest.skip(f"Fashion-MNIST not found under {root} (set DIFFEXP_DATA_ROOT)")
-    x, _ = load_fashion_mnist(root, train=True, download=False)
+def train_images(data_root):
+    x, _ = load_fashion_mnist(data_root, train=True, download=False)
     return x[:1000].unsqueeze(1)
 
 
@@ -189,6 +179,11 @@ def test_kid_subset_size_is_capped_by_n(fmnist_test_split, tmp_path):
     ev = Evaluator(x[:600], cache_dir=tmp_path, kid_subset_size=1000, kid_subsets=5)
     s = ev.score(x[600:650])
     assert s["n"] == 50 and np.isfinite([s["fid"], s["kid_mean"], s["kid_std"]]).all()
+    # capped: the same subsets (the same kid_seed) as an evaluator asking for 50 to begin with
+    capped = Evaluator(x[:600], cache_dir=tmp_path, kid_subset_size=50, kid_subsets=5).score(
+        x[600:650])
+    assert (s["kid_mean"], s["kid_std"]) == pytest.approx((capped["kid_mean"], capped["kid_std"]))
+    assert s["fid"] == pytest.approx(capped["fid"])  # FID does not depend on the KID subsets
     with pytest.raises(TypeError, match="uint8"):
         ev.score(x[600:650].float())
 
@@ -326,3 +321,7 @@ def test_an_unwritable_cache_warns_and_still_scores(fmnist_test_split, tmp_path)
         floor = ev.floor(x[300:400])
     assert floor["n"] == 100 and np.isfinite(floor["fid"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["not_a_dir"]  # nothing half-written
+    # and scores as it would with a cache: the same numbers as an evaluator that wrote one
+    cached = Evaluator(x[:300], cache_dir=tmp_path / "cache", **FAST)
+    assert floor["fid"] == pytest.approx(cached.floor(x[300:400])["fid"])
+    assert ev.score(x[400:450])["fid"] == pytest.approx(cached.score(x[400:450])["fid"])

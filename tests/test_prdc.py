@@ -241,6 +241,10 @@ def test_too_few_images_for_k_leave_the_manifold_metrics_null(fmnist, evaluator,
     assert s["k"] == 3 and s["n"] == 3 and s["fid"] > 0 and sum(s["class_hist"]) == 3
     assert "need more than k=3 images (got 3); left out (null)" in capsys.readouterr().err
     assert evaluator.score(fmnist[2][:4])["precision"] is not None
+    # one image above k: defined, and exact for images of the reference itself (each lies at
+    # distance 0 from its own reference point, inside that point's k-NN ball)
+    own = evaluator.score(fmnist[0][:4])
+    assert own["n"] == 4 and own["precision"] == 1.0 and own["coverage"] >= 4 / N
 
 
 def test_evaluator_refuses_a_bad_k(fmnist, tmp_path):
