@@ -72,6 +72,7 @@ E2E_MODULES = {
     "test_time_budget": "fits under a time budget",
     "test_train": "fits of every objective and schedule, with resume",
     "test_user_config": "train.py with a user's config folder",
+    "test_user_components": "train.py and eval.py with a user's callbacks, loggers and network",
     "test_wandb": "train.py and eval.py logging to wandb (offline)",
 }
 
