@@ -12,9 +12,10 @@ from diffexp.config import ConfigError
 from .helpers import REPO, TINY_MODEL, compose_train, run_cli
 
 PROJECT = REPO / "tests" / "external" / "myproject"
-TINY = ["data=synthetic", "data.subset=200", "data.val_size=40", *TINY_MODEL,
-        "trainer.accelerator=cpu", "train.batch_size=16", "train.epochs=1",
-        "train.eval_at_end=false", "train.n_sample_images=4", "sampler.steps=2"]
+RUN = ["data=synthetic", "data.subset=200", "data.val_size=40", "trainer.accelerator=cpu",
+       "train.batch_size=16", "train.epochs=1", "train.eval_at_end=false",
+       "train.n_sample_images=4", "sampler.steps=2"]
+TINY = [*RUN, *TINY_MODEL]
 
 
 @pytest.mark.parametrize("entries,needle", [
@@ -104,3 +105,60 @@ def test_a_bad_target_on_the_command_line_is_one_line_and_leaves_no_folder(tmp_p
     assert lines[-1] == ("error: callbacks.extra.x._target_=mycomponents.NoSuch: mycomponents "
                          "has no 'NoSuch'"), out.stderr
     assert not run.exists()
+
+
+# ------------------------------------------------------------------------------ a user's network
+def test_a_users_network_trains_and_evaluates_from_their_project(tmp_path):
+    """conf/model/tinynet.yaml names mycomponents.TinyNet; diffexp builds it (passing
+    ``conditioned``, which its constructor names), trains it, and eval.py rebuilds it from the
+    checkpoint, both run from the user's folder."""
+    run = tmp_path / "run"
+    out = run_cli("train.py", "-cd", "conf", *RUN, "model=tinynet", "logger=none",
+                  f"hydra.run.dir={run}", cwd=PROJECT, env={"OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    import torch
+
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["hyper_parameters"]["cfg"]["model"]["_target_"] == "mycomponents.TinyNet"
+    assert any(k.startswith("net.emb.") for k in ckpt["state_dict"])  # built conditioned
+    ev = tmp_path / "eval"
+    out = run_cli("eval.py", f"ckpt={run / 'checkpoints' / 'last.ckpt'}", "eval.n_samples=64",
+                  "eval.batch_size=64", "sampler.steps=2", "logger=none", "eval.floor=false",
+                  "eval.diagnostics=false", f"hydra.run.dir={ev}", cwd=PROJECT,
+                  env={"OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    import json
+
+    metrics = json.loads((ev / "metrics.json").read_text())
+    assert metrics["fid"] > 0 and metrics["n"] == 64 and metrics["model"]["name"] == "tinynet"
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["+model.bogus=1"], "model: mycomponents.TinyNet(...) failed: TypeError"),
+    (["model._target_=torch.nn.Identity"], "the network failed on a batch of shape (2, 1, 32, 32)"),
+    (["model._target_=mycomponents.StepCounter", "~model.channels"],
+     "built a StepCounter, not a torch.nn"),
+])
+def test_a_network_that_breaks_the_contract_is_one_line_and_leaves_no_folder(tmp_path, extra,
+                                                                             needle):
+    run = tmp_path / "run"
+    out = run_cli("train.py", "-cd", "conf", *RUN, "model=tinynet", "logger=none", *extra,
+                  f"hydra.run.dir={run}", cwd=PROJECT, env={"OMP_NUM_THREADS": "1"})
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert needle in lines[-1] and lines[-1].startswith("error: model"), out.stderr[-2000:]
+    assert not run.exists()
+
+
+def test_editing_a_users_module_changes_the_training_fingerprint(tmp_path, monkeypatch):
+    from diffexp.runs.store import user_code_hash
+
+    (tmp_path / "usernet_fp.py").write_text("import torch\nclass Net(torch.nn.Module):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    c = {"model": {"name": "n", "_target_": "usernet_fp.Net"}, "callbacks": {"extra": {}}}
+    before = user_code_hash(c)
+    assert before is not None and user_code_hash(c) == before  # the same source, the same hash
+    (tmp_path / "usernet_fp.py").write_text("import torch\nclass Net(torch.nn.Module):\n"
+                                            "    width = 2\n")
+    assert user_code_hash(c) != before
+    assert user_code_hash({"model": {"name": "unet_tiny"}}) is None  # diffexp's own: no user code

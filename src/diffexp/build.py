@@ -177,9 +177,22 @@ def build_objective(obj_cfg: dict, schedule: Schedule) -> Objective:
                       c_noise=obj_cfg["c_noise"] if obj_cfg["name"] == "karras" else "log")
 
 
+#: the model settings diffexp reads itself; a ``model._target_`` network gets the others
+MODEL_OWN_KEYS = ("name", "channels_last", "compile")
+
+
 def build_network(model_cfg: dict, conditioned: bool, embedding: str = "geometric"):
     """The UNet of ``model_cfg``; ``embedding`` is the objective's (``Objective.embedding``: the
-    lesson's raw-sigma c_noise needs a timestep embedding)."""
+    lesson's raw-sigma c_noise needs a timestep embedding). A ``model._target_`` network is built
+    from the settings diffexp does not read itself, plus ``conditioned`` and ``embedding`` where
+    its constructor takes parameters of those names (docs/EXTENDING.md)."""
+    if "_target_" in model_cfg:
+        import torch
+
+        from .components import build
+
+        return build({k: v for k, v in model_cfg.items() if k not in MODEL_OWN_KEYS}, "model",
+                     torch.nn.Module, conditioned=conditioned, embedding=embedding)
     from .models.unet import UNet
 
     return UNet(in_channels=1, out_channels=1, widths=tuple(model_cfg["widths"]),

@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from .components import check_entries
+from .components import check_entries, import_target
 from .errors import ConfigError, first_line
 
 __all__ = ["ConfigError", "validate_train_config", "validate_eval_config", "validate_eval_samplers",
@@ -300,7 +300,23 @@ def validate_data(d) -> dict:
     return d
 
 
+def validate_user_model(m) -> dict:
+    """A network of the user's (``model._target_``, docs/EXTENDING.md): a name, the class's
+    dotted path (imported now), ``channels_last``/``compile`` if given (else off), and its
+    constructor's arguments; its shapes are checked on a batch before training."""
+    m = OmegaConf.to_container(m, resolve=True) if isinstance(m, DictConfig) else dict(m)
+    _require(isinstance(m.get("name"), str) and bool(m["name"]), "model.name",
+             "must name the network (e.g. its yaml file's name)", m.get("name"))
+    import_target(m["_target_"], "model._target_")
+    for key in ("channels_last", "compile"):
+        m.setdefault(key, False)  # the user's yaml need not know diffexp's layout switches
+        _require(isinstance(m[key], bool), f"model.{key}", "must be true or false", m[key])
+    return m
+
+
 def validate_model(m) -> dict:
+    if isinstance(m, (dict, DictConfig)) and "_target_" in m:
+        return validate_user_model(m)
     m = _typed(m, ModelCfg, "model")
     _require(len(m["widths"]) >= 1 and all(w > 0 for w in m["widths"]), "model.widths",
              "must be a non-empty list of positive ints", m["widths"])
@@ -328,6 +344,8 @@ def check_image_fits_model(data: dict, model: dict) -> None:
     or the skip connections would not line up."""
     from .build import image_side
 
+    if "_target_" in model:  # a user's network: its shapes are checked on a batch instead
+        return
     side = image_side(data["pad"])
     levels = len(model["widths"])
     step = model["patch"] * 2 ** (levels - 1)

@@ -159,6 +159,40 @@ def code_hash() -> str:
     return h.hexdigest()
 
 
+def user_code_hash(c: dict) -> str | None:
+    """SHA-256 over the source files of the user's modules that ``c``'s ``_target_`` entries
+    name (a ``model._target_`` network, ``callbacks.extra``): editing one retrains its models.
+    None where the config names none."""
+    import importlib
+    import inspect
+
+    targets: set[str] = set()
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("_target_"), str):
+                targets.add(node["_target_"])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(c)
+    files = {}
+    for t in targets:
+        name = t.rpartition(".")[0]
+        path = inspect.getsourcefile(importlib.import_module(name))
+        if path and not Path(path).resolve().is_relative_to(PACKAGE_DIR):
+            files[name] = Path(path)
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for name in sorted(files):
+        h.update(name.encode() + b"\0" + files[name].read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def _git_commit() -> str | None:
     """The checkout's commit (with ``-dirty``), for the record only: not part of the key."""
     try:
@@ -182,7 +216,7 @@ def fingerprint(c: dict, accelerator: str, precision: str) -> tuple[str, dict]:
             trained.pop(group, None)
     content = {"config": trained, "accelerator": accelerator, "precision": precision,
                "diffexp": __version__, "torch": torch.__version__,
-               "code": _code_hash_of_this_process()}
+               "code": _code_hash_of_this_process(), "user_code": user_code_hash(trained)}
     blob = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest(), json.loads(blob)
 

@@ -205,7 +205,8 @@ def evaluate_at_end(c: dict, run_dir: Path, logger, ckpt: Path | None = None) ->
     def evaluate(sampler: dict, label: str, diagnostics: bool) -> dict:
         sampler = dict(sampler)
         ec = {"ckpt": str(ckpt), "seed": c["seed"],
-              "name": c["name"], "data_root": c["data"].get("root"), "logger": {"name": "none", "extra": {}},
+              "name": c["name"], "data_root": c["data"].get("root"),
+              "logger": {"name": "none", "extra": {}},
               "objective": {}, "eval": {**settings,
                                         "diagnostics": diagnostics and settings["diagnostics"]},
               "sampler": sampler, "grid": sampler.pop("grid", None) or c["grid"]}
@@ -480,6 +481,32 @@ def trainer_arguments(tr: dict) -> dict:
     return extra
 
 
+def check_user_network(c: dict, module) -> None:
+    """A ``model._target_`` network denoises a batch of two images of the run's size (through
+    the objective, as training and sampling call it) and returns their shape; else one line
+    naming the setting, before any work."""
+    target = c["model"].get("_target_")
+    if target is None:
+        return
+    from ..build import image_side
+    from ..objectives import make_denoiser
+
+    side = image_side(c["data"]["pad"])
+    x = torch.zeros(2, 1, side, side)
+    contract = "forward(x, cond) -> a tensor of x's shape (docs/EXTENDING.md)"
+    try:
+        with torch.no_grad():
+            out = make_denoiser(module.net, module.objective)(x, torch.ones(2))
+    except Exception as e:  # the user's network: any error, as one line
+        raise ConfigError(f"model._target_={target}: the network failed on a batch of shape "
+                          f"{tuple(x.shape)} ({type(e).__name__}: {first_line(e)}); the "
+                          f"contract: {contract}") from None
+    if out.shape != x.shape:
+        raise ConfigError(f"model._target_={target}: the network returned shape "
+                          f"{tuple(out.shape)} for input {tuple(x.shape)}; the contract: "
+                          f"{contract}")
+
+
 def user_components(c: dict, run_dir: Path) -> tuple[list, list]:
     """``(callbacks, loggers)`` of ``callbacks.extra`` and ``logger.extra`` (components.py): a
     logger whose class takes a ``save_dir`` and is not given one writes into the run folder."""
@@ -593,6 +620,7 @@ def _train(c: dict, run_dir: str | Path, callbacks: list | None, guard) -> dict:
             threads.hold = c["optim"]["hold_steps"]
         passthrough.update({k: c["trainer"][k] for k in ("max_steps",) if k in c["trainer"]})
         module = DiffusionModule(spec)
+        check_user_network(c, module)
         module.length_set_by_budget = planner is not None
         if spec.no_t is not None and spec.no_t.use_predicted_noise_level:
             module.noise_level_net()  # its checkpoint fits this model: checked before work

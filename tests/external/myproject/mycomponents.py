@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 
 
 class StepCounter(pl.Callback):
@@ -15,3 +16,24 @@ class StepCounter(pl.Callback):
 
     def on_train_end(self, trainer, module):
         Path(trainer.default_root_dir, self.filename).write_text(f"{trainer.global_step}\n")
+
+
+class TinyNet(torch.nn.Module):
+    """A user's network under diffexp's network contract: ``forward(x, cond)`` with x the
+    objective's input ``(B, 1, H, W)`` and cond its noise level ``(B,)`` (None for a model never
+    told its noise level), returning a tensor of x's shape. ``conditioned`` is passed by diffexp
+    because the constructor names it."""
+
+    def __init__(self, channels: int = 16, conditioned: bool = True):
+        super().__init__()
+        self.conditioned = conditioned
+        self.inp = torch.nn.Conv2d(1, channels, 3, padding=1)
+        self.emb = torch.nn.Linear(1, channels) if conditioned else None
+        self.mid = torch.nn.Conv2d(channels, channels, 3, padding=1)
+        self.out = torch.nn.Conv2d(channels, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        h = torch.nn.functional.silu(self.inp(x))
+        if self.emb is not None and cond is not None:
+            h = h + self.emb(cond.float().reshape(-1, 1))[:, :, None, None]
+        return self.out(torch.nn.functional.silu(self.mid(h)))
