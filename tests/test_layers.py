@@ -210,6 +210,7 @@ class _MeasuredData:
         return 0.5
 
 
+@pytest.mark.e2e  # every option of the whole config tree built: about 10 s on 2 cores
 def test_every_option_of_every_group_composes_validates_and_builds(monkeypatch):
     import pytorch_lightning as pl
 
