@@ -108,29 +108,75 @@ def test_a_bad_target_on_the_command_line_is_one_line_and_leaves_no_folder(tmp_p
 
 
 # ------------------------------------------------------------------------------ a user's network
-def test_a_users_network_trains_and_evaluates_from_their_project(tmp_path):
-    """conf/model/tinynet.yaml names mycomponents.TinyNet; diffexp builds it (passing
-    ``conditioned``, which its constructor names), trains it, and eval.py rebuilds it from the
-    checkpoint, both run from the user's folder."""
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def tinynet_run(tmp_path_factory):
+    """conf/model/tinynet.yaml names mycomponents.TinyNet: trained from the user's folder."""
+    run = tmp_path_factory.mktemp("tinynet") / "run"
     out = run_cli("train.py", "-cd", "conf", *RUN, "model=tinynet", "logger=none",
                   f"hydra.run.dir={run}", cwd=PROJECT, env={"OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-2000:]
-    import torch
+    return run
 
-    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert ckpt["hyper_parameters"]["cfg"]["model"]["_target_"] == "mycomponents.TinyNet"
-    assert any(k.startswith("net.emb.") for k in ckpt["state_dict"])  # built conditioned
-    ev = tmp_path / "eval"
-    out = run_cli("eval.py", f"ckpt={run / 'checkpoints' / 'last.ckpt'}", "eval.n_samples=64",
-                  "eval.batch_size=64", "sampler.steps=2", "logger=none", "eval.floor=false",
-                  "eval.diagnostics=false", f"hydra.run.dir={ev}", cwd=PROJECT,
-                  env={"OMP_NUM_THREADS": "1"})
-    assert out.returncode == 0, out.stderr[-2000:]
+
+def _eval(ckpt, out_dir, *args):
     import json
 
-    metrics = json.loads((ev / "metrics.json").read_text())
+    out = run_cli("eval.py", "-cd", "conf", f"ckpt={ckpt}", "eval.n_samples=64",
+                  "eval.batch_size=64", "logger=none", "eval.floor=false",
+                  "eval.diagnostics=false", f"hydra.run.dir={out_dir}", *args, cwd=PROJECT,
+                  env={"OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads((out_dir / "metrics.json").read_text())
+
+
+def test_a_users_network_trains_and_evaluates_from_their_project(tinynet_run, tmp_path):
+    """diffexp builds TinyNet (passing ``conditioned``, which its constructor names), trains it,
+    and eval.py rebuilds it from the checkpoint, both run from the user's folder."""
+    import torch
+
+    ckpt = torch.load(tinynet_run / "checkpoints" / "last.ckpt", map_location="cpu",
+                      weights_only=False)
+    assert ckpt["hyper_parameters"]["cfg"]["model"]["_target_"] == "mycomponents.TinyNet"
+    assert any(k.startswith("net.emb.") for k in ckpt["state_dict"])  # built conditioned
+    metrics = _eval(tinynet_run / "checkpoints" / "last.ckpt", tmp_path / "eval",
+                    "sampler.steps=2")
     assert metrics["fid"] > 0 and metrics["n"] == 64 and metrics["model"]["name"] == "tinynet"
+
+
+# ------------------------------------------------------------------------------ a user's sampler
+def test_a_users_sampler_registers_from_its_yaml_and_equals_the_euler_it_implements(
+        tinynet_run, tmp_path):
+    """conf/sampler/plain_euler.yaml names mycomponents.sample_plain_euler (Euler steps written by
+    the user): eval.py samples with it, and its images, hence every metric, equal the built-in
+    euler sampler's on the same seeds and grid."""
+    ckpt = tinynet_run / "checkpoints" / "last.ckpt"
+    mine = _eval(ckpt, tmp_path / "mine", "sampler=plain_euler", "sampler.steps=4")
+    ref = _eval(ckpt, tmp_path / "ref", "sampler=euler", "sampler.steps=4")
+    assert mine["sampler_name"] == "plain_euler" and mine["nfe"] == ref["nfe"] == 4
+    for key in ("fid", "kid_mean", "precision", "recall"):
+        assert mine[key] == ref[key], key
+    other = _eval(ckpt, tmp_path / "scaled", "sampler=plain_euler", "sampler.steps=4",
+                  "sampler.scale=0.5")  # its own option acts
+    assert other["fid"] != ref["fid"]
+
+
+def test_a_users_sampler_is_checked_like_a_shipped_one(monkeypatch):
+    from diffexp import sampling
+
+    monkeypatch.syspath_prepend(str(PROJECT))
+    base = {"name": "plain_euler", "_target_": "mycomponents.sample_plain_euler", "steps": 3}
+    sampling.validate_sampler_config(base)
+    assert sampling.nfe("plain_euler", 5) == 5
+    with pytest.raises(ValueError) as e:  # an option the function does not have
+        sampling.validate_sampler_config({**base, "eta": 1.0})
+    assert "sampler.eta is not an option of sampler 'plain_euler' (valid options: scale)" \
+        in str(e.value)
+    with pytest.raises(ValueError) as e:  # a built-in's name
+        sampling.validate_sampler_config({**base, "name": "euler"})
+    assert "sampler.name='euler' is a built-in sampler" in str(e.value)
+    with pytest.raises(ValueError) as e:
+        sampling.validate_sampler_config({**base, "_target_": "mycomponents.nothing"})
+    assert "mycomponents has no 'nothing'" in str(e.value)
 
 
 @pytest.mark.parametrize("extra,needle", [

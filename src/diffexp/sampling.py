@@ -119,6 +119,7 @@ from torch import Tensor
 
 __all__ = [
     "SAMPLERS",
+    "register_sampler",
     "NO_T_SAMPLERS",
     "GRIDS",
     "GRID_CONFIG_KEYS",
@@ -516,6 +517,7 @@ NO_T_SAMPLERS: dict[str, Callable[..., Tensor]] = {}
 _NFE_PER_STEP: dict[str, int] = {}
 _NFE_EXTRA: dict[str, int] = {}
 _RAW: dict[str, Callable[..., Tensor]] = {}
+_USER: dict[str, str] = {}  # user samplers registered from a sampler._target_: name -> target
 
 
 def _register(name: str, evals_per_step: int = 1, extra_evals: int = 0, no_t: bool = False):
@@ -1100,17 +1102,53 @@ def validate_grid_config(grid) -> dict:
             "sigma_max": g.get("sigma_max")}
 
 
+#: sampler config keys that are not the sampler function's options
+SAMPLER_OWN_KEYS = ("name", "steps", "_target_")
+
+
+def register_sampler(name: str, evals_per_step: int = 1):
+    """Register a user's sampler function as ``name`` (a decorator): ``fn(denoiser, x, sigmas,
+    *, generator=None, callback=None, **options) -> x`` over Python-float ``sigmas`` ending in
+    0, its options keyword-only with defaults (they are what ``sampler.<key>`` may set), and
+    ``evals_per_step`` denoiser calls per step (NFE). A sampler yaml with ``_target_`` naming
+    the function registers it when the config is checked (docs/EXTENDING.md)."""
+    if name in SAMPLERS or name in NO_T_SAMPLERS:
+        raise ValueError(f"sampler.name={name!r} is a built-in sampler; give yours another name")
+    return _register(name, evals_per_step=evals_per_step)
+
+
+def _register_target(name, target) -> None:
+    """``sampler._target_``: import the function and register it as ``name`` (once per process;
+    the same name for another function is refused)."""
+    from .components import import_target
+
+    fn = import_target(target, "sampler._target_")
+    if not callable(fn):
+        raise ValueError(f"sampler._target_={target} is not a function")
+    if _RAW.get(name) is fn:
+        return
+    if name in _RAW:
+        what = "a built-in sampler" if name not in _USER else f"registered by {_USER[name]}"
+        raise ValueError(f"sampler.name={name!r} is {what}; name sampler._target_={target} "
+                         f"otherwise")
+    register_sampler(name, evals_per_step=int(getattr(fn, "evals_per_step", 1)))(fn)
+    _USER[name] = target
+
+
 def validate_sampler_config(cfg) -> None:
     """Check a sampler config (``conf/sampler/<name>.yaml``: ``name``, ``steps`` and the sampler's
     options); raise a one-line ValueError naming the setting (``sampler.<key>``). The grid is not
-    part of it (see :func:`validate_grid_config`)."""
+    part of it (see :func:`validate_grid_config`). A ``_target_`` registers a user's sampler
+    function under ``name`` first (:func:`register_sampler`)."""
     cfg = dict(cfg)
     name = cfg.get("name")
+    if cfg.get("_target_") is not None:
+        _register_target(name, cfg["_target_"])
     if name not in SAMPLERS and name not in NO_T_SAMPLERS:
         raise ValueError(f"sampler.name={name!r} is not one of "
                          f"{sorted([*SAMPLERS, *NO_T_SAMPLERS])}")
     _check_steps(cfg.get("steps", 20), "sampler.steps")
-    _check_options(name, {k: v for k, v in cfg.items() if k not in ("name", "steps")},
+    _check_options(name, {k: v for k, v in cfg.items() if k not in SAMPLER_OWN_KEYS},
                    prefix="sampler.")
 
 
@@ -1130,7 +1168,7 @@ def split_sampler_config(cfg, grid=None) -> tuple[dict, dict]:
         "sigma_min": g["sigma_min"],
         "sigma_max": g["sigma_max"],
     }
-    options = {k: v for k, v in cfg.items() if k not in ("name", "steps")}
+    options = {k: v for k, v in cfg.items() if k not in SAMPLER_OWN_KEYS}
     clip = options.get("clip_x0")
     if clip is not None and not _is_number(clip):  # a list / ListConfig pair -> plain tuple
         options["clip_x0"] = tuple(float(v) for v in clip)
