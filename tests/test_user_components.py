@@ -208,3 +208,50 @@ def test_editing_a_users_module_changes_the_training_fingerprint(tmp_path, monke
                                             "    width = 2\n")
     assert user_code_hash(c) != before
     assert user_code_hash({"model": {"name": "unet_tiny"}}) is None  # diffexp's own: no user code
+
+
+# ----------------------------------------------------------------------------- a user's schedule
+def test_a_users_schedule_is_checked_on_its_maps(monkeypatch):
+    import math
+
+    import torch
+
+    from diffexp.config import validate_schedule
+    from diffexp.schedules import build_schedule
+
+    monkeypatch.syspath_prepend(str(PROJECT))
+    cfg = {"name": "logsnr_linear", "_target_": "mycomponents.LogSNRLinear", "logsnr_max": 10.0,
+           "logsnr_min": -10.0, "t_min": 0.0, "t_max": 1.0}
+    assert validate_schedule(cfg) == cfg
+    sched = build_schedule(cfg["name"], **{k: v for k, v in cfg.items() if k != "name"})
+    t = torch.linspace(0, 1, 11, dtype=torch.float64)
+    # closed form: sigma = exp(-logsnr / 2), logsnr = 10 - 20 t
+    assert torch.allclose(sched.sigma(t), torch.exp(-(10 - 20 * t) / 2), rtol=1e-12)
+    assert sched.sigma_min == pytest.approx(math.exp(-5)) and sched.sigma_max == \
+        pytest.approx(math.exp(5))
+    with pytest.raises(ConfigError) as e:
+        validate_schedule({**cfg, "_target_": "mycomponents.Backwards"})
+    assert "needs sigma(t) increasing" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        validate_schedule({**cfg, "logsnr_max": 800.0})  # sigma_min = e^-400 = 0 in float64
+    assert "needs sigma(t) increasing" in str(e.value) or "needs a noise range" in str(e.value)
+    with pytest.raises(ValueError) as e:
+        validate_schedule({**cfg, "_target_": "mycomponents.TinyNet"})
+    assert "is not a subclass of diffexp.schedules.Schedule" in str(e.value)
+
+
+def test_a_users_project_trains_and_samples_with_its_schedule_network_and_sampler(tmp_path):
+    """All three of the user's parts at once, from their folder: schedule=logsnr_linear,
+    model=tinynet, sampler=plain_euler, with the end-of-run evaluation."""
+    import json
+
+    run = tmp_path / "run"
+    out = run_cli("train.py", "-cd", "conf", *RUN, "schedule=logsnr_linear", "model=tinynet",
+                  "sampler=plain_euler", "sampler.steps=3", "logger=none",
+                  "train.eval_at_end=true", "eval.n_samples=64", "eval.batch_size=64",
+                  "eval.floor=false", "eval.diagnostics=false", f"hydra.run.dir={run}",
+                  cwd=PROJECT, env={"OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert metrics["sampler_name"] == "plain_euler" and metrics["nfe"] == 3
+    assert metrics["model"]["schedule"] == "logsnr_linear" and metrics["fid"] > 0

@@ -358,7 +358,44 @@ def check_image_fits_model(data: dict, model: dict) -> None:
                           f"{side}x{side}: use {hint}")
 
 
+def validate_user_schedule(s) -> dict:
+    """A schedule of the user's (``schedule._target_``: a :class:`~diffexp.schedules.Schedule`
+    subclass, docs/EXTENDING.md), built with its settings and checked on its maps: a noise range
+    0 < sigma_min < sigma_max < inf, sigma increasing in t, and ``t_from_sigma`` inverting
+    ``sigma`` (to 1e-4 in t), where the samplers and the training rely on them."""
+    import torch
+
+    from .schedules import build_schedule
+
+    s = OmegaConf.to_container(s, resolve=True) if isinstance(s, DictConfig) else dict(s)
+    _require(isinstance(s.get("name"), str) and bool(s["name"]), "schedule.name",
+             "must name the schedule (e.g. its yaml file's name)", s.get("name"))
+    target = s["_target_"]
+    import_target(target, "schedule._target_")
+    try:
+        sched = build_schedule(s["name"], **{k: v for k, v in s.items() if k != "name"})
+        t = torch.linspace(sched.t_min, sched.t_max, 101, dtype=torch.float64)
+        sig = sched.sigma(t)
+        back = sched.t_from_sigma(sig)
+        smin, smax = sched.sigma_min, sched.sigma_max
+    except ConfigError:
+        raise
+    except Exception as e:  # the user's class: any error, as one line
+        raise ConfigError(f"schedule._target_={target}: building it or its maps failed "
+                          f"({type(e).__name__}: {first_line(e)})") from None
+    _require(bool(torch.all(sig[1:] > sig[:-1])), f"schedule._target_={target}",
+             "needs sigma(t) increasing on [t_min, t_max]", "a sigma that does not increase")
+    _require(0 < smin < smax < math.inf, f"schedule._target_={target}",
+             "needs a noise range 0 < sigma_min < sigma_max < inf", (smin, smax))
+    err = float((back - t).abs().max())
+    _require(err <= 1e-4, f"schedule._target_={target}",
+             "needs t_from_sigma(sigma(t)) == t (to 1e-4)", f"off by {err:.2g}")
+    return s
+
+
 def validate_schedule(s) -> dict:
+    if isinstance(s, (dict, DictConfig)) and "_target_" in s:
+        return validate_user_schedule(s)
     name = s.get("name") if isinstance(s, (dict, DictConfig)) else None
     _choice(name, "schedule.name", sorted(SCHEDULE_SCHEMAS))
     if "rho" in s:

@@ -284,7 +284,18 @@ SCHEDULES: dict[str, type[Schedule]] = {
 
 
 def build_schedule(name: str, **params) -> Schedule:
-    """Construct a schedule by name; ``params`` are its constructor arguments."""
+    """Construct a schedule by name; ``params`` are its constructor arguments. With a
+    ``_target_`` among them, a user's :class:`Schedule` subclass (the dotted path) is built with
+    the others (docs/EXTENDING.md)."""
+    if "_target_" in params:
+        from .components import import_target
+
+        target = params.pop("_target_")
+        cls = import_target(target, "schedule._target_")
+        if not (isinstance(cls, type) and issubclass(cls, Schedule)):
+            raise ValueError(f"schedule._target_={target} is not a subclass of "
+                             f"diffexp.schedules.Schedule")
+        return cls(**params)
     if name not in SCHEDULES:
         raise ValueError(f"schedule.name={name!r} is not one of {sorted(SCHEDULES)}")
     return SCHEDULES[name](**params)

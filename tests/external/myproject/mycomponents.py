@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from diffexp.schedules import Schedule
 
 
 class StepCounter(pl.Callback):
@@ -49,3 +50,28 @@ def sample_plain_euler(denoiser, x, sigmas, *, generator=None, callback=None, sc
 
 
 sample_plain_euler.evals_per_step = 1
+
+
+class LogSNRLinear(Schedule):
+    """A user's noise schedule: log SNR falls linearly in t from ``logsnr_max`` to ``logsnr_min``,
+    so alpha_bar(t) = sigmoid(logsnr(t)) and sigma(t) = exp(-logsnr(t) / 2)."""
+
+    def __init__(self, logsnr_max: float = 10.0, logsnr_min: float = -10.0,
+                 t_min: float = 0.0, t_max: float = 1.0):
+        super().__init__(t_min, t_max)
+        self.logsnr_max, self.logsnr_min = float(logsnr_max), float(logsnr_min)
+
+    def alpha_bar(self, t):
+        t = torch.as_tensor(t, dtype=torch.float64)
+        return torch.sigmoid(self.logsnr_max + t * (self.logsnr_min - self.logsnr_max))
+
+    def t_from_alpha_bar(self, abar):
+        abar = torch.as_tensor(abar, dtype=torch.float64)
+        return (torch.logit(abar) - self.logsnr_max) / (self.logsnr_min - self.logsnr_max)
+
+
+class Backwards(LogSNRLinear):
+    """A schedule whose noise falls with t: the checks refuse it."""
+
+    def alpha_bar(self, t):
+        return super().alpha_bar(1 - torch.as_tensor(t, dtype=torch.float64))
