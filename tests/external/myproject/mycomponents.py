@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+
 from diffexp.schedules import Schedule
 
 
