@@ -13,7 +13,7 @@ from diffexp.config import ConfigError, validate_train_config
 from diffexp.lr_schedule import HeldSchedule
 from diffexp.runs import train as train_mod
 from diffexp.runs.budget import choose_threads, robust_pace, steps_for_budget
-from diffexp.runs.threads import BLOCK, ThreadPlan, threads_for_step
+from diffexp.runs.threads import ThreadPlan, threads_for_step
 from diffexp.runs.train import budget_planner, train
 
 from .helpers import TINY_MODEL, compose_train
@@ -73,11 +73,11 @@ def test_the_pace_is_one_that_a_slow_moment_does_not_move():
 
 # ------------------------------------------------------------------------------------ threads
 def test_held_steps_cycle_thread_counts_by_step_number():
-    got = [threads_for_step(s, 12, [2, 1], None) for s in range(14)]
-    assert got == [2] * BLOCK + [1] * BLOCK + [2, 2] + [None, None]  # after the hold: torch's
-    assert threads_for_step(40, None, [2, 1], 1) == 2  # hold None: still holding (step 40: 2)
-    assert threads_for_step(45, None, [2, 1], 1) == 1
-    assert threads_for_step(12, 12, [2, 1], 1) == 1  # the first step after the hold: threads
+    got = [threads_for_step(s, 5, [2, 1], None) for s in range(7)]
+    assert got == [2, 1, 2, 1, 2, None, None]  # after the hold: torch's own
+    assert threads_for_step(40, None, [2, 1], 1) == 2  # hold None: still holding
+    assert threads_for_step(41, None, [2, 1], 1) == 1
+    assert threads_for_step(5, 5, [2, 1], 1) == 1  # the first step after the hold: threads
     assert [threads_for_step(s, 3, None, 1) for s in (0, 5)] == [1, 1]  # no cycle: threads
 
 
@@ -85,21 +85,24 @@ def test_a_thread_plan_sets_torch_threads():
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        plan = ThreadPlan(hold=12, hold_threads=[2, 1], threads=None)
+        plan = ThreadPlan(hold=4, hold_threads=[2, 1], threads=None)
         seen = []
-        for step in (0, 5, 10, 12):
+        for step in (0, 1, 2, 4):
             plan.set(step)
             seen.append(torch.get_num_threads())
-        assert seen == [2, 1, 2, 1]  # step 12: after the hold, torch's own count (1 here)
+        assert seen == [2, 1, 2, 1]  # step 4: after the hold, torch's own count (1 here)
     finally:
         torch.set_num_threads(before)
 
 
-def _cycled(pace_of, n_steps, count):
-    """Stamps and step numbers of n_steps steps where step s took pace_of(count(s), t)."""
-    stamps, steps, t = [0.0], [-1], 0.0
+def _cycled(pace_of, n_steps):
+    """Stamps and step numbers of n_steps held steps cycling [2, 1] threads, step s taking
+    pace_of(threads, time, how many steps of that count came before)."""
+    stamps, steps, t, k = [0.0], [-1], 0.0, {1: 0, 2: 0}
     for s in range(n_steps):
-        t += pace_of(count(s), t, s)
+        n = _count(s)
+        t += pace_of(n, t, k[n])
+        k[n] += 1
         stamps.append(t)
         steps.append(s)
     return stamps, steps
@@ -112,18 +115,16 @@ def _count(s):
 def test_one_thread_is_chosen_where_two_are_uneven_under_load():
     # two threads beside two busy processes: a fast step most of the time, a very slow one now
     # and then (mean 0.45 s, median 0.25); one thread a steady 0.20 s
-    def pace(n, t, s):
-        return (1.25 if s % 5 == 3 else 0.25) if n == 2 else 0.20
-    stamps, steps = _cycled(pace, 200, _count)
+    def pace(n, t, k):
+        return (1.25 if k % 5 == 3 else 0.25) if n == 2 else 0.20
+    stamps, steps = _cycled(pace, 200)
     p, chosen, paces = choose_threads(stamps, steps, _count)
     assert chosen == 1 and p == pytest.approx(0.20)
     assert paces[2] > 0.40 and paces[1] == pytest.approx(0.20)
 
 
-def test_two_threads_are_chosen_on_an_idle_machine_and_switches_do_not_count():
-    def pace(n, t, s):  # each block's first step pays a switch (left out)
-        return (0.1 if n == 2 else 0.135) + (0.5 if s % BLOCK == 0 else 0.0)
-    stamps, steps = _cycled(pace, 300, _count)
+def test_two_threads_are_chosen_on_an_idle_machine():
+    stamps, steps = _cycled(lambda n, t, k: 0.1 if n == 2 else 0.135, 300)
     p, chosen, paces = choose_threads(stamps, steps, _count)
     assert chosen == 2 and p == pytest.approx(0.1)
     assert list(paces) == [2, 1] and paces[1] == pytest.approx(0.135)
@@ -131,15 +132,23 @@ def test_two_threads_are_chosen_on_an_idle_machine_and_switches_do_not_count():
 
 def test_a_burst_that_has_ended_does_not_choose():
     # other work on both cores for the first 30 s (one thread faster then), idle after; the
-    # window ends at 38 s: the last quarter of it chooses, as the rest of the run will go
-    def pace(n, t, s):
+    # window ends at 38 s: its latest steps choose, as the rest of the run will go
+    def pace(n, t, k):
         if t < 30:
             return 0.6 if n == 2 else 0.2
         return 0.1 if n == 2 else 0.135
-    stamps, steps = _cycled(pace, 400, _count)
+    stamps, steps = _cycled(pace, 400)
     cut = next(i for i, t in enumerate(stamps) if t >= 38)
     p, chosen, _ = choose_threads(stamps[:cut], steps[:cut], _count)
     assert chosen == 2
+
+
+def test_so_slow_a_machine_that_few_steps_compare_still_chooses_the_faster():
+    # two threads take 10 s a step under heavy load, one thread 0.3 s: the plan comes at half
+    # the budget with two steps of each, and keeps the faster with its mean
+    stamps, steps = _cycled(lambda n, t, k: 10.0 if n == 2 else 0.3, 4)
+    p, chosen, paces = choose_threads(stamps, steps, _count)
+    assert chosen == 1 and p == pytest.approx(0.3) and paces[2] == pytest.approx(10.0)
 
 
 # ---------------------------------------------------------------------------------- held schedule

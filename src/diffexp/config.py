@@ -230,7 +230,7 @@ class TrainCfg:
     stratified_noise: bool  # one training noise level per n-th of the schedule's distribution
     time_budget_s: float | None  # train the steps that fit in this many seconds (runs/budget.py)
     threads: int | None  # torch CPU threads after the held steps; null: torch's (runs/threads.py)
-    hold_threads: list[int] | None  # thread counts the held steps cycle through, 5 steps each
+    hold_threads: list[int] | None  # thread counts the held steps cycle through, a step each
     skip_nonfinite: bool  # drop a batch with non-finite gradients instead of stopping
     sample_every_n_epochs: int
     n_sample_images: int

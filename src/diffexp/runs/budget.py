@@ -12,7 +12,7 @@ the mercy of whatever else the machine does in those seconds, and its steps are 
   and the mean without the slowest step (:func:`robust_pace`), which one slow step does not
   move. On a CPU with more than one torch thread (and ``train.threads`` not given), the held
   steps cycle between torch's thread count and one thread (runs/threads.py), and the plan keeps
-  the count that went faster over its latest blocks (:func:`choose_threads`): under other
+  the count that went faster over its latest steps (:func:`choose_threads`): under other
   work on the cores, one thread is steadier and faster than several. The step count is then
   the steps taken plus those that fit in what is left of the budget at that pace, rounded down
   to a multiple of :data:`ROUND_TO`, never more than ``train.epochs`` epochs. The schedule then
@@ -44,7 +44,7 @@ import torch
 
 from ..lr_schedule import HeldSchedule
 from ..say import say
-from .threads import BLOCK, ThreadPlan
+from .threads import ThreadPlan
 
 __all__ = ["PLAN_AT", "ROUND_TO", "MIN_PLAN_STEPS", "HeldSchedule", "BudgetPlanner",
            "robust_pace", "choose_threads", "steps_for_budget"]
@@ -54,7 +54,7 @@ MIN_PLAN_STEPS = 20  # ... and at least this many steps have been timed in this 
                      # half the budget, whatever has been timed)
 ROUND_TO = 100  # the step count is rounded down to a multiple of this (when it is larger)
 TRIM = 1  # the slowest timed steps the pace's mean leaves out (one slow moment)
-CHOOSE_BLOCKS = 4  # the latest blocks of each thread count that choose between them
+CHOOSE_STEPS = 20  # the latest steps of each thread count that choose between them
 
 
 def robust_pace(stamps: list[float]) -> float:
@@ -85,26 +85,23 @@ def choose_threads(stamps: list[float], steps: list[int],
                    count: Callable[[int], int]) -> tuple[float, int, dict[int, float]]:
     """``(pace, thread count, {count: pace})`` for held steps that cycled thread counts
     (runs/threads.py): step ``steps[i]`` ended at ``stamps[i]`` and ran with ``count(steps[i])``
-    threads. The first step of each block (a switch's cost, which the rest of the run does not
-    pay) is left out. The counts are compared over the last :data:`CHOOSE_BLOCKS` blocks of each
+    threads. The counts are compared over the latest :data:`CHOOSE_STEPS` steps of each
     (slowness that has ended, such as a burst of other work at the start, does not choose), each
     by :func:`robust_pace`'s statistic; the pace returned is the chosen count's over the later
     half of the time covered, as :func:`robust_pace` takes it."""
     if len(stamps) < 2:
         raise ValueError("a pace needs at least two timed steps")
-    timed = [(b - a, b, s) for a, b, s in zip(stamps, stamps[1:], steps[1:])
-             if s % BLOCK]  # not a block's first step
+    timed = [(b - a, b, s) for a, b, s in zip(stamps, stamps[1:], steps[1:])]
     recent: dict[int, list[float]] = {}
-    blocks: dict[int, set[int]] = {}
     for d, _, s in reversed(timed):
-        n = count(s)
-        seen = blocks.setdefault(n, set())
-        if len(seen) < CHOOSE_BLOCKS or s // BLOCK in seen:
-            seen.add(s // BLOCK)
-            recent.setdefault(n, []).append(d)
+        kept = recent.setdefault(count(s), [])
+        if len(kept) < CHOOSE_STEPS:
+            kept.append(d)
     paces = {n: _pace(d) for n, d in sorted(recent.items(), reverse=True) if len(d) >= 3}
-    if not paces:  # too few steps of any one count to compare: what there is, all counts
-        return robust_pace(stamps), count(steps[-1]), {}
+    if len(paces) < 2:  # under 3 steps of some count (a very slow machine): their means
+        means = {n: statistics.fmean(d) for n, d in sorted(recent.items(), reverse=True)}
+        chosen = min(means, key=means.get)
+        return means[chosen], chosen, means
     chosen = min(paces, key=paces.get)
     half = stamps[0] + (stamps[-1] - stamps[0]) / 2
     later = [d for d, end, s in timed if end >= half and count(s) == chosen]

@@ -7,8 +7,9 @@ threads ran 4.7x slower than one). Which count is faster depends on the load of 
 time-budgeted CPU run measures it on its own held steps:
 
 * While the LR schedule holds (``optim.hold_steps``, or a budget's run before its plan), the
-  steps cycle through ``train.hold_threads`` in blocks of :data:`BLOCK` steps, by step number
-  (step ``s`` uses ``hold_threads[(s // BLOCK) % len(hold_threads)]``).
+  steps cycle through ``train.hold_threads`` one step each, by step number (step ``s`` uses
+  ``hold_threads[s % len(hold_threads)]``): neighbouring steps see the same load, so the
+  counts are compared under it even when a step takes seconds.
 * From the first step after the hold, the run uses ``train.threads`` (null: torch's own count).
 
 A budgeted CPU run with more than one torch thread and neither setting given cycles between
@@ -22,9 +23,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["BLOCK", "ThreadPlan", "threads_for_step"]
-
-BLOCK = 5  # held steps per thread count before the next one in train.hold_threads
+__all__ = ["ThreadPlan", "threads_for_step"]
 
 
 def threads_for_step(step: int, hold: int | None, hold_threads: list[int] | None,
@@ -33,7 +32,7 @@ def threads_for_step(step: int, hold: int | None, hold_threads: list[int] | None
     ``hold`` None: the run still holds (a budget's run before its plan)."""
     held = hold is None or step < hold
     if held and hold_threads:
-        return int(hold_threads[(step // BLOCK) % len(hold_threads)])
+        return int(hold_threads[step % len(hold_threads)])
     return threads
 
 
