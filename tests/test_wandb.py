@@ -100,6 +100,9 @@ def test_a_sweep_and_an_eval_read_as_a_dashboard(tmp_path, data_root):
     assert len(trainings) == 2 and len(cells) == 2 and len(summaries) == 1
     assert summaries[0]["summary"]["cells/_type"] == "table-file"  # the report's cell table
     assert summaries[0]["group"] == "sweep"
+    # a training run is named by the swept keys that change its weights
+    assert sorted(t["name"] for t in trainings) == ["cosine-eps data.scale=0.5",
+                                                    "cosine-eps data.scale=1.0"]
     for t in trainings:
         assert t["job_type"] == "train" and t["group"] == "sweep"
         assert {"train/loss_step", "train/lr", "train/grad_norm", "train/ema_decay"} <= t["history"]

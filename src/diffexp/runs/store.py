@@ -338,7 +338,7 @@ def obtain_model(c: dict, run_dir: Path) -> tuple[Path, str, dict]:
         mc["train"]["eval_at_end"] = False
         resumed = (model_dir / "checkpoints" / "last.ckpt").is_file()
         try:
-            summary = train(mc, model_dir)
+            summary = train(mc, model_dir, run_name=training_run_name(c))
         except BaseException as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             atomic_write_text(failed, f"{sweep}\n{type(e).__name__}: {first}\n")
@@ -382,6 +382,28 @@ def run_cell(c: dict, run_dir: Path) -> dict:
     summary["job_wall_time_s"] = round(time.perf_counter() - t0, 2)
     write_summary(run_dir, summary)
     return summary
+
+
+def _sampling_only(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in SAMPLING_ONLY)
+
+
+def training_run_name(c: dict) -> str:
+    """The logger's name for a model the store trains: the config's name and the values of the
+    sweep's swept keys that change the weights (``cosine-eps data.scale=0.5``), the keys a
+    dashboard tells the sweep's trainings apart by."""
+    swept = [k for k in os.environ.get("DIFFEXP_SWEPT_KEYS", "").split(";") if k]
+    parts = []
+    for key in swept:
+        if _sampling_only(key):
+            continue
+        node = c
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):  # a config group: its option's name
+            node = node.get("name")
+        parts.append(f"{key}={node}")
+    return " ".join([str(c["name"]), *parts])
 
 
 def _cell_name(c: dict, run_dir: Path) -> str:

@@ -548,9 +548,11 @@ def _cluster_plugins() -> list:
     return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
 
 
-def train(c: dict, run_dir: str | Path, callbacks: list | None = None) -> dict:
+def train(c: dict, run_dir: str | Path, callbacks: list | None = None,
+          run_name: str | None = None) -> dict:
     """Train from a validated config dict; return the summary written to summary.json.
-    ``callbacks``: extra Lightning callbacks (programmatic use and tests).
+    ``callbacks``: extra Lightning callbacks (programmatic use and tests); ``run_name``: the
+    logger's name for the run (default: the config's name, with the job folder in a sweep).
 
     SIGTERM or SIGUSR1 stops training at the end of the current step with ``last.ckpt`` written,
     and raises :class:`~diffexp.preemption.Preempted` (a SystemExit with status 128 + signal)."""
@@ -559,7 +561,7 @@ def train(c: dict, run_dir: str | Path, callbacks: list | None = None) -> dict:
     guard = PreemptionGuard(Path(run_dir) / "checkpoints" / "last.ckpt")
     guard.install()
     try:
-        return _train(c, run_dir, callbacks, guard)
+        return _train(c, run_dir, callbacks, guard, run_name)
     except Preempted as e:
         guard.finish(e.signum)
         raise
@@ -567,7 +569,8 @@ def train(c: dict, run_dir: str | Path, callbacks: list | None = None) -> dict:
         guard.restore()
 
 
-def _train(c: dict, run_dir: str | Path, callbacks: list | None, guard) -> dict:
+def _train(c: dict, run_dir: str | Path, callbacks: list | None, guard,
+           run_name: str | None = None) -> dict:
     import pytorch_lightning as pl
 
     from ..build import diffusion_spec, noise_level_spec, thawed
@@ -627,7 +630,7 @@ def _train(c: dict, run_dir: str | Path, callbacks: list | None, guard) -> dict:
         say(f"[diffexp] {describe(module)}; run folder {run_dir}")
     write_config(c, run_dir)
     module.attach_data(data, run_dir)
-    logger = make_logger(c, run_dir)
+    logger = make_logger(c, run_dir, name=run_name)
     record_wandb_run(logger, run_dir)
     user_cbs, user_loggers = user_components(c, run_dir)
     n_params = sum(p.numel() for p in module.net.parameters())
