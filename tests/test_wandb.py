@@ -114,6 +114,8 @@ def test_a_sweep_and_an_eval_read_as_a_dashboard(tmp_path, data_root):
         assert cell["job_type"] == "eval" and cell["group"] == "sweep"
         assert cell["name"].startswith("cosine-eps/") and "data.scale=" in cell["name"]
         assert {"fid", "kid", "floor_fid"} <= set(cell["summary"])
+        # each cell carries the sample grids of its evaluation
+        assert {"eval/samples", "eval/samples_by_class"} <= cell["history"]
         assert cell["config"]["trained_model"]["wandb_id"] in {t["id"] for t in trainings}
     assert {c["name"] for c in cells} != {cells[0]["name"]}  # named from their overrides
 

@@ -212,13 +212,18 @@ def evaluate_at_end(c: dict, run_dir: Path, logger, ckpt: Path | None = None) ->
               "sampler": sampler, "grid": sampler.pop("grid", None) or c["grid"]}
         # validated as eval.py validates its config: code builds no config the checks have not seen
         ec = validate_eval_config(OmegaConf.create(ec))
-        m = run_eval(ec, run_dir / "eval" / label if label else run_dir / "eval")
+        out = run_dir / "eval" / label if label else run_dir / "eval"
+        m = run_eval(ec, out)
         prefix = f"eval/{label}/" if label else "eval/"
         if logger:
             flat = {prefix + k: m[k] for k in ("fid", "kid_mean", "kid_std", "nfe")}
             if m.get("floor"):
                 flat[prefix + "floor_fid"] = m["floor"]["fid"]
             logger.log_metrics(flat)
+            if hasattr(logger, "log_image"):  # the evaluation's sample grids beside its numbers
+                for name in ("samples", "samples_by_class"):
+                    if (out / f"{name}.png").is_file():
+                        logger.log_image(key=prefix + name, images=[str(out / f"{name}.png")])
         keep = ("fid", "kid_mean", "kid_std", "precision", "recall", "density", "coverage",
                 "class_tv", "class_confidence", "n", "nfe", "wall_time_s")
         return {k: m.get(k) for k in keep} | {"floor_fid": (m.get("floor") or {}).get("fid")}
