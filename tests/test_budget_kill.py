@@ -26,8 +26,8 @@ def _command(run: Path) -> list[str]:
             "logger=none", *TINY_MODEL, "trainer.accelerator=cpu", "train.batch_size=16",
             "train.epochs=1", "train.eval_at_end=false", "train.n_sample_images=4",
             "sampler.steps=2", "train.time_budget_s=24", "train.checkpoint_every_n_steps=4",
-            # the held steps cycle two threads and one, as a budgeted run's on a multi-core CPU
-            "train.hold_threads=[2,1]", f"hydra.run.dir={run}"]
+            # the first steps try two threads and one, as a budgeted run's on a multi-core CPU
+            "train.trial_threads=[2,1]", f"hydra.run.dir={run}"]
 
 
 def _start(run: Path, log: Path) -> subprocess.Popen:
@@ -107,7 +107,8 @@ def test_killed_after_its_plan_ends_at_the_planned_step(tmp_path):
     # the thread count the plan chose survives the kill
     plan = ckpt["callbacks"]["BudgetPlanner"]["plan"]
     assert plan["threads"] in (1, 2) and cfg["train"]["threads"] == plan["threads"]
-    assert f"train.threads={plan['threads']} train.hold_threads=[2,1]" in log.read_text()
+    assert (f"train.threads={plan['threads']} train.trial_threads=[2,1] "
+            f"train.trial_steps={plan['trial_steps']}") in log.read_text()
 
 
 @pytest.mark.slow
@@ -135,4 +136,5 @@ def test_killed_before_its_plan_plans_with_the_time_already_spent(tmp_path):
     assert plan["planned_at_s"] >= state["spent_s"]
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["trainer"]["max_steps"] == steps and cfg["optim"]["hold_steps"] == hold
-    assert cfg["train"]["threads"] == plan["threads"] and cfg["train"]["hold_threads"] == [2, 1]
+    assert cfg["train"]["threads"] == plan["threads"] and cfg["train"]["trial_threads"] == [2, 1]
+    assert cfg["train"]["trial_steps"] == plan["trial_steps"]

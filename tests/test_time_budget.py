@@ -72,31 +72,33 @@ def test_the_pace_is_one_that_a_slow_moment_does_not_move():
 
 
 # ------------------------------------------------------------------------------------ threads
-def test_held_steps_cycle_thread_counts_by_step_number():
+def test_trial_steps_cycle_thread_counts_by_step_number():
     got = [threads_for_step(s, 5, [2, 1], None) for s in range(7)]
-    assert got == [2, 1, 2, 1, 2, None, None]  # after the hold: torch's own
-    assert threads_for_step(40, None, [2, 1], 1) == 2  # hold None: still holding
+    assert got == [2, 1, 2, 1, 2, None, None]  # after the trial: torch's own
+    assert threads_for_step(40, None, [2, 1], 1) == 2  # trial_steps None: still trying
     assert threads_for_step(41, None, [2, 1], 1) == 1
-    assert threads_for_step(5, 5, [2, 1], 1) == 1  # the first step after the hold: threads
-    assert [threads_for_step(s, 3, None, 1) for s in (0, 5)] == [1, 1]  # no cycle: threads
+    assert threads_for_step(5, 5, [2, 1], 1) == 1  # the first step after the trial: threads
+    assert [threads_for_step(s, 3, None, 1) for s in (0, 5)] == [1, 1]  # no trial: threads
 
 
 def test_a_thread_plan_sets_torch_threads():
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        plan = ThreadPlan(hold=4, hold_threads=[2, 1], threads=None)
+        plan = ThreadPlan(trial_steps=4, trial_threads=[2, 1], threads=None)
+        assert not plan.trying
         seen = []
         for step in (0, 1, 2, 4):
             plan.set(step)
             seen.append(torch.get_num_threads())
-        assert seen == [2, 1, 2, 1]  # step 4: after the hold, torch's own count (1 here)
+        assert seen == [2, 1, 2, 1]  # step 4: after the trial, torch's own count (1 here)
+        assert ThreadPlan(None, [2, 1], None).trying and not ThreadPlan(None, [2, 2], None).trying
     finally:
         torch.set_num_threads(before)
 
 
 def _cycled(pace_of, n_steps):
-    """Stamps and step numbers of n_steps held steps cycling [2, 1] threads, step s taking
+    """Stamps and step numbers of n_steps steps cycling [2, 1] threads, step s taking
     pace_of(threads, time, how many steps of that count came before)."""
     stamps, steps, t, k = [0.0], [-1], 0.0, {1: 0, 2: 0}
     for s in range(n_steps):
@@ -117,38 +119,33 @@ def test_one_thread_is_chosen_where_two_are_uneven_under_load():
     # and then (mean 0.45 s, median 0.25); one thread a steady 0.20 s
     def pace(n, t, k):
         return (1.25 if k % 5 == 3 else 0.25) if n == 2 else 0.20
-    stamps, steps = _cycled(pace, 200)
-    p, chosen, paces = choose_threads(stamps, steps, _count)
-    assert chosen == 1 and p == pytest.approx(0.20)
-    assert paces[2] > 0.40 and paces[1] == pytest.approx(0.20)
+    chosen, paces = choose_threads(*_cycled(pace, 200), _count)
+    assert chosen == 1 and paces[1] == pytest.approx(0.20) and paces[2] > 0.40
 
 
 def test_two_threads_are_chosen_on_an_idle_machine():
-    stamps, steps = _cycled(lambda n, t, k: 0.1 if n == 2 else 0.135, 300)
-    p, chosen, paces = choose_threads(stamps, steps, _count)
-    assert chosen == 2 and p == pytest.approx(0.1)
-    assert list(paces) == [2, 1] and paces[1] == pytest.approx(0.135)
+    chosen, paces = choose_threads(*_cycled(lambda n, t, k: 0.1 if n == 2 else 0.135, 300),
+                                   _count)
+    assert chosen == 2 and list(paces) == [2, 1]
+    assert paces == {2: pytest.approx(0.1), 1: pytest.approx(0.135)}
 
 
 def test_a_burst_that_has_ended_does_not_choose():
     # other work on both cores for the first 30 s (one thread faster then), idle after; the
-    # window ends at 38 s: its latest steps choose, as the rest of the run will go
+    # choice at 38 s reads the latest steps, as the rest of the run will go
     def pace(n, t, k):
         if t < 30:
             return 0.6 if n == 2 else 0.2
         return 0.1 if n == 2 else 0.135
     stamps, steps = _cycled(pace, 400)
     cut = next(i for i, t in enumerate(stamps) if t >= 38)
-    p, chosen, _ = choose_threads(stamps[:cut], steps[:cut], _count)
-    assert chosen == 2
+    assert choose_threads(stamps[:cut], steps[:cut], _count)[0] == 2
 
 
 def test_so_slow_a_machine_that_few_steps_compare_still_chooses_the_faster():
-    # two threads take 10 s a step under heavy load, one thread 0.3 s: the plan comes at half
-    # the budget with two steps of each, and keeps the faster with its mean
-    stamps, steps = _cycled(lambda n, t, k: 10.0 if n == 2 else 0.3, 4)
-    p, chosen, paces = choose_threads(stamps, steps, _count)
-    assert chosen == 1 and p == pytest.approx(0.3) and paces[2] == pytest.approx(10.0)
+    # two threads take 10 s a step under heavy load, one thread 0.3 s: two steps of each
+    chosen, paces = choose_threads(*_cycled(lambda n, t, k: 10.0 if n == 2 else 0.3, 4), _count)
+    assert chosen == 1 and paces == {2: pytest.approx(10.0), 1: pytest.approx(0.3)}
 
 
 # ---------------------------------------------------------------------------------- held schedule
@@ -226,8 +223,8 @@ def budgeted_run(tmp_path_factory):
     torch.set_num_threads(1)
     try:
         run = tmp_path_factory.mktemp("budget") / "run"
-        # its held steps cycle two threads and one (as a budgeted run on a 2-core CPU does)
-        s = train(_cfg(f"train.time_budget_s={BUDGET}", "train.hold_threads=[2,1]"), run)
+        # its first steps try two threads and one (as a budgeted run on a 2-core CPU does)
+        s = train(_cfg(f"train.time_budget_s={BUDGET}", "train.trial_threads=[2,1]"), run)
     finally:
         torch.set_num_threads(threads)
     return run, s
@@ -248,7 +245,8 @@ def test_a_budgeted_run_trains_the_steps_it_planned(budgeted_run):
     assert cfg["train"]["time_budget_s"] == BUDGET
     # the thread count it kept is the one its held steps went faster with, and is recorded
     assert tb["threads"] in (1, 2) and cfg["train"]["threads"] == tb["threads"]
-    assert cfg["train"]["hold_threads"] == [2, 1]
+    assert cfg["train"]["trial_threads"] == [2, 1]
+    assert cfg["train"]["trial_steps"] == tb["trial_steps"] <= hold  # tried, then chose, held
     paces = {int(k): v for k, v in tb["pace_by_threads"].items()}
     assert tb["threads"] == min(paces, key=paces.get)
     assert (run / "samples" / "final.png").is_file()  # the step count's end is the run's end
@@ -260,13 +258,14 @@ def test_a_budgeted_run_trains_the_steps_it_planned(budgeted_run):
 def test_the_recorded_plan_trains_the_same_weights(budgeted_run, tmp_path):
     """The planner draws no random numbers, the held schedule sets the same values as one given
     its length, and the thread counts follow the step numbers: trainer.max_steps=N
-    optim.hold_steps=K train.threads=T train.hold_threads=[2,1] from the start is bitwise the
-    budgeted run."""
+    optim.hold_steps=K train.threads=T train.trial_threads=[2,1] train.trial_steps=S from the
+    start is bitwise the budgeted run."""
     run, s = budgeted_run
     steps, hold = s["time_budget"]["steps"], s["time_budget"]["hold_steps"]
-    threads = s["time_budget"]["threads"]
+    threads, trial = s["time_budget"]["threads"], s["time_budget"]["trial_steps"]
     train(_cfg(f"+trainer.max_steps={steps}", f"optim.hold_steps={hold}",
-               f"train.threads={threads}", "train.hold_threads=[2,1]"), tmp_path / "fixed")
+               f"train.threads={threads}", "train.trial_threads=[2,1]",
+               f"train.trial_steps={trial}"), tmp_path / "fixed")
     a = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     b = torch.load(tmp_path / "fixed" / "checkpoints" / "last.ckpt", map_location="cpu",
                    weights_only=False)
@@ -307,16 +306,20 @@ def test_bad_budgets_name_the_setting(override, needle):
 
 @pytest.mark.parametrize("extra,needle", [
     (["train.threads=0"], "train.threads must be a thread count >= 1"),
-    (["train.hold_threads=[]"], "train.hold_threads must be a list of thread counts >= 1"),
-    (["train.hold_threads=[2,0]"], "train.hold_threads must be a list"),
-    (["train.hold_threads=[2,1]"], "train.hold_threads=[2, 1] sets the held steps' threads, and "
-                                   "the run holds none"),
+    (["train.trial_threads=[]"], "train.trial_threads must be a list of thread counts >= 1"),
+    (["train.trial_threads=[2,0]"], "train.trial_threads must be a list"),
+    (["train.trial_steps=-1", "train.trial_threads=[2,1]"], "train.trial_steps must be a step"),
+    (["train.trial_steps=5"], "train.trial_steps=5 counts the steps that try "
+                              "train.trial_threads, which is not given"),
+    (["train.trial_threads=[2,1]"], "train.trial_threads=[2, 1] needs train.trial_steps (how "
+                                    "many steps try them)"),
 ])
 def test_bad_thread_settings_name_the_setting(extra, needle):
     with pytest.raises(ConfigError) as e:
         _cfg(*extra)
     assert needle in str(e.value) and "\n" not in str(e.value)
-    assert _cfg("train.hold_threads=[2,1]", "optim.hold_steps=5")["train"]["hold_threads"] == [2, 1]
+    c = _cfg("train.trial_threads=[2,1]", "train.trial_steps=6")
+    assert c["train"]["trial_threads"] == [2, 1] and c["train"]["trial_steps"] == 6
 
 
 # ------------------------------------------------------------------------------ bf16-if-native

@@ -230,7 +230,8 @@ class TrainCfg:
     stratified_noise: bool  # one training noise level per n-th of the schedule's distribution
     time_budget_s: float | None  # train the steps that fit in this many seconds (runs/budget.py)
     threads: int | None  # torch CPU threads after the held steps; null: torch's (runs/threads.py)
-    hold_threads: list[int] | None  # thread counts the held steps cycle through, a step each
+    trial_threads: list[int] | None  # thread counts the first trial_steps steps cycle through
+    trial_steps: int | None  # how many steps try thread counts (a budgeted run sets it)
     skip_nonfinite: bool  # drop a batch with non-finite gradients instead of stopping
     sample_every_n_epochs: int
     n_sample_images: int
@@ -615,10 +616,12 @@ def validate_train(t) -> dict:
              t["time_budget_s"])
     _require(t["threads"] is None or t["threads"] >= 1, "train.threads",
              "must be a thread count >= 1, or null for torch's own", t["threads"])
-    _require(t["hold_threads"] is None or (len(t["hold_threads"]) >= 1
-                                           and all(n >= 1 for n in t["hold_threads"])),
-             "train.hold_threads", "must be a list of thread counts >= 1, or null",
-             t["hold_threads"])
+    _require(t["trial_threads"] is None or (len(t["trial_threads"]) >= 1
+                                            and all(n >= 1 for n in t["trial_threads"])),
+             "train.trial_threads", "must be a list of thread counts >= 1, or null",
+             t["trial_threads"])
+    _require(t["trial_steps"] is None or t["trial_steps"] >= 0, "train.trial_steps",
+             "must be a step count >= 0, or null", t["trial_steps"])
     _require(0 <= t["ema_decay"] < 1, "train.ema_decay", "must be in [0, 1)", t["ema_decay"])
     _require(t["grad_clip"] >= 0, "train.grad_clip", "must be >= 0 (0 disables)", t["grad_clip"])
     for k in ("eval_at_end", "reuse"):
@@ -845,10 +848,14 @@ def check_step_count(c: dict) -> None:
         raise ConfigError(f"train.time_budget_s={budget:g} applies to one-process diffusion "
                           f"training (task=diffusion, trainer.devices=1, trainer.num_nodes=1); "
                           f"set trainer.max_steps instead")
-    if t.get("hold_threads") and not c["optim"]["hold_steps"] and not budget:
-        raise ConfigError(f"train.hold_threads={list(t['hold_threads'])} sets the held steps' "
-                          f"threads, and the run holds none: give optim.hold_steps (or "
-                          f"train.time_budget_s), or drop train.hold_threads")
+    if t.get("trial_threads") and t.get("trial_steps") is None and not budget:
+        raise ConfigError(f"train.trial_threads={list(t['trial_threads'])} needs "
+                          f"train.trial_steps (how many steps try them), or train.time_budget_s "
+                          f"(which chooses when to stop); or drop it")
+    if t.get("trial_steps") is not None and not t.get("trial_threads"):
+        raise ConfigError(f"train.trial_steps={t['trial_steps']} counts the steps that try "
+                          f"train.trial_threads, which is not given; give it, or drop "
+                          f"train.trial_steps")
     if c["task"] == "no_t_study" or not one_process or tr.get("fast_dev_run"):
         return  # fast_dev_run: a smoke run of a few batches, whatever the LR schedule
     n = d["subset"] or (256 if d["name"] == "synthetic" else 60_000)

@@ -11,16 +11,20 @@ the mercy of whatever else the machine does in those seconds, and its steps are 
   the start) does not enter at all, and within it the pace is the larger of the median step time
   and the mean without the slowest step (:func:`robust_pace`), which one slow step does not
   move. On a CPU with more than one torch thread (and ``train.threads`` not given), the held
-  steps cycle between torch's thread count and one thread (runs/threads.py), and the plan keeps
-  the count that went faster over its latest steps (:func:`choose_threads`): under other
-  work on the cores, one thread is steadier and faster than several. The step count is then
-  the steps taken plus those that fit in what is left of the budget at that pace, rounded down
-  to a multiple of :data:`ROUND_TO`, never more than ``train.epochs`` epochs. The schedule then
-  runs over the remaining steps exactly as it would over a run of that length.
+  steps first alternate between torch's thread count and one thread (runs/threads.py); at
+  :data:`CHOOSE_AT` of the budget the run keeps the count that went faster over its latest
+  steps (:func:`choose_threads`: under other work on the cores, one thread is steadier and
+  faster than several), and plans at :data:`TRIAL_PLAN_AT` from that count's own steps (the
+  switching itself costs some 5-15% a step, which the rest of the run does not pay). The
+  step count is then the steps taken plus those that fit in what is left of the budget at that
+  pace, rounded down to a multiple of :data:`ROUND_TO`, never more than ``train.epochs``
+  epochs. The schedule then runs over the remaining steps exactly as it would over a run of
+  that length.
 * **Record.** The count ``N`` and the held steps ``K`` go into the run's ``config.yaml``
-  (``trainer.max_steps: N``, ``optim.hold_steps: K``, and ``train.threads`` /
-  ``train.hold_threads`` where it chose) and its checkpoints. ``trainer.max_steps=N
-  optim.hold_steps=K`` (with the thread settings it printed) trains the same weights again
+  (``trainer.max_steps: N``, ``optim.hold_steps: K``, and ``train.threads``,
+  ``train.trial_threads``, ``train.trial_steps`` where it chose) and its checkpoints.
+  ``trainer.max_steps=N optim.hold_steps=K`` (with the thread settings it printed) trains the
+  same weights again
   (the planner draws no random numbers), and a run killed and restarted in its folder continues
   the plan from its last checkpoint: to the planned ``N`` when the plan was made, else still
   holding, with the budget's time already spent counted.
@@ -46,10 +50,12 @@ from ..lr_schedule import HeldSchedule
 from ..say import say
 from .threads import ThreadPlan
 
-__all__ = ["PLAN_AT", "ROUND_TO", "MIN_PLAN_STEPS", "HeldSchedule", "BudgetPlanner",
-           "robust_pace", "choose_threads", "steps_for_budget"]
+__all__ = ["PLAN_AT", "CHOOSE_AT", "TRIAL_PLAN_AT", "ROUND_TO", "MIN_PLAN_STEPS", "HeldSchedule",
+           "BudgetPlanner", "robust_pace", "choose_threads", "steps_for_budget"]
 
 PLAN_AT = 0.1  # the plan is made when this share of the budget has passed
+CHOOSE_AT = 0.1  # with a thread trial: the count is chosen then ...
+TRIAL_PLAN_AT = 0.14  # ... and the plan made then, from the chosen count's own steps
 MIN_PLAN_STEPS = 20  # ... and at least this many steps have been timed in this process (or at
                      # half the budget, whatever has been timed)
 ROUND_TO = 100  # the step count is rounded down to a multiple of this (when it is larger)
@@ -82,30 +88,25 @@ def _pace(durations: list[float]) -> float:
 
 
 def choose_threads(stamps: list[float], steps: list[int],
-                   count: Callable[[int], int]) -> tuple[float, int, dict[int, float]]:
-    """``(pace, thread count, {count: pace})`` for held steps that cycled thread counts
-    (runs/threads.py): step ``steps[i]`` ended at ``stamps[i]`` and ran with ``count(steps[i])``
-    threads. The counts are compared over the latest :data:`CHOOSE_STEPS` steps of each
-    (slowness that has ended, such as a burst of other work at the start, does not choose), each
-    by :func:`robust_pace`'s statistic; the pace returned is the chosen count's over the later
-    half of the time covered, as :func:`robust_pace` takes it."""
+                   count: Callable[[int], int]) -> tuple[int, dict[int, float]]:
+    """``(thread count, {count: pace})`` for steps that cycled thread counts (runs/threads.py):
+    step ``steps[i]`` ended at ``stamps[i]`` and ran with ``count(steps[i])`` threads. The counts
+    are compared over the latest :data:`CHOOSE_STEPS` steps of each (slowness that has ended,
+    such as a burst of other work at the start, does not choose), each by
+    :func:`robust_pace`'s statistic; with under 3 steps of some count (a very slow machine), by
+    their means. Ties go to the larger count."""
     if len(stamps) < 2:
-        raise ValueError("a pace needs at least two timed steps")
-    timed = [(b - a, b, s) for a, b, s in zip(stamps, stamps[1:], steps[1:])]
+        raise ValueError("a choice needs at least two timed steps")
     recent: dict[int, list[float]] = {}
-    for d, _, s in reversed(timed):
+    for a, b, s in reversed(list(zip(stamps, stamps[1:], steps[1:]))):
         kept = recent.setdefault(count(s), [])
         if len(kept) < CHOOSE_STEPS:
-            kept.append(d)
-    paces = {n: _pace(d) for n, d in sorted(recent.items(), reverse=True) if len(d) >= 3}
-    if len(paces) < 2:  # under 3 steps of some count (a very slow machine): their means
-        means = {n: statistics.fmean(d) for n, d in sorted(recent.items(), reverse=True)}
-        chosen = min(means, key=means.get)
-        return means[chosen], chosen, means
-    chosen = min(paces, key=paces.get)
-    half = stamps[0] + (stamps[-1] - stamps[0]) / 2
-    later = [d for d, end, s in timed if end >= half and count(s) == chosen]
-    return _pace(later if len(later) >= 3 else recent[chosen]), chosen, paces
+            kept.append(b - a)
+    if all(len(d) >= 3 for d in recent.values()):
+        paces = {n: _pace(d) for n, d in sorted(recent.items(), reverse=True)}
+    else:
+        paces = {n: statistics.fmean(d) for n, d in sorted(recent.items(), reverse=True)}
+    return min(paces, key=paces.get), paces
 
 
 def steps_for_budget(left_s: float, pace_s: float, done: int, cap: int, least: int) -> int:
@@ -138,16 +139,19 @@ class BudgetPlanner:
 
             def state_dict(self) -> dict:
                 return {"budget_s": planner.budget_s, "spent_s": planner.spent(),
-                        "plan": planner.plan}
+                        "plan": planner.plan, "choice": planner.choice}
 
             def load_state_dict(self, state: dict) -> None:
                 planner.spent_before = float(state["spent_s"])
                 planner.plan = state["plan"]
+                planner.choice = state.get("choice")
 
             def on_fit_start(self, trainer, module):
                 planner.t0 = time.perf_counter()
 
             def on_train_start(self, trainer, module):
+                if planner.choice is not None and planner.plan is None:  # resumed in between
+                    planner.apply_choice(planner.choice)
                 if planner.plan is not None:  # resumed after the plan: run it out
                     planner.apply(trainer)
                     if planner.on_plan is not None:  # the run's config.yaml records it again
@@ -169,6 +173,7 @@ class BudgetPlanner:
         self.stamps: list[float] = []  # when each timed optimizer step ended (budget seconds)
         self.steps: list[int] = []  # ... and which step it was
         self.threads = threads  # the run's thread counts per step (runs/threads.py), if any
+        self.choice: dict | None = None  # the thread trial's outcome, once chosen
         self._last_step = -1
         self.callback = _Callback()
 
@@ -185,57 +190,77 @@ class BudgetPlanner:
         now = self.spent()
         self.stamps.append(now)
         self.steps.append(done - 1)  # the step that just ended
-        timed = len(self.stamps) - 1
-        due = now >= PLAN_AT * self.budget_s or done >= math.ceil(PLAN_AT * self.cap)
+        near_cap = done >= self.cap - self.least
+        if self.threads is not None and self.threads.trying:
+            due = now >= CHOOSE_AT * self.budget_s or done >= math.ceil(CHOOSE_AT * self.cap)
+            counts = {self.threads.count(s) for s in self.steps[1:]}
+            late = now >= 0.3 * self.budget_s and len(self.stamps) >= 2
+            if (due and len(counts) > 1 and len(self.stamps) > 6) or late or near_cap:
+                self.choose(done)
+            if not near_cap:
+                return
+        # the plan's pace: the steps after the trial's end (the first one, the switch, left out)
+        first = self.choice["trial_steps"] + 1 if self.choice else None
+        stamps = [t for t, s in zip(self.stamps, self.steps) if first is None or s >= first]
+        timed = len(stamps) - 1
+        plan_at = TRIAL_PLAN_AT if self.choice else PLAN_AT
+        due = now >= plan_at * self.budget_s or done >= math.ceil(plan_at * self.cap)
         # so slow a machine that MIN_PLAN_STEPS take half the budget: plan with what there is
         late = now >= 0.5 * self.budget_s and timed >= 2
-        if (timed >= MIN_PLAN_STEPS and due) or late or done >= self.cap - self.least:
-            self.make_plan(trainer, now, done)
+        if (timed >= MIN_PLAN_STEPS and due) or late or near_cap:
+            self.make_plan(trainer, now, done, stamps)
 
-    def make_plan(self, trainer, now: float, done: int) -> None:
-        threads = self.threads
-        choosing = threads is not None and threads.threads is None and \
-            len(set(threads.hold_threads or ())) > 1
-        paces: dict[int, float] = {}
-        chosen = None
-        if len(self.stamps) < 2:
-            pace = now / max(done, 1)
-        elif choosing:
-            pace, chosen, paces = choose_threads(self.stamps, self.steps, threads.count)
+    def choose(self, done: int) -> None:
+        """End the thread trial at step ``done``: keep the faster count from here on."""
+        if len(self.stamps) >= 2:
+            chosen, paces = choose_threads(self.stamps, self.steps, self.threads.count)
         else:
-            pace = robust_pace(self.stamps)
+            chosen, paces = self.threads.count(max(done - 1, 0)), {}
+        self.choice = {"threads": chosen, "trial_steps": done,
+                       "pace_by_threads": {n: round(p, 5) for n, p in paces.items()}}
+        self.threads.trial_steps, self.threads.threads = done, chosen
+        tried = ", ".join(f"{n} thread{'s' * (n > 1)} {p:.4f} s" for n, p in paces.items())
+        say(f"[diffexp] train.time_budget_s={self.budget_s:g}: the first {done} steps tried "
+            f"thread counts ({tried} per step); the run goes on with {chosen}")
+
+    def make_plan(self, trainer, now: float, done: int, stamps: list[float]) -> None:
+        if len(stamps) >= 2:
+            pace = robust_pace(stamps)
+        else:
+            pace = now / max(done, 1)
         steps = steps_for_budget(self.budget_s - now, pace, done, self.cap, self.least)
         capped = " (train.epochs caps it)" if steps == self.cap else ""
         self.plan = {"budget_s": self.budget_s, "steps": steps, "hold_steps": done,
                      "pace_s_per_step": round(pace, 5), "planned_at_s": round(now, 2),
-                     "source": "run"}
-        if chosen is not None:
-            self.plan["threads"] = chosen
-            self.plan["pace_by_threads"] = {n: round(p, 5) for n, p in paces.items()}
+                     "source": "run", **(self.choice or {})}
         self.apply(trainer)
         replay = f"trainer.max_steps={steps} optim.hold_steps={done}"
         which = ""
-        if chosen is not None:
-            tried = ", ".join(f"{n} thread{'s' * (n > 1)} {p:.4f}" for n, p in paces.items())
-            which = f" with {chosen} thread{'s' * (chosen > 1)} (s per step: {tried})"
-            hold = ",".join(str(n) for n in threads.hold_threads)
-            replay += f" train.threads={chosen} train.hold_threads=[{hold}]"
+        if self.choice:
+            c = self.choice
+            which = f" with {c['threads']} thread{'s' * (c['threads'] > 1)}"
+            trial = ",".join(str(n) for n in self.threads.trial_threads)
+            replay += (f" train.threads={c['threads']} train.trial_threads=[{trial}] "
+                       f"train.trial_steps={c['trial_steps']}")
         say(f"[diffexp] train.time_budget_s={self.budget_s:g}: {pace:.4f} s per step{which} "
-            f"(the run's steps after {now / 2:.0f} s, at {now:.0f} s); {steps} steps, "
-            f"{steps * self.batch_size:,} images, {steps / self.per_epoch:.2f} epochs{capped}, "
-            f"the first {done} at the LR schedule's starting values. The same run again: "
-            f"{replay}")
+            f"(the run's steps after {stamps[0] if stamps else 0:.0f} s, at {now:.0f} s); "
+            f"{steps} steps, {steps * self.batch_size:,} images, "
+            f"{steps / self.per_epoch:.2f} epochs{capped}, the first {done} at the LR "
+            f"schedule's starting values. The same run again: {replay}")
         if self.on_plan is not None:
             self.on_plan(self.plan)
+
+    def apply_choice(self, record: dict) -> None:
+        """The thread trial's end and the chosen count, from a plan or a choice."""
+        if self.threads is not None and "threads" in record:
+            self.threads.trial_steps = record["trial_steps"]
+            self.threads.threads = record["threads"]
 
     def apply(self, trainer) -> None:
         """Make the trainer stop at the planned step, the LR schedule span it and the thread
         count after the hold be the chosen one."""
         trainer.fit_loop.epoch_loop.max_steps = self.plan["steps"]
-        if self.threads is not None:
-            self.threads.hold = self.plan["hold_steps"]
-            if "threads" in self.plan:
-                self.threads.threads = self.plan["threads"]
+        self.apply_choice(self.plan)
         for config in trainer.lr_scheduler_configs:
             s = config.scheduler
             if isinstance(s, HeldSchedule) and not s.committed:

@@ -440,6 +440,7 @@ def budget_planner(c: dict, data, run_dir: Path, threads: ThreadPlan | None = No
         c["optim"]["hold_steps"] = plan["hold_steps"]
         if "threads" in plan:
             c["train"]["threads"] = plan["threads"]
+            c["train"]["trial_steps"] = plan["trial_steps"]
         write_config(c, run_dir)
 
     return BudgetPlanner(budget, per_epoch * t["epochs"], least, t["batch_size"], per_epoch,
@@ -449,20 +450,20 @@ def budget_planner(c: dict, data, run_dir: Path, threads: ThreadPlan | None = No
 def thread_plan(c: dict, accelerator: str, budgeted: bool):
     """The :class:`~diffexp.runs.threads.ThreadPlan` of the run's thread settings, or None
     (torch's own count throughout). A budgeted CPU run with more than one torch thread and no
-    thread setting given cycles its held steps between torch's count and one (recorded in
-    ``train.hold_threads``); its plan keeps the faster (runs/budget.py)."""
+    thread setting given tries torch's count and one on its first steps (recorded in
+    ``train.trial_threads``); the budget's planner keeps the faster (runs/budget.py)."""
     from .threads import ThreadPlan
 
     t = c["train"]
-    if budgeted and accelerator == "cpu" and t["threads"] is None and not t["hold_threads"] \
+    if budgeted and accelerator == "cpu" and t["threads"] is None and not t["trial_threads"] \
             and torch.get_num_threads() > 1:
-        t["hold_threads"] = [torch.get_num_threads(), 1]
-    if t["threads"] is None and not t["hold_threads"]:
+        t["trial_threads"] = [torch.get_num_threads(), 1]
+    if t["threads"] is None and not t["trial_threads"]:
         return None
     if t["threads"] is not None:  # the evaluation and what else runs outside the steps
         torch.set_num_threads(int(t["threads"]))
-    hold = None if budgeted else c["optim"]["hold_steps"]
-    return ThreadPlan(hold, t["hold_threads"], t["threads"])
+    trial_steps = t["trial_steps"] if t["trial_steps"] is not None or not budgeted else None
+    return ThreadPlan(trial_steps, t["trial_threads"], t["threads"])
 
 
 def trainer_arguments(tr: dict) -> dict:
@@ -624,8 +625,8 @@ def _train(c: dict, run_dir: str | Path, callbacks: list | None, guard,
             "fast_dev_run") and max_steps_of(c["trainer"]) is None
         threads = thread_plan(c, accelerator, budgeted)
         planner = budget_planner(c, data, run_dir, threads)
-        if threads is not None and planner is None:  # a resumed run of a pre-plan version
-            threads.hold = c["optim"]["hold_steps"]
+        if planner is None and threads is not None and threads.trying:
+            threads.trial_steps = 0  # no planner to end a trial: torch's count throughout
         passthrough.update({k: c["trainer"][k] for k in ("max_steps",) if k in c["trainer"]})
         module = DiffusionModule(spec)
         check_user_network(c, module)
