@@ -31,13 +31,14 @@ def _cfg(*extra):
 # ------------------------------------------------------------------------------------- arithmetic
 @pytest.mark.parametrize("left,pace,done,cap,want", [
     (400, 0.1, 0, 10_000, 4000),      # exactly 4,000 steps fit
-    (405, 0.1, 0, 10_000, 4000),      # 4,050 fit: rounded down to a multiple of 100
-    (399.9, 0.1, 0, 10_000, 3900),    # 3,999 fit
-    (342, 0.072, 527, 7250, 5200),    # 527 done + 4,750 that fit = 5,277: 5,200
+    (405, 0.1, 0, 10_000, 4050),      # 4,050 fit: three significant digits already
+    (399.9, 0.1, 0, 10_000, 3990),    # 3,999 fit: rounded down to 3,990
+    (342, 0.072, 527, 7250, 5270),    # 527 done + 4,750 that fit = 5,277: 5,270
+    (327, 0.2971, 93, 3625, 1190),    # 93 done + 1,100 that fit = 1,193: 1,190 (not 1,100)
     (400, 0.1, 0, 3625, 3625),        # the epochs' cap
-    (5, 0.1, 0, 3625, 50),            # under one rounding unit: the steps that fit
-    (5, 0.1, 90, 3625, 100),          # 140 fit, rounded down: 10 after the 90 held
-    (5, 0.1, 98, 3625, 148),          # 148 rounded down would leave 2 of the 3 needed: not rounded
+    (5, 0.1, 0, 3625, 50),            # under three digits: the steps that fit
+    (5, 0.1, 90, 3625, 140),          # 140 fit
+    (1.2, 0.3, 1188, 5000, 1192),     # 1,192: 1,190 would leave 2 of the 3 needed, not rounded
     (0.1, 0.1, 90, 3625, 93),         # nothing left: the schedule's 3 steps after the held ones
 ])
 def test_steps_for_budget(left, pace, done, cap, want):

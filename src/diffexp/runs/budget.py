@@ -17,7 +17,7 @@ the mercy of whatever else the machine does in those seconds, and its steps are 
   faster than several), and plans at :data:`TRIAL_PLAN_AT` from that count's own steps (the
   switching itself costs some 5-15% a step, which the rest of the run does not pay). The
   step count is then the steps taken plus those that fit in what is left of the budget at that
-  pace, rounded down to a multiple of :data:`ROUND_TO`, never more than ``train.epochs``
+  pace, rounded down to :data:`SIGNIFICANT` significant digits, never more than ``train.epochs``
   epochs. The schedule then runs over the remaining steps exactly as it would over a run of
   that length.
 * **Record.** The count ``N`` and the held steps ``K`` go into the run's ``config.yaml``
@@ -50,15 +50,18 @@ from ..lr_schedule import HeldSchedule
 from ..say import say
 from .threads import ThreadPlan
 
-__all__ = ["PLAN_AT", "CHOOSE_AT", "TRIAL_PLAN_AT", "ROUND_TO", "MIN_PLAN_STEPS", "HeldSchedule",
+__all__ = ["PLAN_AT", "CHOOSE_AT", "TRIAL_PLAN_AT", "SIGNIFICANT", "MIN_PLAN_STEPS", "HeldSchedule",
            "BudgetPlanner", "robust_pace", "choose_threads", "steps_for_budget"]
 
 PLAN_AT = 0.1  # the plan is made when this share of the budget has passed
 CHOOSE_AT = 0.1  # with a thread trial: the count is chosen then ...
-TRIAL_PLAN_AT = 0.14  # ... and the plan made then, from the chosen count's own steps
+TRIAL_PLAN_AT = 0.2  # ... and the plan made then, from the chosen count's own steps (at 0.14,
+                     # a steadily loaded run planned on the first seconds after the switch,
+                     # 14% slower than the rest of it went, and used 83% of its budget)
 MIN_PLAN_STEPS = 20  # ... and at least this many steps have been timed in this process (or at
                      # half the budget, whatever has been timed)
-ROUND_TO = 100  # the step count is rounded down to a multiple of this (when it is larger)
+SIGNIFICANT = 3  # the step count is rounded down to this many significant digits (under 1%
+                 # of it: a round 100 cost a 1,193-step run 8% of its budget)
 TRIM = 1  # the slowest timed steps the pace's mean leaves out (one slow moment)
 CHOOSE_STEPS = 20  # the latest steps of each thread count that choose between them
 
@@ -111,12 +114,13 @@ def choose_threads(stamps: list[float], steps: list[int],
 
 def steps_for_budget(left_s: float, pace_s: float, done: int, cap: int, least: int) -> int:
     """The run's step count: the ``done`` steps plus those that fit in ``left_s`` seconds at
-    ``pace_s`` per step, rounded down to a multiple of :data:`ROUND_TO` where that still leaves
-    ``least`` after ``done``, at most ``cap``, at least ``done + least`` (the schedule's minimum
-    after the held steps)."""
+    ``pace_s`` per step, rounded down to :data:`SIGNIFICANT` significant digits where that
+    still leaves ``least`` after ``done``, at most ``cap``, at least ``done + least`` (the
+    schedule's minimum after the held steps)."""
     total = done + max(math.floor(left_s / pace_s), 0)
-    if total >= ROUND_TO and total - total % ROUND_TO >= done + least:
-        total -= total % ROUND_TO
+    unit = 10 ** max(len(str(total)) - SIGNIFICANT, 0)
+    if total - total % unit >= done + least:
+        total -= total % unit
     return max(min(total, cap), min(done + least, max(cap, done + least)))
 
 
