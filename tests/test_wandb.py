@@ -113,7 +113,10 @@ def test_a_sweep_and_an_eval_read_as_a_dashboard(tmp_path, data_root):
     for cell in cells:
         assert cell["job_type"] == "eval" and cell["group"] == "sweep"
         assert cell["name"].startswith("cosine-eps/") and "data.scale=" in cell["name"]
-        assert {"fid", "kid", "floor_fid"} <= set(cell["summary"])
+        # one namespace for the evaluation's numbers: eval/..., no bare twins
+        assert {"eval/fid", "eval/kid_mean", "eval/floor_fid", "eval/precision"} \
+            <= set(cell["summary"])
+        assert not {"fid", "kid", "floor_fid", "precision"} & set(cell["summary"])
         # each cell carries the sample grids of its evaluation
         assert {"eval/samples", "eval/samples_by_class"} <= cell["history"]
         assert cell["config"]["trained_model"]["wandb_id"] in {t["id"] for t in trainings}
@@ -133,7 +136,8 @@ def test_a_sweep_and_an_eval_read_as_a_dashboard(tmp_path, data_root):
     assert cfg["schedule"]["name"] == "cosine" and cfg["objective"]["name"] == "eps"
     assert cfg["data"]["scale"] in (0.5, 1.0) and cfg["eval"]["n_samples"] == 16
     assert "eval" not in cfg["eval"]  # no eval.eval.*
-    assert {"fid", "kid", "eval/fid", "eval/precision", "eval/recall"} <= set(ev["summary"])
+    assert {"eval/fid", "eval/kid_mean", "eval/precision", "eval/recall"} <= set(ev["summary"])
+    assert not {"fid", "kid"} & set(ev["summary"])
     assert {"eval/fid_vs_nfe", "eval/per_step_table", "eval/samples",
             "eval/samples_by_class", "eval/per_step"} <= ev["history"]
     assert ev["summary"]["eval/fid_vs_nfe/_type"] == "table-file"

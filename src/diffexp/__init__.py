@@ -3,12 +3,14 @@
 From Python: ``diffexp.compose``, ``diffexp.train``, ``diffexp.load``, ``diffexp.evaluate``
 (see :mod:`diffexp.api`); they are imported on first use, so ``import diffexp`` stays light."""
 
-__version__ = "0.1.0"
-
 _API = ("Model", "compose", "evaluate", "load", "train")
 
 
 def __getattr__(name: str):
+    if name == "__version__":
+        from .version import __version__
+
+        return __version__
     if name in _API:
         from . import api
 
@@ -17,4 +19,4 @@ def __getattr__(name: str):
 
 
 def __dir__():
-    return sorted([*globals(), *_API])
+    return sorted([*globals(), *_API, "__version__"])

@@ -211,6 +211,35 @@ class StudyCfg:
 
 
 @dataclass
+class PathsCfg:  # conf/paths/default.yaml
+    runs: str
+    sweeps: str
+    models: str
+    data: str | None
+    cache: str | None
+
+
+def validate_paths(p) -> dict | None:
+    """The paths group (None where a config has none: an older run's, or one built in code).
+    Its values reach the run through interpolation (run folders, ``train.model_store``) and
+    :func:`apply_paths` (``data.root``, ``data_root``, the cache folder)."""
+    if p is None:
+        return None
+    if isinstance(p, DictConfig):  # ${paths.runs} and co. resolve against the whole config
+        p = OmegaConf.to_container(p, resolve=True)
+    p = _typed(p, PathsCfg, "paths")
+    for key in ("runs", "sweeps", "models"):
+        _require(bool(str(p[key]).strip()), f"paths.{key}", "must be a folder", p[key])
+    return p
+
+
+def apply_paths(paths: dict | None) -> None:
+    """``paths.cache``: diffexp's cache folder for this process (``$DIFFEXP_CACHE_DIR``)."""
+    if paths and paths.get("cache"):
+        os.environ["DIFFEXP_CACHE_DIR"] = str(Path(paths["cache"]).expanduser())
+
+
+@dataclass
 class EndEvalCfg:
     n_samples: Any  # a number, or auto (2048 on a GPU, 512 on the CPU)
     batch_size: int
@@ -251,6 +280,8 @@ class TrainCfg:
 def _typed(node, schema, prefix: str):
     """Merge ``node`` into the schema: unknown keys and wrong types become a ConfigError."""
     try:
+        if isinstance(node, DictConfig):  # interpolations into other groups (${paths.models})
+            node = OmegaConf.to_container(node, resolve=True)  # resolve against its own root
         return OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(schema), node),
                                       resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as e:
@@ -648,7 +679,12 @@ def fill_from_defaults(old: dict) -> list[str]:
     """A run config written before some settings existed, completed in place with today's
     defaults for them (from the yaml of the option it names, or of ``train.yaml``); returns the
     keys filled in. Used where an old run is continued (``resume=RUN_DIR``)."""
-    top = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "train.yaml"))
+    # train.yaml's own groups, their ${paths.*} resolved with the paths group's defaults
+    raw = OmegaConf.merge(OmegaConf.load(CONF_DIR / "train.yaml"),
+                          {"paths": OmegaConf.load(CONF_DIR / "paths" / "default.yaml")})
+    plain = OmegaConf.to_container(raw, resolve=False)
+    top = {k: OmegaConf.to_container(raw[k], resolve=True) if isinstance(v, dict) else v
+           for k, v in plain.items() if k not in ("hydra", "defaults")}
     filled = []
     if not isinstance(old.get("callbacks"), dict) or set(old["callbacks"]) == {"checkpoints"}:
         cb = option_yaml("callbacks", "default")
@@ -920,7 +956,7 @@ def check_sampling_grids(c: dict) -> None:
 
 TOP_KEYS = {"defaults", "task", "seed", "name", "ckpt_path", "train", "data", "model", "schedule",
             "objective", "sampler", "grid", "optim", "trainer", "logger", "hydra", "noise_level",
-            "study", "resume", "eval", "callbacks", "optimized_metric"}
+            "study", "resume", "eval", "callbacks", "optimized_metric", "paths"}
 
 
 def validate_train_config(cfg: DictConfig) -> dict:
@@ -939,6 +975,10 @@ def validate_train_config(cfg: DictConfig) -> dict:
     _require(isinstance(out["seed"], int) and out["seed"] >= 0, "seed", "must be an int >= 0",
              out["seed"])
     out["data"] = validate_data(cfg.data)
+    paths = validate_paths(cfg.get("paths"))
+    if paths and paths["data"] and out["data"]["name"] == "fashion_mnist" \
+            and out["data"]["root"] is None:
+        out["data"]["root"] = paths["data"]
     out["model"] = validate_model(cfg.model)
     out["schedule"] = validate_schedule(cfg.schedule)
     out["objective"] = validate_objective(cfg.objective)
@@ -1054,7 +1094,7 @@ def validate_seeds(seeds) -> list[int] | None:
 
 
 EVAL_TOP_KEYS = {"defaults", "ckpt", "seed", "name", "data_root", "eval", "sampler", "grid",
-                 "logger", "objective", "hydra", "optimized_metric"}
+                 "logger", "objective", "hydra", "optimized_metric", "paths"}
 NO_T_KEYS = ("noise_level_ckpt", "use_predicted_noise_level", "clamp_factor", "noise_level_clamp")
 
 
@@ -1071,8 +1111,9 @@ def validate_eval_config(cfg: DictConfig) -> dict:
                           f"{', '.join(sorted(EVAL_TOP_KEYS - {'defaults', 'hydra'}))}")
     if OmegaConf.is_missing(cfg, "ckpt"):
         raise ConfigError("ckpt is required: ckpt=PATH to a training checkpoint (.ckpt)")
+    paths = validate_paths(cfg.get("paths"))
     c = {"ckpt": str(cfg.ckpt), "seed": cfg.seed, "name": cfg.name,
-         "data_root": cfg.get("data_root")}
+         "data_root": cfg.get("data_root") or (paths or {}).get("data")}
     _require(isinstance(c["seed"], int) and c["seed"] >= 0, "seed", "must be an int >= 0",
              c["seed"])
     if not Path(c["ckpt"]).is_file():

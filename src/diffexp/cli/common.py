@@ -161,9 +161,9 @@ def job_name(overrides) -> str:
 #: what the command accepts)
 ENTRY_GROUPS = {
     "train": (["data", "model", "schedule", "objective", "sampler", "grid", "optim", "trainer",
-               "callbacks", "logger", "experiment", "sweep", "hparams_search", "debug"],
+               "callbacks", "logger", "experiment", "sweep", "hparams_search", "debug", "paths"],
               {"sampler": {"ckpt"}, "grid": {"ckpt"}, "hparams_search": {"sampler_optuna"}}),
-    "eval": (["sampler", "grid", "logger", "hparams_search"],
+    "eval": (["sampler", "grid", "logger", "hparams_search", "paths"],
              {"hparams_search": {"train_optuna"}}),
 }
 

@@ -8,14 +8,16 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from ..config import CONF_DIR, validate_eval_config
+from ..config import CONF_DIR, apply_paths, validate_eval_config, validate_paths
 from .common import cli_main, job_return, run_job
 
 
 def _evaluate(cfg: DictConfig, run_dir):
     from ..runs.evaluate import run_eval
 
-    return run_eval(validate_eval_config(cfg), run_dir)
+    c = validate_eval_config(cfg)
+    apply_paths(validate_paths(cfg.get("paths")))
+    return run_eval(c, run_dir)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")

@@ -10,7 +10,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from ..config import CONF_DIR, validate_train_config
+from ..config import CONF_DIR, apply_paths, validate_paths, validate_train_config
 from .common import cli_main, job_return, run_job
 
 
@@ -24,6 +24,7 @@ def dispatch(cfg: DictConfig, run_dir: Path) -> dict:
         with _holding(resumed_dir):
             return train(c, resumed_dir)
     c = validate_train_config(cfg)
+    apply_paths(validate_paths(cfg.get("paths")))
     if c["task"] == "no_t_study":
         from ..runs.no_t_study import run_study
 

@@ -168,8 +168,9 @@ def _wandb_run(logger):
 
 def publish_summary(logger, summary: dict) -> None:
     """A wandb run's summary (what the runs table, parallel-coordinates and scatter panels read):
-    fid, kid, kid_std, floor_fid and nfe of the end-of-run evaluation (the first end sampler's,
-    and each one's fid under its label), the final losses and the parameter count."""
+    eval/fid, eval/kid_mean, eval/kid_std, eval/floor_fid, eval/nfe and the manifold numbers of
+    the end-of-run evaluation (the first end sampler's; each one's eval/<label>/fid is logged by
+    the evaluation itself), the final losses and the parameter count."""
     from .record import headline
 
     run = _wandb_run(logger)
@@ -181,8 +182,6 @@ def publish_summary(logger, summary: dict) -> None:
     if evals:
         first = evals if "fid" in evals else next(iter(evals.values()))
         head.update(headline(first))
-        if "fid" not in evals:
-            head.update({f"{label}/fid": e["fid"] for label, e in evals.items()})
     run.summary.update(head)
 
 

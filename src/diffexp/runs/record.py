@@ -7,8 +7,9 @@ sweep summary, the Python API) reads back, defined once.
 * :func:`model_record`: how a trained model is described in both, so one name means one number:
   ``sigma_data`` is the value the objective uses (measured or given, times
   ``objective.sigma_data_factor``) and ``sigma_data_measured`` what was measured or given.
-* :func:`headline`: fid, kid, kid_std, floor_fid, nfe (and precision, recall, density, coverage,
-  class_tv where measured) of one metrics record: what dashboards and summaries show.
+* :func:`headline`: eval/fid, eval/kid_mean, eval/kid_std, eval/floor_fid, eval/nfe (and
+  precision, recall, density, coverage, class_tv where measured) of one metrics record: what
+  dashboards and summaries show, under the keys an evaluation logs.
 
 All JSON is strict (infinities and NaN written as strings) and written atomically.
 """
@@ -91,15 +92,17 @@ def model_record(cfg: dict) -> dict:
     return out
 
 
-def headline(metrics: dict) -> dict:
-    """The numbers a dashboard shows of one evaluation record."""
+def headline(metrics: dict, prefix: str = "eval/") -> dict:
+    """The numbers a dashboard shows of one evaluation record, under the one namespace of
+    evaluation numbers (``eval/fid``, ``eval/kid_mean``, ...: the keys an evaluation logs)."""
     floor = metrics.get("floor")
-    out = {"fid": metrics["fid"], "kid": metrics["kid_mean"], "kid_std": metrics["kid_std"],
+    out = {"fid": metrics["fid"], "kid_mean": metrics["kid_mean"],
+           "kid_std": metrics["kid_std"],
            "floor_fid": floor["fid"] if isinstance(floor, dict) else metrics.get("floor_fid"),
            "nfe": metrics["nfe"]}
     out.update({k: metrics[k] for k in ("precision", "recall", "density", "coverage",
                                         "class_tv") if metrics.get(k) is not None})
-    return out
+    return {prefix + k: v for k, v in out.items()}
 
 
 def cpu_model() -> str:

@@ -68,6 +68,8 @@ __all__ = ["SAMPLING_ONLY", "TRAINING_ENTRY", "NOT_TRAINING", "training_modules"
 #: config keys (top-level groups, or ``group.key``) that change how a trained model is sampled,
 #: scored, logged or named, never the weights; everything else is part of the fingerprint
 SAMPLING_ONLY = ("sampler", "grid", "eval", "logger", "name", "ckpt_path", "resume",
+                 # where the same images are read from (paths.data fills data.root)
+                 "data.root", "data.download",
                  # a user's callbacks.extra may change the weights (SWA, early stopping): kept
                  "callbacks.checkpoints", "callbacks.lr_monitor", "callbacks.progress_bar",
                  "optimized_metric",
@@ -205,7 +207,7 @@ def _git_commit() -> str | None:
 
 def fingerprint(c: dict, accelerator: str, precision: str) -> tuple[str, dict]:
     """``(sha256 hex, the canonical content hashed)`` of what training ``c`` produces."""
-    from .. import __version__
+    from ..version import __version__
 
     trained = copy.deepcopy(c)
     for key in SAMPLING_ONLY:
