@@ -250,7 +250,7 @@ def test_lock_excludes_then_frees_when_its_holder_is_killed(tmp_path):
 def _fake_train(calls, fail=False):
     """Stands in for training: records the call and writes what a finished run leaves."""
 
-    def train(c, run_dir):
+    def train(c, run_dir, run_name=None):
         calls.append(Path(run_dir))
         if fail:
             raise FloatingPointError("loss is nan at step 3")
